@@ -1,0 +1,452 @@
+"""Multi-head cross attention: queries from one sequence, keys/values from another."""
+
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+
+def _check_positive_int(name, value, allow_none=False):
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(
+            f"`{name}` must be a positive integer"
+            + (" or None" if allow_none else "")
+            + f". Received: {name}={value!r}"
+        )
+
+
+@keras.saving.register_keras_serializable(package="vlm")
+class CrossAttention(keras.layers.Layer):
+    """Multi-head attention of a query sequence over a separate context sequence.
+
+    Computes `softmax(Q K^T / sqrt(key_dim)) V` per head, where `Q` is projected
+    from `query` (for example text decoder states) and `K`, `V` from `context`
+    (for example ViT patch embeddings), then projects the concatenated heads to
+    `output_dim`. The query and context widths may differ.
+
+    The attention logits and softmax always run in float32, also under the
+    `mixed_float16` and `mixed_bfloat16` policies. Masked context positions get
+    exactly zero weight, and a query row with no visible context position
+    (or a position masked out by Keras' implicit query mask) returns zeros.
+
+    Attention runs through `keras.ops.dot_product_attention` (a fused kernel
+    where the backend has one) unless scores are requested, attention dropout
+    is active, or `value_dim != key_dim`; then it runs written out. Both paths
+    give the same numbers.
+
+    Args:
+        num_heads: int. Number of query heads.
+        key_dim: int. Size of each query/key head. Defaults to
+            `query_dim // num_heads`.
+        value_dim: int. Size of each value head. Defaults to `key_dim`.
+        num_key_value_heads: int. Number of key/value heads. Fewer than
+            `num_heads` gives grouped-query attention: each key/value head is
+            shared by `num_heads // num_key_value_heads` query heads, which
+            shrinks the context cache. Defaults to `num_heads`.
+        output_dim: int. Width of the output. Defaults to the query width.
+        dropout: float. Dropout rate on the attention probabilities.
+        use_bias: bool. Whether the projections have biases.
+        gated: bool. If True, the output is multiplied by `tanh(gate)`, a
+            learned scalar initialised at 0 (Flamingo), so a newly inserted
+            layer starts as a no-op on its residual branch.
+        kernel_initializer: Initializer for the projection kernels.
+        bias_initializer: Initializer for the projection biases.
+        **kwargs: Base `keras.layers.Layer` arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        query: `(batch, q_len, query_dim)` tensor.
+        context: `(batch, k_len, context_dim)` tensor. May be None when
+            `context_cache` is given.
+        context_mask: optional `(batch, k_len)` boolean tensor, True where the
+            context position may be attended to. Defaults to the context's
+            Keras mask.
+        context_cache: optional `(key, value)` tuple from
+            `compute_context_cache(context)`. Skips the key/value projections.
+        return_attention_scores: bool. Also return the attention
+            probabilities, `(batch, num_heads, q_len, k_len)`.
+        training: bool. Whether attention dropout is active.
+        query_mask: optional `(batch, q_len)` boolean tensor. Filled in by
+            Keras from the query's implicit mask; masked query rows return
+            zeros, and the mask is propagated to the output.
+
+    Returns:
+        `(batch, q_len, output_dim)` tensor, or `(output, scores)` when
+        `return_attention_scores=True`.
+
+    Example:
+
+    >>> layer = CrossAttention(num_heads=4, key_dim=16)
+    >>> text = keras.random.normal((2, 10, 64))
+    >>> patches = keras.random.normal((2, 49, 128))
+    >>> layer(text, patches).shape
+    (2, 10, 64)
+    >>> cache = layer.compute_context_cache(patches)  # once per image
+    >>> layer(text, None, context_cache=cache).shape
+    (2, 10, 64)
+    """
+
+    def __init__(
+        self,
+        num_heads,
+        key_dim=None,
+        value_dim=None,
+        num_key_value_heads=None,
+        output_dim=None,
+        dropout=0.0,
+        use_bias=True,
+        gated=False,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        _check_positive_int("num_heads", num_heads)
+        _check_positive_int("key_dim", key_dim, allow_none=True)
+        _check_positive_int("value_dim", value_dim, allow_none=True)
+        _check_positive_int(
+            "num_key_value_heads", num_key_value_heads, allow_none=True
+        )
+        _check_positive_int("output_dim", output_dim, allow_none=True)
+        if num_key_value_heads is not None and num_heads % num_key_value_heads:
+            raise ValueError(
+                "`num_key_value_heads` must divide `num_heads`. Received: "
+                f"num_heads={num_heads}, num_key_value_heads={num_key_value_heads}"
+            )
+        if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+            raise ValueError(
+                f"`dropout` must be a float in [0, 1). Received: dropout={dropout!r}"
+            )
+        self.num_heads = num_heads
+        self.key_dim = key_dim
+        self.value_dim = value_dim
+        self.num_key_value_heads = num_key_value_heads
+        self.output_dim = output_dim
+        self.dropout = float(dropout)
+        self.use_bias = use_bias
+        self.gated = gated
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.supports_masking = True
+
+    @property
+    def _kv_heads(self):
+        return self.num_key_value_heads or self.num_heads
+
+    def _dense(self, name, equation, output_shape, bias_axes):
+        dense = keras.layers.EinsumDense(
+            equation,
+            output_shape=output_shape,
+            bias_axes=bias_axes if self.use_bias else None,
+            kernel_initializer=self.kernel_initializer,
+            bias_initializer=self.bias_initializer,
+            name=name,
+            dtype=self.dtype_policy,
+        )
+        # This layer applies the Keras masks of its inputs itself; the
+        # projections only pass them along (and so don't warn about them).
+        dense.supports_masking = True
+        return dense
+
+    def build(self, query_shape, context_shape=None):
+        _check_rank("query", query_shape)
+        if context_shape is None:
+            raise ValueError(
+                "CrossAttention must be built with the context shape before a "
+                "`context_cache` can be used: call it once with a context, or "
+                "call `build(query_shape, context_shape)`."
+            )
+        _check_rank("context", context_shape)
+        query_dim, context_dim = query_shape[-1], context_shape[-1]
+        if query_dim is None or context_dim is None:
+            raise ValueError(
+                "The last dimension of `query` and `context` must be known. "
+                f"Received: query_shape={query_shape}, context_shape={context_shape}"
+            )
+        if self.key_dim is None and query_dim % self.num_heads:
+            raise ValueError(
+                "Without `key_dim`, `num_heads` must divide the query width. "
+                f"Received: num_heads={self.num_heads}, query_dim={query_dim}"
+            )
+        self._key_dim = self.key_dim or query_dim // self.num_heads
+        self._value_dim = self.value_dim or self._key_dim
+        self._output_dim = self.output_dim or query_dim
+        heads, kv_heads = self.num_heads, self._kv_heads
+
+        self.query_dense = self._dense(
+            "query", "btd,dnh->btnh", (None, heads, self._key_dim), "nh"
+        )
+        self.query_dense.build(query_shape)
+        self.key_dense = self._dense(
+            "key", "bsd,dnh->bsnh", (None, kv_heads, self._key_dim), "nh"
+        )
+        self.key_dense.build(context_shape)
+        self.value_dense = self._dense(
+            "value", "bsd,dnh->bsnh", (None, kv_heads, self._value_dim), "nh"
+        )
+        self.value_dense.build(context_shape)
+        self.output_dense = self._dense(
+            "output", "btnh,nho->bto", (None, self._output_dim), "o"
+        )
+        self.output_dense.build(
+            (query_shape[0], query_shape[1], heads, self._value_dim)
+        )
+        self.dropout_layer = keras.layers.Dropout(
+            self.dropout, name="attention_dropout", dtype=self.dtype_policy
+        )
+        if self.gated:
+            self.gate = self.add_weight(
+                name="gate", shape=(), initializer="zeros", trainable=True
+            )
+
+    def compute_context_cache(self, context):
+        """Projects `context` to this layer's keys and values, once.
+
+        Args:
+            context: `(batch, k_len, context_dim)` tensor.
+
+        Returns:
+            `(key, value)`: `(batch, k_len, num_key_value_heads, key_dim)` and
+            `(batch, k_len, num_key_value_heads, value_dim)` tensors, to pass
+            as `context_cache=` to every later call over the same context.
+        """
+        if not self.built:
+            raise ValueError(
+                f"Layer '{self.name}' is not built. Call it once (or call "
+                "`build(query_shape, context_shape)`) before "
+                "`compute_context_cache`."
+            )
+        _check_rank("context", ops.shape(context))
+        return self.key_dense(context), self.value_dense(context)
+
+    def call(
+        self,
+        query,
+        context,
+        context_mask=None,
+        context_cache=None,
+        return_attention_scores=False,
+        training=None,
+        query_mask=None,
+    ):
+        _check_rank("query", ops.shape(query))
+        if context_cache is None:
+            if context is None:
+                raise ValueError(
+                    "CrossAttention needs a `context` or a `context_cache`. "
+                    "Received neither."
+                )
+            key, value = self.compute_context_cache(context)
+        else:
+            key, value = context_cache
+        # key: (batch, k_len, kv_heads, key_dim); value: (..., value_dim)
+        query_heads = self.query_dense(query)  # (batch, q_len, heads, key_dim)
+
+        mask = _attention_mask(query_mask, context_mask, query, key)
+        # Attention runs in float32 whatever the compute dtype: fp16 logits
+        # overflow, and the softmax needs the range (keras#17571).
+        core_dtype = _core_dtype(self.compute_dtype)
+        query_heads = ops.cast(query_heads, core_dtype)
+        key = ops.cast(key, core_dtype)
+        value = ops.cast(value, core_dtype)
+        scale = 1.0 / math.sqrt(self._key_dim)
+
+        use_dropout = bool(training) and self.dropout > 0.0
+        # The fused kernels (jax.nn.dot_product_attention among them) need
+        # value heads as wide as key heads.
+        fused = (
+            not return_attention_scores
+            and not use_dropout
+            and self._value_dim == self._key_dim
+        )
+        if fused:
+            attended = self._fused_attention(query_heads, key, value, mask, scale)
+        else:
+            attended, scores = self._explicit_attention(
+                query_heads, key, value, mask, scale, training
+            )
+        # attended: (batch, q_len, heads, value_dim)
+        output = self.output_dense(ops.cast(attended, self.compute_dtype))
+        if mask is not None:
+            # Rows that see nothing return zeros (not the output bias).
+            row_visible = ops.any(mask, axis=(1, 3))  # (batch, q_len)
+            output = output * ops.cast(
+                ops.expand_dims(row_visible, -1), output.dtype
+            )
+        if self.gated:
+            output = output * ops.tanh(ops.cast(self.gate, output.dtype))
+        if return_attention_scores:
+            return output, scores
+        return output
+
+    def _fused_attention(self, query, key, value, mask, scale):
+        """`ops.dot_product_attention`: a fused kernel where the backend has one."""
+        if mask is not None:
+            # An all-False row would make the kernel's softmax NaN on some
+            # backends; let such rows attend everywhere, `call` zeroes them.
+            row_visible = ops.any(mask, axis=-1, keepdims=True)
+            mask = ops.logical_or(mask, ops.logical_not(row_visible))
+        if self._kv_heads == 1 and self.num_heads > 1:
+            # Keras' TF kernel repeats key/value heads only when there are
+            # several of them and relies on broadcasting otherwise, which its
+            # einsum lacks: give multi-query attention its heads explicitly.
+            key = ops.repeat(key, self.num_heads, axis=2)
+            value = ops.repeat(value, self.num_heads, axis=2)
+        return ops.dot_product_attention(
+            query, key, value, mask=mask, scale=scale
+        )
+
+    def _explicit_attention(self, query, key, value, mask, scale, training):
+        """Softmax attention written out, for scores and attention dropout."""
+        heads, kv_heads = self.num_heads, self._kv_heads
+        groups = heads // kv_heads
+        q_len, k_len = ops.shape(query)[1], ops.shape(key)[1]
+        # Query head h reads key/value head h // groups.
+        query = ops.reshape(query, (-1, q_len, kv_heads, groups, self._key_dim))
+        logits = ops.einsum("bqngd,bknd->bngqk", query * scale, key)
+        logits = ops.reshape(logits, (-1, heads, q_len, k_len))
+        if mask is not None:
+            # mask: (batch, 1, q_len, k_len)
+            logits = ops.where(mask, logits, _finfo_min(logits.dtype))
+        probs = ops.softmax(logits, axis=-1)
+        if mask is not None:
+            # Exact zeros on masked positions, and on rows that see nothing
+            # (whose softmax over all-minimum logits is uniform).
+            probs = ops.where(mask, probs, ops.zeros_like(probs))
+        dropped = self.dropout_layer(probs, training=training)
+        dropped = ops.reshape(dropped, (-1, kv_heads, groups, q_len, k_len))
+        attended = ops.einsum("bngqk,bknd->bqngd", dropped, value)
+        attended = ops.reshape(
+            attended, (-1, q_len, heads, ops.shape(value)[-1])
+        )
+        return attended, probs
+
+    def compute_output_shape(
+        self,
+        query_shape,
+        context_shape=None,
+        context_mask_shape=None,
+        context_cache_shape=None,
+        return_attention_scores=False,
+    ):
+        output_dim = self.output_dim or query_shape[-1]
+        output_shape = tuple(query_shape[:-1]) + (output_dim,)
+        if not return_attention_scores:
+            return output_shape
+        if context_shape is not None:
+            k_len = context_shape[1]
+        else:
+            k_len = context_cache_shape[0][1]
+        return output_shape, (
+            query_shape[0],
+            self.num_heads,
+            query_shape[1],
+            k_len,
+        )
+
+    def compute_output_spec(
+        self,
+        query,
+        context,
+        context_mask=None,
+        context_cache=None,
+        return_attention_scores=False,
+        training=None,
+        query_mask=None,
+    ):
+        cache_shape = None
+        if context_cache is not None:
+            cache_shape = tuple(tuple(t.shape) for t in context_cache)
+        shapes = self.compute_output_shape(
+            query.shape,
+            None if context is None else context.shape,
+            context_cache_shape=cache_shape,
+            return_attention_scores=return_attention_scores,
+        )
+        if not return_attention_scores:
+            return keras.KerasTensor(shapes, dtype=self.compute_dtype)
+        return (
+            keras.KerasTensor(shapes[0], dtype=self.compute_dtype),
+            keras.KerasTensor(shapes[1], dtype=_core_dtype(self.compute_dtype)),
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_heads": self.num_heads,
+                "key_dim": self.key_dim,
+                "value_dim": self.value_dim,
+                "num_key_value_heads": self.num_key_value_heads,
+                "output_dim": self.output_dim,
+                "dropout": self.dropout,
+                "use_bias": self.use_bias,
+                "gated": self.gated,
+                "kernel_initializer": keras.initializers.serialize(
+                    self.kernel_initializer
+                ),
+                "bias_initializer": keras.initializers.serialize(
+                    self.bias_initializer
+                ),
+            }
+        )
+        return config
+
+
+def _check_rank(name, shape):
+    if len(shape) != 3:
+        raise ValueError(
+            f"`{name}` must have rank 3, (batch, length, features). "
+            f"Received: {name}.shape={tuple(shape)}"
+        )
+
+
+def _core_dtype(compute_dtype):
+    if compute_dtype in ("float16", "bfloat16"):
+        return "float32"
+    return compute_dtype
+
+
+def _finfo_min(dtype):
+    """The dtype's own minimum: a fixed -1e9 overflows fp16 (keras#17571)."""
+    return float(np.finfo(keras.backend.standardize_dtype(dtype)).min)
+
+
+def _attention_mask(query_mask, context_mask, query, key):
+    """Combines the query and context masks into `(batch, 1, q_len, k_len)`."""
+    if query_mask is None and context_mask is None:
+        return None
+    if context_mask is not None:
+        context_mask = ops.convert_to_tensor(context_mask)
+        _check_mask("context_mask", context_mask, key, "k_len")
+        context_mask = ops.cast(context_mask, "bool")
+    if query_mask is not None:
+        query_mask = ops.convert_to_tensor(query_mask)
+        _check_mask("query_mask", query_mask, query, "q_len")
+        query_mask = ops.cast(query_mask, "bool")
+    batch = ops.shape(query)[0]
+    q_len, k_len = ops.shape(query)[1], ops.shape(key)[1]
+    if context_mask is None:
+        context_mask = ops.ones((batch, k_len), dtype="bool")
+    if query_mask is None:
+        query_mask = ops.ones((batch, q_len), dtype="bool")
+    mask = ops.logical_and(
+        query_mask[:, None, :, None], context_mask[:, None, None, :]
+    )
+    return mask
+
+
+def _check_mask(name, mask, sequence, length_name):
+    """Checks a (batch, length) mask against its sequence, where shapes are known."""
+    mask_shape = tuple(mask.shape)
+    expected = tuple(sequence.shape[:2])
+    compatible = len(mask_shape) == 2 and all(
+        m is None or e is None or m == e for m, e in zip(mask_shape, expected)
+    )
+    if not compatible:
+        raise ValueError(
+            f"`{name}` must have shape (batch, {length_name}) = {expected}. "
+            f"Received: {name}.shape={mask_shape}"
+        )
