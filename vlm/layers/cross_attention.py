@@ -193,8 +193,11 @@ class CrossAttention(keras.layers.Layer):
         self.output_dense.build(
             (query_shape[0], query_shape[1], heads, self._value_dim)
         )
+        # Dropout acts on the float32 probabilities, so it runs in float32.
         self.dropout_layer = keras.layers.Dropout(
-            self.dropout, name="attention_dropout", dtype=self.dtype_policy
+            self.dropout,
+            name="attention_dropout",
+            dtype=_core_dtype(self.compute_dtype),
         )
         if self.gated:
             self.gate = self.add_weight(
