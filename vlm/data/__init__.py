@@ -1,0 +1,1 @@
+"""Datasets, tokenizer and image preprocessing (TensorFlow and tf.data live here)."""

@@ -1,0 +1,1 @@
+"""Caption metrics: n-gram scores and grounded scene scores."""

@@ -1,0 +1,1 @@
+"""The captioning model: ViT encoder, text decoder, captioner."""
