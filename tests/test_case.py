@@ -38,6 +38,7 @@ def run_layer_test(
     expected_output_shape,
     call_kwargs=None,
     seed=0,
+    has_weights=True,
 ):
     """Runs the checks every layer must pass, asserting on numbers.
 
@@ -48,6 +49,8 @@ def run_layer_test(
             in call order. The build arguments are these names + "_shape".
         expected_output_shape: full output shape.
         call_kwargs: extra keyword arguments for `call`.
+        has_weights: False for a layer with no weights (the fit step is
+            then skipped: there is nothing to train).
     """
     call_kwargs = call_kwargs or {}
     rng = np.random.default_rng(seed)
@@ -74,7 +77,8 @@ def run_layer_test(
     # Build from shapes: build(<arg>_shape, ...) named after call(<arg>, ...).
     layer = layer_cls(**init_kwargs)
     layer.build(**{f"{k}_shape": v for k, v in input_shapes.items()})
-    assert layer.built and layer.weights
+    assert layer.built
+    assert bool(layer.weights) == has_weights
     assert tuple(layer.compute_output_shape(*input_shapes.values())) == tuple(
         expected_output_shape
     )
@@ -88,8 +92,22 @@ def run_layer_test(
     assert tuple(eager_out.shape) == tuple(expected_output_shape)
     assert np.all(np.isfinite(to_numpy(eager_out)))
 
-    # A model around the layer trains (compiled where the backend allows) ...
     model = keras.Model(symbolic, symbolic_out)
+    if has_weights:
+        _fit_two_steps(model, inputs, expected_output_shape, rng)
+
+    # A .keras round trip gives identical outputs.
+    expected = to_numpy(model(list(inputs.values())))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.keras")
+        model.save(path)
+        loaded = keras.saving.load_model(path)
+    assert_close(loaded(list(inputs.values())), expected, atol=0.0)
+    return model
+
+
+def _fit_two_steps(model, inputs, expected_output_shape, rng):
+    """A model around the layer trains (compiled where the backend allows)."""
     model.compile(
         optimizer=keras.optimizers.SGD(0.1),
         loss="mse",
@@ -107,12 +125,3 @@ def run_layer_test(
         for b, w in zip(before, model.trainable_weights)
     ]
     assert any(changed), "no trainable weight moved after two fit steps"
-
-    # ... and survives a .keras round trip with identical outputs.
-    expected = to_numpy(model(list(inputs.values())))
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "model.keras")
-        model.save(path)
-        loaded = keras.saving.load_model(path)
-    assert_close(loaded(list(inputs.values())), expected, atol=0.0)
-    return model

@@ -1,5 +1,13 @@
 """Keras layers of `vlm`, one public layer per file."""
 
+from vlm.layers.causal_self_attention import CausalSelfAttention
 from vlm.layers.cross_attention import CrossAttention
+from vlm.layers.decoder_block import DecoderBlock
+from vlm.layers.patch_position_embedding import PatchPositionEmbedding
 
-__all__ = ["CrossAttention"]
+__all__ = [
+    "CausalSelfAttention",
+    "CrossAttention",
+    "DecoderBlock",
+    "PatchPositionEmbedding",
+]

@@ -3,19 +3,12 @@
 import math
 
 import keras
-import numpy as np
 from keras import ops
 
-
-def _check_positive_int(name, value, allow_none=False):
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(
-            f"`{name}` must be a positive integer"
-            + (" or None" if allow_none else "")
-            + f". Received: {name}={value!r}"
-        )
+from vlm.layers.attention_utils import check_dropout
+from vlm.layers.attention_utils import check_positive_int
+from vlm.layers.attention_utils import core_dtype
+from vlm.layers.attention_utils import finfo_min
 
 
 @keras.saving.register_keras_serializable(package="vlm")
@@ -103,22 +96,19 @@ class CrossAttention(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        _check_positive_int("num_heads", num_heads)
-        _check_positive_int("key_dim", key_dim, allow_none=True)
-        _check_positive_int("value_dim", value_dim, allow_none=True)
-        _check_positive_int(
+        check_positive_int("num_heads", num_heads)
+        check_positive_int("key_dim", key_dim, allow_none=True)
+        check_positive_int("value_dim", value_dim, allow_none=True)
+        check_positive_int(
             "num_key_value_heads", num_key_value_heads, allow_none=True
         )
-        _check_positive_int("output_dim", output_dim, allow_none=True)
+        check_positive_int("output_dim", output_dim, allow_none=True)
         if num_key_value_heads is not None and num_heads % num_key_value_heads:
             raise ValueError(
                 "`num_key_value_heads` must divide `num_heads`. Received: "
                 f"num_heads={num_heads}, num_key_value_heads={num_key_value_heads}"
             )
-        if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-            raise ValueError(
-                f"`dropout` must be a float in [0, 1). Received: dropout={dropout!r}"
-            )
+        check_dropout(dropout)
         self.num_heads = num_heads
         self.key_dim = key_dim
         self.value_dim = value_dim
@@ -197,7 +187,7 @@ class CrossAttention(keras.layers.Layer):
         self.dropout_layer = keras.layers.Dropout(
             self.dropout,
             name="attention_dropout",
-            dtype=_core_dtype(self.compute_dtype),
+            dtype=core_dtype(self.compute_dtype),
         )
         if self.gated:
             self.gate = self.add_weight(
@@ -250,10 +240,10 @@ class CrossAttention(keras.layers.Layer):
         mask = _attention_mask(query_mask, context_mask, query, key)
         # Attention runs in float32 whatever the compute dtype: fp16 logits
         # overflow, and the softmax needs the range (keras#17571).
-        core_dtype = _core_dtype(self.compute_dtype)
-        query_heads = ops.cast(query_heads, core_dtype)
-        key = ops.cast(key, core_dtype)
-        value = ops.cast(value, core_dtype)
+        attention_dtype = core_dtype(self.compute_dtype)
+        query_heads = ops.cast(query_heads, attention_dtype)
+        key = ops.cast(key, attention_dtype)
+        value = ops.cast(value, attention_dtype)
         scale = 1.0 / math.sqrt(self._key_dim)
 
         use_dropout = bool(training) and self.dropout > 0.0
@@ -312,7 +302,7 @@ class CrossAttention(keras.layers.Layer):
         logits = ops.reshape(logits, (-1, heads, q_len, k_len))
         if mask is not None:
             # mask: (batch, 1, q_len, k_len)
-            logits = ops.where(mask, logits, _finfo_min(logits.dtype))
+            logits = ops.where(mask, logits, finfo_min(logits.dtype))
         probs = ops.softmax(logits, axis=-1)
         if mask is not None:
             # Exact zeros on masked positions, and on rows that see nothing
@@ -372,7 +362,7 @@ class CrossAttention(keras.layers.Layer):
             return keras.KerasTensor(shapes, dtype=self.compute_dtype)
         return (
             keras.KerasTensor(shapes[0], dtype=self.compute_dtype),
-            keras.KerasTensor(shapes[1], dtype=_core_dtype(self.compute_dtype)),
+            keras.KerasTensor(shapes[1], dtype=core_dtype(self.compute_dtype)),
         )
 
     def get_config(self):
@@ -404,17 +394,6 @@ def _check_rank(name, shape):
             f"`{name}` must have rank 3, (batch, length, features). "
             f"Received: {name}.shape={tuple(shape)}"
         )
-
-
-def _core_dtype(compute_dtype):
-    if compute_dtype in ("float16", "bfloat16"):
-        return "float32"
-    return compute_dtype
-
-
-def _finfo_min(dtype):
-    """The dtype's own minimum: a fixed -1e9 overflows fp16 (keras#17571)."""
-    return float(np.finfo(keras.backend.standardize_dtype(dtype)).min)
 
 
 def _attention_mask(query_mask, context_mask, query, key):

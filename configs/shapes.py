@@ -1,0 +1,31 @@
+"""The default model: the embedded shapes dataset, sized for a 2-core CPU.
+
+    python train.py                       # this config
+    python train.py --set train.epochs=3  # with an override
+"""
+
+from vlm.config import Config, DataConfig, ModelConfig, TrainConfig
+
+
+def get_config():
+    return Config(
+        model=ModelConfig(
+            image_size=64,
+            patch_size=8,
+            encoder_layers=3,
+            encoder_heads=4,
+            encoder_dim=128,
+            encoder_mlp_dim=256,
+            decoder_layers=3,
+            decoder_heads=4,
+            decoder_dim=128,
+            decoder_mlp_dim=256,
+            sequence_length=24,
+            vocabulary_size=200,
+            dropout=0.0,
+        ),
+        data=DataConfig(dataset="shapes", train_size=20000, validation_size=1000,
+                        test_size=1000),
+        train=TrainConfig(name="shapes", epochs=4, batch_size=64,
+                          learning_rate=1e-3, weight_decay=0.01),
+    )

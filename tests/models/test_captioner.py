@@ -1,0 +1,130 @@
+import os
+
+import keras
+import keras_hub
+import numpy as np
+import pytest
+
+from tests.test_case import assert_close, backend, jit_compile_for_backend, to_numpy
+from vlm.config import ModelConfig
+from vlm.layers.patch_position_embedding import sincos_2d
+from vlm.models.captioner import CaptionLoss, Captioner, MaskedTokenAccuracy, build_captioner
+from vlm.models.image_encoder import IMAGENET_MEAN, IMAGENET_STD, ImageEncoder
+
+TINY = ModelConfig(image_size=16, patch_size=4, encoder_layers=1, encoder_heads=2,
+                   encoder_dim=16, encoder_mlp_dim=32, decoder_layers=2, decoder_heads=2,
+                   decoder_dim=16, decoder_mlp_dim=32, sequence_length=8, dropout=0.0)
+VOCAB = 20
+
+
+def batch(n=8, length=8, seed=0):
+    rng = np.random.default_rng(seed)
+    images = (rng.random((n, 16, 16, 3)) * 255).astype("float32")
+    tokens = rng.integers(1, VOCAB, (n, length)).astype("int32")
+    tokens[:, -2:] = 0  # padding at the end, like real captions
+    labels = np.concatenate([tokens[:, 1:], np.zeros((n, 1), "int32")], axis=1)
+    return {"images": images, "tokens": tokens}, labels
+
+
+def test_build_and_two_compiled_fit_steps():
+    model = build_captioner(TINY, VOCAB)
+    x, y = batch()
+    logits = model(x)
+    assert tuple(logits.shape) == (8, 8, VOCAB)
+    assert keras.backend.standardize_dtype(logits.dtype) == "float32"
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3), jit_compile=jit_compile_for_backend())
+    before = to_numpy(model.decoder.blocks[0].cross_attention.query_dense.kernel).copy()
+    history = model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    assert len(history.history["loss"]) == 1 and np.isfinite(history.history["loss"][0])
+    after = to_numpy(model.decoder.blocks[0].cross_attention.query_dense.kernel)
+    assert not np.array_equal(before, after)
+
+
+def test_overfits_32_examples():
+    keras.utils.set_random_seed(0)
+    config = ModelConfig(**{**TINY.__dict__, "decoder_dim": 32, "decoder_mlp_dim": 64})
+    model = build_captioner(config, VOCAB)
+    x, y = batch(n=32, seed=1)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), jit_compile=jit_compile_for_backend())
+    history = model.fit(x, y, batch_size=32, epochs=300, verbose=0)
+    assert history.history["loss"][-1] < 0.1
+    assert history.history["token_accuracy"][-1] > 0.99
+
+
+def test_caption_loss_and_accuracy_ignore_padding():
+    labels = np.array([[2, 3, 0], [1, 0, 0]], "int32")
+    logits = np.random.default_rng(0).standard_normal((2, 3, 4)).astype("float32")
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    real = [(0, 0), (0, 1), (1, 0)]
+    expected = -np.mean([log_probs[b, t, labels[b, t]] for b, t in real])
+    assert_close(CaptionLoss()(labels, logits), expected, atol=1e-6)
+    logits = np.zeros((2, 3, 4), "float32")
+    logits[0, 0, 2] = logits[0, 1, 1] = logits[1, 0, 1] = logits[1, 1, 0] = 1.0
+    metric = MaskedTokenAccuracy()
+    metric.update_state(labels, logits)  # right at (0,0) and (1,0); pads ignored
+    assert float(to_numpy(metric.result())) == pytest.approx(2 / 3)
+
+
+def test_keras_round_trip_gives_identical_logits(tmp_path):
+    model = build_captioner(TINY, VOCAB)
+    model.compile(optimizer="adamw")
+    x, y = batch()
+    model.fit(x, y, epochs=1, verbose=0)
+    path = os.path.join(tmp_path, "captioner.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded, Captioner)
+    assert np.array_equal(to_numpy(model(x)), to_numpy(loaded(x)))
+    assert loaded.image_size == 16 and loaded.sequence_length == 8
+    # It comes back compiled: evaluation gives the same loss.
+    assert model.evaluate(x, y, verbose=0) == pytest.approx(
+        loaded.evaluate(x, y, verbose=0), rel=1e-6)
+
+
+def test_encoder_normalises_and_adds_2d_positions():
+    encoder = ImageEncoder.from_sizes(image_size=16, patch_size=4, num_layers=1,
+                                      num_heads=2, hidden_dim=16, mlp_dim=32)
+    images, _ = batch(n=2)
+    images = images["images"]
+    expected = to_numpy(encoder.backbone((images / 255.0 - 0.5) / 0.5))
+    expected = expected + sincos_2d(4, 4, 16)[None]
+    assert_close(encoder(images), expected, atol=1e-5)
+
+
+def test_preset_path_drops_the_class_token(monkeypatch):
+    """The `preset=` wiring, with a preset-free backbone standing in (no download)."""
+    calls = []
+    tiny = keras_hub.models.ViTBackbone(
+        image_shape=(16, 16, 3), patch_size=4, num_layers=1, num_heads=2,
+        hidden_dim=16, mlp_dim=32, use_class_token=True)
+
+    def fake_from_preset(preset, **kwargs):
+        calls.append(preset)
+        return tiny
+
+    monkeypatch.setattr(keras_hub.models.ViTBackbone, "from_preset", fake_from_preset)
+    encoder = ImageEncoder.from_sizes(image_size=224, patch_size=16, num_layers=12,
+                                      num_heads=12, hidden_dim=768, mlp_dim=3072,
+                                      preset="vit_base_patch16_224_imagenet")
+    assert calls == ["vit_base_patch16_224_imagenet"]
+    assert encoder.image_mean == IMAGENET_MEAN and encoder.image_std == IMAGENET_STD
+    images = np.full((1, 16, 16, 3), 128.0, "float32")
+    out = to_numpy(encoder(images))
+    assert out.shape == (1, 16, 16)  # 16 patches, class token gone
+    normalised = (images / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+    with_class = to_numpy(tiny(normalised.astype("float32")))
+    assert_close(out, with_class[:, 1:] + sincos_2d(4, 4, 16)[None], atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(backend() != "torch", reason="torch.compile is PyTorch's jit")
+def test_torch_compile_fit():
+    """`jit_compile=True` on PyTorch means torch.compile: it trains like eager."""
+    def losses(jit):
+        keras.utils.set_random_seed(3)
+        model = build_captioner(TINY, VOCAB)
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=jit)
+        x, y = batch(seed=4)
+        return model.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0).history["loss"]
+
+    np.testing.assert_allclose(losses(True), losses(False), rtol=1e-4)

@@ -1,0 +1,34 @@
+"""Small helpers shared by the attention layers."""
+
+import keras
+import numpy as np
+
+
+def check_positive_int(name, value, allow_none=False):
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(
+            f"`{name}` must be a positive integer"
+            + (" or None" if allow_none else "")
+            + f". Received: {name}={value!r}"
+        )
+
+
+def check_dropout(dropout):
+    if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        raise ValueError(
+            f"`dropout` must be a float in [0, 1). Received: dropout={dropout!r}"
+        )
+
+
+def core_dtype(compute_dtype):
+    """float32 under mixed precision: logits and softmax never run in fp16."""
+    if compute_dtype in ("float16", "bfloat16"):
+        return "float32"
+    return compute_dtype
+
+
+def finfo_min(dtype):
+    """The dtype's own minimum: a fixed -1e9 overflows fp16 (keras#17571)."""
+    return float(np.finfo(keras.backend.standardize_dtype(dtype)).min)

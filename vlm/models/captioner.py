@@ -1,0 +1,190 @@
+"""`Captioner`: the image encoder and text decoder, trained with `fit`."""
+
+import keras
+from keras import ops
+
+from vlm.models.image_encoder import ImageEncoder
+from vlm.models.text_decoder import TextDecoder
+
+PAD_ID = 0  # the tokenizer reserves id 0 for padding
+
+
+@keras.saving.register_keras_serializable(package="vlm")
+class CaptionLoss(keras.losses.Loss):
+    """Token cross-entropy from logits, the mean over the non-padding labels.
+
+    Args:
+        pad_token_id: label id that contributes nothing.
+    """
+
+    def __init__(self, pad_token_id=PAD_ID, name="caption_loss", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.pad_token_id = pad_token_id
+
+    def call(self, y_true, y_pred):
+        y_true = ops.cast(y_true, "int32")
+        mask = ops.cast(ops.not_equal(y_true, self.pad_token_id), "float32")
+        per_token = keras.losses.sparse_categorical_crossentropy(
+            y_true, ops.cast(y_pred, "float32"), from_logits=True
+        )
+        # The mean over the batch's real tokens (a scalar, so Keras' own
+        # reduction leaves it as is).
+        return ops.sum(per_token * mask) / ops.maximum(ops.sum(mask), 1.0)
+
+    def get_config(self):
+        config = super().get_config()
+        config["pad_token_id"] = self.pad_token_id
+        return config
+
+
+@keras.saving.register_keras_serializable(package="vlm")
+class MaskedTokenAccuracy(keras.metrics.Metric):
+    """Fraction of non-padding next tokens predicted exactly (argmax).
+
+    Args:
+        pad_token_id: label id that is not counted.
+    """
+
+    def __init__(self, pad_token_id=PAD_ID, name="token_accuracy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.pad_token_id = pad_token_id
+        self.correct = self.add_variable(shape=(), initializer="zeros", name="correct")
+        self.total = self.add_variable(shape=(), initializer="zeros", name="total")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        y_true = ops.cast(y_true, "int32")
+        mask = ops.not_equal(y_true, self.pad_token_id)
+        hits = ops.logical_and(
+            ops.equal(ops.cast(ops.argmax(y_pred, axis=-1), "int32"), y_true), mask
+        )
+        self.correct.assign_add(ops.sum(ops.cast(hits, "float32")))
+        self.total.assign_add(ops.sum(ops.cast(mask, "float32")))
+
+    def result(self):
+        return ops.divide_no_nan(self.correct, self.total)
+
+    def reset_state(self):
+        self.correct.assign(0.0)
+        self.total.assign(0.0)
+
+    def get_config(self):
+        config = super().get_config()
+        config["pad_token_id"] = self.pad_token_id
+        return config
+
+
+@keras.saving.register_keras_serializable(package="vlm")
+class Captioner(keras.Model):
+    """An image captioner: ViT patches, read by a cross-attention decoder.
+
+    Takes `{"images": (B, H, W, 3) floats in [0, 255], "tokens": (B, T)}` and
+    returns next-token logits `(B, T, vocabulary_size)` (float32). The model
+    holds its tokenizer, so a saved `.keras` file alone can caption images.
+
+    Args:
+        encoder: an `ImageEncoder`.
+        decoder: a `TextDecoder`.
+        tokenizer: optional keras-hub tokenizer (saved with the model).
+        **kwargs: Base `keras.Model` arguments (`name`, ...).
+
+    Example:
+
+    >>> model = Captioner(encoder, decoder, tokenizer)
+    >>> model.compile(optimizer="adamw")   # masked loss and accuracy
+    >>> model.fit(train_batches, epochs=1)
+    """
+
+    def __init__(self, encoder, decoder, tokenizer=None, **kwargs):
+        images = keras.Input(
+            (encoder.image_size, encoder.image_size, 3), name="images"
+        )
+        tokens = keras.Input((None,), dtype="int32", name="tokens")
+        logits = decoder(tokens, encoder(images))
+        super().__init__(
+            inputs={"images": images, "tokens": tokens}, outputs=logits, **kwargs
+        )
+        self.encoder = encoder
+        self.decoder = decoder
+        self.tokenizer = tokenizer
+
+    @property
+    def image_size(self):
+        return self.encoder.image_size
+
+    @property
+    def sequence_length(self):
+        return self.decoder.sequence_length
+
+    def compile(self, optimizer="adamw", loss=None, metrics=None, **kwargs):
+        """`keras.Model.compile` with the masked caption loss and accuracy as defaults."""
+        super().compile(
+            optimizer=optimizer,
+            loss=CaptionLoss() if loss is None else loss,
+            metrics=[MaskedTokenAccuracy()] if metrics is None else metrics,
+            **kwargs,
+        )
+
+    def compile_from_config(self, config):
+        """Restores the compile settings saved in a `.keras` file."""
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "encoder": keras.saving.serialize_keras_object(self.encoder),
+            "decoder": keras.saving.serialize_keras_object(self.decoder),
+            "tokenizer": (
+                None
+                if self.tokenizer is None
+                else keras.saving.serialize_keras_object(self.tokenizer)
+            ),
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("encoder", "decoder", "tokenizer"):
+            if config.get(key) is not None:
+                config[key] = keras.saving.deserialize_keras_object(config[key])
+        return cls(**config)
+
+
+def build_captioner(model_config, vocabulary_size, tokenizer=None, dtype=None):
+    """Builds a `Captioner` from a `configs` model section.
+
+    Args:
+        model_config: a `vlm.config.ModelConfig`.
+        vocabulary_size: int, the tokenizer's vocabulary size.
+        tokenizer: the tokenizer to ship inside the model.
+        dtype: optional dtype policy name (for example "mixed_bfloat16").
+    """
+    encoder = ImageEncoder.from_sizes(
+        image_size=model_config.image_size,
+        patch_size=model_config.patch_size,
+        num_layers=model_config.encoder_layers,
+        num_heads=model_config.encoder_heads,
+        hidden_dim=model_config.encoder_dim,
+        mlp_dim=model_config.encoder_mlp_dim,
+        dropout=model_config.dropout,
+        preset=model_config.encoder_preset,
+        add_2d_positions=model_config.add_2d_positions,
+        dtype=dtype,
+        name="encoder",
+    )
+    decoder = TextDecoder(
+        vocabulary_size=vocabulary_size,
+        sequence_length=model_config.sequence_length,
+        hidden_dim=model_config.decoder_dim,
+        num_layers=model_config.decoder_layers,
+        num_heads=model_config.decoder_heads,
+        mlp_dim=model_config.decoder_mlp_dim,
+        num_key_value_heads=model_config.num_key_value_heads,
+        dropout=model_config.dropout,
+        tie_embeddings=model_config.tie_embeddings,
+        dtype=dtype,
+        name="decoder",
+    )
+    return Captioner(encoder, decoder, tokenizer=tokenizer, name="captioner")

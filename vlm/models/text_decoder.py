@@ -1,0 +1,183 @@
+"""The text decoder: token + position embeddings, decoder blocks, logits."""
+
+import keras
+import keras_hub
+from keras import ops
+
+from vlm.layers.attention_utils import check_positive_int
+from vlm.layers.decoder_block import DecoderBlock
+
+
+@keras.saving.register_keras_serializable(package="vlm")
+class TextDecoder(keras.layers.Layer):
+    """Predicts the next token of a caption from its prefix and the image.
+
+    Args:
+        vocabulary_size: int.
+        sequence_length: int. The longest token sequence (position table size).
+        hidden_dim: int. Width of the text states.
+        num_layers: int. Number of `DecoderBlock`s.
+        num_heads: int. Attention heads per block.
+        mlp_dim: int. Feed-forward width.
+        num_key_value_heads: int. Cross-attention key/value heads.
+        dropout: float. Dropout rate in the blocks and on the embeddings.
+        tie_embeddings: bool. Project to logits with the transposed token
+            embedding (fewer parameters) instead of a separate matrix.
+        layer_norm_epsilon: float.
+        **kwargs: Base `keras.layers.Layer` arguments.
+
+    Call arguments:
+        tokens: `(batch, length)` int token ids.
+        context: `(batch, patches, context_dim)` image patch embeddings, or
+            None when `context_caches` is given.
+        context_caches: optional list, per block, of `(key, value)` from
+            `compute_context_caches`.
+        self_attention_caches: optional `(layers, batch, 2, max_len, heads,
+            dim)` self-attention caches; `cache_index` is then required.
+        cache_index: position of `tokens[:, 0]` in the sequence.
+        training: bool.
+
+    Returns:
+        `(batch, length, vocabulary_size)` float32 logits, or
+        `(logits, self_attention_caches)` when caches are given.
+    """
+
+    def __init__(
+        self,
+        vocabulary_size,
+        sequence_length,
+        hidden_dim,
+        num_layers,
+        num_heads,
+        mlp_dim,
+        num_key_value_heads=None,
+        dropout=0.0,
+        tie_embeddings=True,
+        layer_norm_epsilon=1e-6,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        for name, value in [
+            ("vocabulary_size", vocabulary_size),
+            ("sequence_length", sequence_length),
+            ("hidden_dim", hidden_dim),
+            ("num_layers", num_layers),
+            ("num_heads", num_heads),
+            ("mlp_dim", mlp_dim),
+        ]:
+            check_positive_int(name, value)
+        if hidden_dim % num_heads:
+            raise ValueError(
+                "`num_heads` must divide `hidden_dim`. Received: "
+                f"num_heads={num_heads}, hidden_dim={hidden_dim}"
+            )
+        self.vocabulary_size = vocabulary_size
+        self.sequence_length = sequence_length
+        self.hidden_dim = hidden_dim
+        self.num_layers = num_layers
+        self.num_heads = num_heads
+        self.mlp_dim = mlp_dim
+        self.num_key_value_heads = num_key_value_heads
+        self.dropout = float(dropout)
+        self.tie_embeddings = tie_embeddings
+        self.layer_norm_epsilon = layer_norm_epsilon
+
+        self.token_embedding = keras_hub.layers.ReversibleEmbedding(
+            vocabulary_size,
+            hidden_dim,
+            tie_weights=tie_embeddings,
+            embeddings_initializer=keras.initializers.RandomNormal(stddev=0.02),
+            reverse_dtype="float32",  # logits and the loss in float32
+            name="token_embedding",
+            dtype=self.dtype_policy,
+        )
+        self.position_embedding = keras_hub.layers.PositionEmbedding(
+            sequence_length,
+            initializer=keras.initializers.RandomNormal(stddev=0.02),
+            name="position_embedding",
+            dtype=self.dtype_policy,
+        )
+        self.embedding_dropout = keras.layers.Dropout(
+            dropout, name="embedding_dropout", dtype=self.dtype_policy
+        )
+        self.blocks = [
+            DecoderBlock(
+                num_heads,
+                mlp_dim,
+                num_key_value_heads=num_key_value_heads,
+                dropout=dropout,
+                layer_norm_epsilon=layer_norm_epsilon,
+                name=f"block_{i}",
+                dtype=self.dtype_policy,
+            )
+            for i in range(num_layers)
+        ]
+        self.final_norm = keras.layers.LayerNormalization(
+            epsilon=layer_norm_epsilon, name="final_norm", dtype=self.dtype_policy
+        )
+
+    def build(self, tokens_shape, context_shape):
+        states_shape = tuple(tokens_shape) + (self.hidden_dim,)
+        self.token_embedding.build(tokens_shape)
+        self.position_embedding.build(states_shape)
+        for block in self.blocks:
+            block.build(states_shape, context_shape)
+        self.final_norm.build(states_shape)
+
+    def compute_context_caches(self, context):
+        """Every block's cross-attention `(key, value)`, computed once."""
+        return [block.cross_attention.compute_context_cache(context)
+                for block in self.blocks]
+
+    def call(
+        self,
+        tokens,
+        context,
+        context_caches=None,
+        self_attention_caches=None,
+        cache_index=None,
+        training=None,
+    ):
+        x = self.token_embedding(tokens)
+        x = x + self.position_embedding(x, start_index=cache_index or 0)
+        x = self.embedding_dropout(x, training=training)
+        updated_caches = []
+        for i, block in enumerate(self.blocks):
+            x = block(
+                x,
+                context,
+                context_cache=None if context_caches is None else context_caches[i],
+                self_attention_cache=(
+                    None if self_attention_caches is None else self_attention_caches[i]
+                ),
+                cache_index=cache_index,
+                training=training,
+            )
+            if self_attention_caches is not None:
+                x, cache = x
+                updated_caches.append(cache)
+        logits = self.token_embedding(self.final_norm(x), reverse=True)
+        if self_attention_caches is not None:
+            return logits, ops.stack(updated_caches)
+        return logits
+
+    def compute_output_shape(self, tokens_shape, context_shape=None):
+        return tuple(tokens_shape) + (self.vocabulary_size,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "vocabulary_size": self.vocabulary_size,
+                "sequence_length": self.sequence_length,
+                "hidden_dim": self.hidden_dim,
+                "num_layers": self.num_layers,
+                "num_heads": self.num_heads,
+                "mlp_dim": self.mlp_dim,
+                "num_key_value_heads": self.num_key_value_heads,
+                "dropout": self.dropout,
+                "tie_embeddings": self.tie_embeddings,
+                "layer_norm_epsilon": self.layer_norm_epsilon,
+            }
+        )
+        return config
