@@ -1,0 +1,60 @@
+"""Words of the shapes scene language, shared by the data generator and the grounded metrics.
+
+`vlm.data.shapes` renders and describes scenes with these words and
+`vlm.metrics.grounded` reads captions back with them; keeping them here lets
+the metrics run without importing the data package (and TensorFlow).
+"""
+
+import dataclasses
+
+# Saturated colours that stay apart in hue from each other and from the
+# near-grey background the generator draws them on.
+COLORS = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 90, 230),
+    "yellow": (235, 215, 40),
+    "purple": (160, 60, 200),
+    "cyan": (40, 200, 210),
+    "orange": (250, 135, 20),
+}
+SHAPES = ("circle", "square", "triangle")
+SIZES = ("small", "large")
+
+# Relations in normalised form. Image coordinates: x grows to the right and
+# y grows downward, so "a above b" means a's centre y < b's centre y.
+RELATIONS = ("left of", "right of", "above", "below")
+INVERSE_RELATIONS = {
+    "left of": "right of",
+    "right of": "left of",
+    "above": "below",
+    "below": "above",
+}
+# The wordings reference captions use for each normalised relation. A parser
+# only needs the normalised form: each variant ends with it.
+RELATION_PHRASES = {
+    "left of": ("left of", "to the left of"),
+    "right of": ("right of", "to the right of"),
+    "above": ("above",),
+    "below": ("below",),
+}
+# Optional openings of a reference caption; they carry no scene content.
+CAPTION_PREFIXES = ("", "there is ", "a picture of ", "an image of ", "a photo of ")
+
+
+@dataclasses.dataclass(frozen=True)
+class SceneVocabulary:
+    """The attribute words a caption parser recognises.
+
+    Args:
+        colors: colour names.
+        shapes: shape names.
+        sizes: size names.
+    """
+
+    colors: tuple = tuple(COLORS)
+    shapes: tuple = SHAPES
+    sizes: tuple = SIZES
+
+
+DEFAULT_VOCABULARY = SceneVocabulary()
