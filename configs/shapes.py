@@ -20,7 +20,7 @@ def get_config():
             decoder_heads=4,
             decoder_dim=128,
             decoder_mlp_dim=256,
-            sequence_length=24,
+            sequence_length=32,  # the longest 3-object captions are 30 tokens
             vocabulary_size=200,
             dropout=0.0,
         ),

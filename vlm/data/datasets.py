@@ -1,0 +1,45 @@
+"""One entry point from a data config to an examples dataset."""
+
+from vlm.data.pipeline import coco_examples
+from vlm.data.pipeline import folder_examples
+from vlm.data.shapes import load_shapes
+
+SPLITS = ("train", "validation", "test")
+# COCO's Karpathy splits: "restval" joins the training images.
+_COCO_SPLITS = {"train": "train+restval", "validation": "val", "test": "test"}
+
+
+def load_examples(data_config, split, image_size):
+    """The examples dataset of `split` for a `vlm.config.DataConfig`.
+
+    Args:
+        data_config: a `DataConfig`.
+        split: "train", "validation" or "test".
+        image_size: the model's image size (the shapes dataset renders at it).
+
+    Returns:
+        A `tf.data.Dataset` of dicts with `image`, `captions`, `image_id`
+        (and `objects`, the scene graph, for shapes), or None when the
+        dataset has no such split (a captions folder has only "train").
+    """
+    if split not in SPLITS:
+        raise ValueError(f"`split` must be one of {SPLITS}. Received: split={split!r}")
+    if data_config.dataset == "shapes":
+        return load_shapes(
+            split,
+            image_size=image_size,
+            train_size=data_config.train_size,
+            validation_size=data_config.validation_size,
+            test_size=data_config.test_size,
+            seed=data_config.seed,
+            data_dir=data_config.data_dir,
+        )
+    if data_config.dataset == "coco":
+        return coco_examples(_COCO_SPLITS[split], data_dir=data_config.data_dir)
+    if data_config.dataset == "folder":
+        if split != "train":
+            return None
+        return folder_examples(data_config.captions_file, data_config.image_dir)
+    raise ValueError(
+        f"Unknown dataset. Received: data.dataset={data_config.dataset!r}"
+    )

@@ -1,0 +1,1 @@
+"""Caption generation: decoding loops and search strategies."""

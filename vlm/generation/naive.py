@@ -1,0 +1,71 @@
+"""Reference greedy decoding: re-runs the whole decoder over the prefix each step."""
+
+import numpy as np
+
+
+def naive_greedy(model, images, max_length=None):
+    """Greedy token ids by re-running the whole model at every step.
+
+    Slow on purpose: it is the reference that cached decoding must equal,
+    token for token. Each step runs the compiled `predict_on_batch` on the
+    full fixed-length token array (causal attention makes the padding after
+    the prefix irrelevant), so there is one trace, not one per length.
+
+    Args:
+        model: a `Captioner` whose tokenizer has `start_token_id`,
+            `end_token_id` and `pad_token_id`.
+        images: `(batch, S, S, 3)` floats in [0, 255] at the model's size.
+        max_length: new tokens at most; defaults to the model's
+            `sequence_length - 1`.
+
+    Returns:
+        `(ids, log_probs)`: int32 NumPy `(batch, max_length)` generated ids
+        (the end token included, then padding) and float32 `(batch,)`
+        summed log-probabilities of the generated tokens.
+    """
+    tokenizer = model.tokenizer
+    max_length = max_length or model.sequence_length - 1
+    if max_length + 1 > model.sequence_length:
+        raise ValueError(
+            f"`max_length` + 1 must be <= the model's sequence_length "
+            f"({model.sequence_length}). Received: max_length={max_length}"
+        )
+    images = np.asarray(images, "float32")
+    batch = images.shape[0]
+    tokens = np.full((batch, max_length + 1), tokenizer.pad_token_id, "int32")
+    tokens[:, 0] = tokenizer.start_token_id
+    done = np.zeros(batch, bool)
+    log_probs = np.zeros(batch, "float32")
+    rows = np.arange(batch)
+    for step in range(max_length):
+        logits = model.predict_on_batch({"images": images, "tokens": tokens})
+        step_logits = np.asarray(logits[:, step], "float64")
+        step_log_probs = step_logits - _logsumexp(step_logits)
+        next_ids = step_log_probs.argmax(-1).astype("int32")
+        next_ids = np.where(done, tokenizer.pad_token_id, next_ids)
+        log_probs += np.where(done, 0.0, step_log_probs[rows, next_ids]).astype("float32")
+        tokens[:, step + 1] = next_ids
+        done |= next_ids == tokenizer.end_token_id
+        if done.all():
+            break
+    return tokens[:, 1:], log_probs
+
+
+def _logsumexp(x):
+    peak = x.max(-1, keepdims=True)
+    return peak + np.log(np.exp(x - peak).sum(-1, keepdims=True))
+
+
+def ids_to_captions(tokenizer, ids):
+    """Strings from generated ids: cut at the end token, specials dropped."""
+    captions = []
+    special = {tokenizer.pad_token_id, tokenizer.start_token_id, tokenizer.end_token_id}
+    for row in np.asarray(ids):
+        words = []
+        for token in row.tolist():
+            if token == tokenizer.end_token_id:
+                break
+            if token not in special:
+                words.append(token)
+        captions.append(tokenizer.detokenize(words) if words else "")
+    return [c.decode() if isinstance(c, bytes) else str(c) for c in captions]

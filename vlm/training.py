@@ -1,0 +1,237 @@
+"""Training a `Captioner` from a config: data, tokenizer, model, `fit`, report.
+
+`train.py` is the command line around `train(config)`.
+"""
+
+import json
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from vlm.data.datasets import load_examples
+from vlm.data.pipeline import eval_batches
+from vlm.data.pipeline import train_batches
+from vlm.data.shapes import scene_from_features
+from vlm.data.tokenizer import train_tokenizer
+from vlm.generation.naive import ids_to_captions
+from vlm.generation.naive import naive_greedy
+from vlm.metrics.grounded import grounded_scores
+from vlm.models.captioner import build_captioner
+
+
+def output_paths(config):
+    """Where a run's files go, named after `train.name`."""
+    out, name = config.train.output_dir, config.train.name
+    run_logs = os.path.join(config.train.log_dir, name)
+    return {
+        "model": os.path.join(out, f"{name}.keras"),
+        "best": os.path.join(out, f"{name}.best.keras"),
+        "config": os.path.join(out, f"{name}.config.json"),
+        "history": os.path.join(out, f"{name}.history.json"),
+        "report": os.path.join(out, f"{name}.report.json"),
+        "backup": os.path.join(run_logs, "backup"),
+        "tensorboard": os.path.join(run_logs, "tensorboard"),
+    }
+
+
+def count_pairs(examples):
+    """Number of (image, caption) training pairs in an examples dataset."""
+    counts = examples.map(lambda e: tf.shape(e["captions"])[0])
+    return int(counts.reduce(np.int64(0), lambda total, n: total + tf.cast(n, tf.int64)))
+
+
+def learning_rate_schedule(train_config, total_steps):
+    """Linear warmup to `learning_rate`, then cosine decay to zero."""
+    warmup = int(total_steps * train_config.warmup_fraction)
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0,
+        decay_steps=max(total_steps - warmup, 1),
+        warmup_target=train_config.learning_rate,
+        warmup_steps=warmup,
+    )
+
+
+def make_optimizer(train_config, total_steps):
+    """AdamW on the warmup-cosine schedule; no decay on biases and norms."""
+    optimizer = keras.optimizers.AdamW(
+        learning_rate=learning_rate_schedule(train_config, total_steps),
+        weight_decay=train_config.weight_decay,
+    )
+    optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+    return optimizer
+
+
+def make_callbacks(config, paths, has_validation):
+    """Checkpoint of the best model, resumable backups, TensorBoard, NaN stop."""
+    monitor = "val_loss" if has_validation else "loss"
+    callbacks = [
+        keras.callbacks.BackupAndRestore(paths["backup"]),
+        keras.callbacks.ModelCheckpoint(
+            paths["best"], monitor=monitor, save_best_only=True, verbose=0
+        ),
+        keras.callbacks.TensorBoard(paths["tensorboard"], write_graph=False),
+        keras.callbacks.TerminateOnNaN(),
+    ]
+    if config.train.early_stopping_patience:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor=monitor,
+                patience=config.train.early_stopping_patience,
+                restore_best_weights=True,
+            )
+        )
+    return callbacks
+
+
+def atomic_save(model, path):
+    """Saves to a temporary file beside `path`, then renames it into place.
+
+    A run killed mid-save never leaves a truncated file where a good one was.
+    """
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, exist_ok=True)
+    temporary = os.path.join(directory, f".{os.path.basename(path)}.tmp.keras")
+    model.save(temporary)
+    os.replace(temporary, path)
+
+
+def write_json(path, data):
+    """Writes JSON atomically (temporary file, then rename)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    temporary = path + ".tmp"
+    with open(temporary, "w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+    os.replace(temporary, path)
+
+
+def caption_report(model, examples, num_images, batch_size=250):
+    """Greedy-captions `num_images` images and scores what they say.
+
+    For the shapes dataset (examples carry `objects`, the scene graph) the
+    captions are parsed back into objects and relations and compared with
+    the scene: `vlm.metrics.grounded.grounded_scores`.
+
+    Returns:
+        dict with `num_images`, `samples` (a few image ids, captions and
+        references) and, for shapes, the grounded scores.
+    """
+    batches = eval_batches(
+        examples.take(num_images), image_size=model.image_size, batch_size=batch_size
+    )
+    captions, references, scenes, ids = [], [], [], []
+    progress = keras.utils.Progbar(num_images, unit_name="image")
+    for batch in batches:
+        token_ids, _ = naive_greedy(model, batch["images"].numpy())
+        captions += ids_to_captions(model.tokenizer, token_ids)
+        references += [[c.decode() for c in row if c] for row in batch["captions"].numpy()]
+        ids += batch["image_id"].numpy().tolist()
+        if "objects" in batch:
+            objects = {k: v.numpy() for k, v in batch["objects"].items()}
+            for i in range(len(token_ids)):
+                real = objects["shape"][i] >= 0  # padded objects are -1
+                scenes.append(scene_from_features({k: v[i][real] for k, v in objects.items()}))
+        progress.add(len(token_ids))
+    report = {
+        "num_images": len(captions),
+        "samples": [
+            {"image_id": int(i), "caption": c, "references": r}
+            for i, c, r in list(zip(ids, captions, references))[:10]
+        ],
+    }
+    if scenes:
+        report["grounded"] = grounded_scores(captions, scenes)
+    return report
+
+
+def train(config):
+    """Trains a captioner as `config` says; returns the output paths.
+
+    Rerunning the same command after an interruption resumes from the last
+    completed epoch (`BackupAndRestore`).
+    """
+    model_config, data_config, train_config = config.model, config.data, config.train
+    paths = output_paths(config)
+    keras.utils.set_random_seed(train_config.seed)
+    if train_config.mixed_precision:
+        keras.config.set_dtype_policy(train_config.mixed_precision)
+    print(f"Backend: {keras.config.backend()}; run '{train_config.name}'")
+
+    train_examples = load_examples(data_config, "train", model_config.image_size).cache()
+    validation_examples = load_examples(data_config, "validation", model_config.image_size)
+    num_pairs = count_pairs(train_examples)
+    print(f"Training pairs (image, caption): {num_pairs}")
+    tokenizer = train_tokenizer(
+        train_examples.map(lambda e: e["captions"]), model_config.vocabulary_size
+    )
+    print(f"Vocabulary: {tokenizer.vocabulary_size()} tokens")
+
+    model = build_captioner(
+        model_config, tokenizer.vocabulary_size(), tokenizer=tokenizer,
+        dtype=train_config.mixed_precision,
+    )
+    steps_per_epoch = train_config.steps_per_epoch or num_pairs // train_config.batch_size
+    if steps_per_epoch < 1:
+        raise ValueError(
+            f"train.batch_size={train_config.batch_size} is larger than the "
+            f"{num_pairs} training pairs: not one batch per epoch."
+        )
+    model.compile(
+        optimizer=make_optimizer(train_config, steps_per_epoch * train_config.epochs),
+        jit_compile=train_config.jit_compile,
+    )
+    print(f"Parameters: {model.count_params():,}; {steps_per_epoch} steps/epoch x "
+          f"{train_config.epochs} epochs")
+
+    batch_args = dict(
+        image_size=model_config.image_size,
+        sequence_length=model_config.sequence_length,
+        batch_size=train_config.batch_size,
+    )
+    train_data = train_batches(
+        train_examples, tokenizer, shuffle_buffer=data_config.shuffle_buffer,
+        seed=train_config.seed, repeat=True, **batch_args,
+    )
+    validation_data = None
+    if validation_examples is not None:
+        validation_data = train_batches(
+            validation_examples.cache(), tokenizer, shuffle_buffer=0, **batch_args
+        )
+    os.makedirs(train_config.output_dir, exist_ok=True)
+    write_json(paths["config"], config.to_dict())
+
+    start = time.time()
+    history = model.fit(
+        train_data,
+        epochs=train_config.epochs,
+        steps_per_epoch=steps_per_epoch,
+        validation_data=validation_data,
+        callbacks=make_callbacks(config, paths, validation_data is not None),
+    )
+    train_seconds = time.time() - start
+    atomic_save(model, paths["model"])
+    write_json(paths["history"], {
+        "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
+        "train_seconds": train_seconds,
+        "backend": keras.config.backend(),
+        "parameters": model.count_params(),
+    })
+    print(f"Trained in {train_seconds / 60:.1f} min; model: {paths['model']}")
+
+    if train_config.report_images:
+        split = "test" if data_config.dataset != "folder" else "train"
+        examples = load_examples(data_config, split, model_config.image_size)
+        print(f"Captioning {train_config.report_images} {split} images for the report")
+        report = caption_report(model, examples, train_config.report_images)
+        report.update(split=split, train_seconds=train_seconds,
+                      backend=keras.config.backend())
+        write_json(paths["report"], report)
+        for sample in report["samples"][:3]:
+            print(f"  {sample['caption']!r}  (reference: {sample['references'][0]!r})")
+        for key, value in report.get("grounded", {}).items():
+            print(f"  {key:>22}: {value:.4f}")
+        print(f"Report: {paths['report']}")
+    return paths
