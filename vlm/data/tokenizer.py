@@ -1,0 +1,405 @@
+"""Caption normalisation, a WordPiece caption tokenizer, and packing to fixed-length ids.
+
+Captions go through one normalisation everywhere (vocabulary learning, training
+targets, evaluation references): lowercase, apostrophes deleted ("man's" ->
+"mans"), every other punctuation mark, separator or control character replaced
+by a space, whitespace collapsed and stripped. `normalize_caption` (Python) and
+`tf_normalize_caption` (TensorFlow graph ops) implement it twice and agree.
+
+The tokenizer is a `keras_hub.tokenizers.WordPieceTokenizer` subclass that
+applies the normalisation itself, so calling it on raw text gives the same ids
+as the training pipeline. Its vocabulary starts with the four special tokens:
+
+    id 0 [PAD]   id 1 [UNK]   id 2 [START]   id 3 [END]
+"""
+
+import string
+import unicodedata
+import weakref
+
+import keras
+import keras_hub
+import numpy as np
+import tensorflow as tf
+
+PAD = "[PAD]"
+UNK = "[UNK]"
+START = "[START]"
+END = "[END]"
+# Reserved at the head of every vocabulary, in this order: [PAD] is id 0, so
+# zero-padded label arrays need no remapping.
+SPECIAL_TOKENS = (PAD, UNK, START, END)
+
+# Deleted rather than turned into spaces, so "man's" stays one word.
+_APOSTROPHES = "'`\u2018\u2019"
+_ASCII_PUNCTUATION = frozenset(string.punctuation)
+# RE2 versions of the same character classes. `[!-/:-@\[-`{-~]` is exactly
+# `string.punctuation`; `\p{P}` is Unicode punctuation, `\p{Z}` Unicode
+# separators (spaces), `\p{Cc}` control characters (tab, newline, ...).
+_TF_APOSTROPHES = "['`\u2018\u2019]"
+_TF_TO_SPACE = r"[!-/:-@\[-`{-~]|\p{P}|\p{Z}|\p{Cc}"
+
+
+def _check_int(name, value, minimum=1):
+    """Raises a ValueError naming `name` and the value unless it is an int >= minimum."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(
+            f"`{name}` must be an integer >= {minimum}. Received: {name}={value!r}"
+        )
+
+
+def _becomes_space(char):
+    if char in _ASCII_PUNCTUATION:
+        return True
+    category = unicodedata.category(char)
+    return category[0] in "PZ" or category == "Cc"
+
+
+def normalize_caption(text):
+    """Normalises one caption the COCO way, in pure Python.
+
+    Lowercases, deletes apostrophes, replaces punctuation (ASCII and Unicode),
+    separators and control characters by spaces, then collapses runs of spaces
+    and strips the ends. Other characters (letters, digits, accents, emoji) are
+    kept. Gives the same result as `tf_normalize_caption` on ASCII text.
+
+    Args:
+        text: `str`, or UTF-8 `bytes` (as tf.data yields them).
+
+    Returns:
+        The normalised `str`, possibly empty.
+
+    Example:
+
+    >>> normalize_caption("  A man's DOG, jumping!\\n")
+    'a mans dog jumping'
+    """
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
+    if not isinstance(text, str):
+        raise TypeError(
+            f"`text` must be a str or bytes. Received: {type(text).__name__} {text!r}"
+        )
+    chars = []
+    for char in text.lower():
+        if char in _APOSTROPHES:
+            continue
+        chars.append(" " if _becomes_space(char) else char)
+    # Every whitespace character of `str.split` is a separator or a control
+    # character, so only spaces remain to split on here.
+    return " ".join(word for word in "".join(chars).split(" ") if word)
+
+
+def tf_normalize_caption(text):
+    """Normalises captions with TensorFlow ops (graph safe, any shape).
+
+    The graph version of `normalize_caption`; use it inside tf.data.
+
+    Args:
+        text: string `tf.Tensor` or `tf.RaggedTensor` of any shape, or
+            anything `tf.convert_to_tensor` makes a string tensor of.
+
+    Returns:
+        A string tensor of the same shape with every element normalised.
+
+    Example:
+
+    >>> tf_normalize_caption(tf.constant(["Two  cats.", "A dog's toy"]))
+    <tf.Tensor: shape=(2,), dtype=string, numpy=array([b'two cats', b'a dogs toy'], dtype=object)>
+    """
+    if not isinstance(text, tf.RaggedTensor):
+        text = tf.convert_to_tensor(text)
+    if text.dtype != tf.string:
+        raise TypeError(f"`text` must be a string tensor. Received: dtype={text.dtype}")
+    text = tf.strings.lower(text, encoding="utf-8")
+    text = tf.strings.regex_replace(text, _TF_APOSTROPHES, "")
+    text = tf.strings.regex_replace(text, _TF_TO_SPACE, " ")
+    text = tf.strings.regex_replace(text, " +", " ")
+    return tf.strings.strip(text)
+
+
+def _normalize_any(inputs):
+    """Normalises strings in whatever container a tokenizer may be called on."""
+    if isinstance(inputs, (tf.Tensor, tf.RaggedTensor)):
+        return tf_normalize_caption(inputs)
+    if isinstance(inputs, (str, bytes)):
+        return normalize_caption(inputs)
+    if isinstance(inputs, np.ndarray):
+        return tf_normalize_caption(tf.constant(inputs))
+    if isinstance(inputs, (list, tuple)):
+        return type(inputs)(_normalize_any(x) for x in inputs)
+    return inputs
+
+
+@keras.saving.register_keras_serializable(package="vlm")
+class CaptionTokenizer(keras_hub.tokenizers.WordPieceTokenizer):
+    """A WordPiece tokenizer that normalises captions before tokenizing them.
+
+    A `keras_hub.tokenizers.WordPieceTokenizer` whose `tokenize` (and so
+    `__call__`) first applies `normalize_caption` / `tf_normalize_caption`,
+    and whose vocabulary must start with `[PAD]` and contain `[UNK]`,
+    `[START]` and `[END]`. Words made of characters outside the vocabulary
+    (most emoji, unseen scripts) become `[UNK]`. Special tokens written into
+    the text are not recognised: their brackets are punctuation.
+
+    Like every keras-hub tokenizer it runs its TensorFlow path inside
+    `tf.function` / `tf.data` and a pure-Python path when called eagerly:
+    eager calls return a NumPy array for one string and a list of lists for
+    a batch; `detokenize` returns a Python `str` (or list of `str`) when eager
+    and a string `tf.Tensor` in a graph, on every Keras backend. The
+    vocabulary is not part of `get_config()`: it is saved as an asset in
+    `.keras` files.
+
+    Args:
+        vocabulary: list of WordPiece tokens, or a path to a file with one
+            token per line. Usually from `train_tokenizer`.
+        sequence_length: int. If set, `tokenize` pads/truncates to this
+            length. Leave it None with `pack_captions`.
+        lowercase: bool. Also case-fold inside the WordPiece step (the
+            normalisation already lowercases).
+        **kwargs: other `WordPieceTokenizer` arguments (`oov_token`,
+            `suffix_indicator`, `name`, ...).
+
+    Attributes:
+        pad_token_id, unk_token_id, start_token_id, end_token_id: ints.
+
+    Example:
+
+    >>> tokenizer = CaptionTokenizer(
+    ...     vocabulary=["[PAD]", "[UNK]", "[START]", "[END]", "a", "dog", "run", "##s"])
+    >>> tokenizer("A DOG runs!")
+    array([4, 5, 6, 7], dtype=int32)
+    >>> tokenizer.detokenize([4, 5, 6, 7])
+    'a dog runs'
+    """
+
+    def __init__(self, vocabulary=None, sequence_length=None, lowercase=True, **kwargs):
+        # Registered before the vocabulary is set, which fills in the `*_id`s.
+        self._add_special_token(PAD, "pad_token")
+        self._add_special_token(UNK, "unk_token")
+        self._add_special_token(START, "start_token")
+        self._add_special_token(END, "end_token")
+        kwargs.setdefault("oov_token", UNK)
+        super().__init__(
+            vocabulary=vocabulary,
+            sequence_length=sequence_length,
+            lowercase=lowercase,
+            **kwargs,
+        )
+
+    def set_vocabulary(self, vocabulary):
+        super().set_vocabulary(vocabulary)
+        if self.vocabulary is not None and self.vocabulary[0] != PAD:
+            raise ValueError(
+                f"The vocabulary must start with {PAD!r} so that padding is id 0. "
+                f"Received: vocabulary[:5]={self.vocabulary[:5]}"
+            )
+
+    def tokenize(self, inputs):
+        return super().tokenize(_normalize_any(inputs))
+
+
+def _caption_dataset(captions):
+    """Returns a tf.data.Dataset of scalar strings from a list or dataset."""
+    if isinstance(captions, tf.data.Dataset):
+        spec = captions.element_spec
+        if (
+            not isinstance(spec, tf.TensorSpec)
+            or spec.dtype != tf.string
+            or spec.shape.rank not in (0, 1)
+        ):
+            raise ValueError(
+                "`captions` must be a dataset of string scalars or string "
+                f"vectors. Received: element_spec={spec}"
+            )
+        return captions.unbatch() if spec.shape.rank == 1 else captions
+    if isinstance(captions, (str, bytes)) or not isinstance(captions, (list, tuple, np.ndarray)):
+        raise TypeError(
+            "`captions` must be a list of strings or a tf.data.Dataset of "
+            f"strings. Received: {type(captions).__name__}"
+        )
+    captions = list(captions)
+    if not captions:
+        raise ValueError("`captions` is empty: nothing to learn a vocabulary from.")
+    for index, caption in enumerate(captions):
+        if not isinstance(caption, (str, bytes)):
+            raise TypeError(
+                f"`captions` must contain strings. Received: captions[{index}]="
+                f"{caption!r} ({type(caption).__name__})"
+            )
+    return tf.data.Dataset.from_tensor_slices(tf.constant(captions, tf.string))
+
+
+def train_tokenizer(captions, vocabulary_size, *, sequence_length=None, name="caption_tokenizer"):
+    """Learns a WordPiece vocabulary from training captions.
+
+    Captions are normalised with `tf_normalize_caption`, then
+    `keras_hub.tokenizers.compute_word_piece_vocabulary` learns the word
+    pieces with `[PAD] [UNK] [START] [END]` reserved as ids 0..3. Every
+    character seen in training gets a token (alone and as a `##` suffix), so
+    only unseen characters map to `[UNK]`. The learner keeps whole words seen
+    about 10 times or more and spells rarer ones with pieces; on a small corpus
+    the vocabulary can therefore be smaller than `vocabulary_size`, which is
+    an upper bound.
+
+    Args:
+        captions: list of `str`, or a `tf.data.Dataset` of string scalars or
+            string vectors (such as `examples.map(lambda e: e["captions"])`).
+        vocabulary_size: int. Maximum vocabulary size, special tokens included.
+        sequence_length: int. Passed on to the tokenizer (usually None).
+        name: str. Layer name; fixed so that the vocabulary's asset path in a
+            `.keras` file does not depend on how many tokenizers were made.
+
+    Returns:
+        A `CaptionTokenizer`.
+
+    Example:
+
+    >>> tokenizer = train_tokenizer(["A dog runs.", "A cat sleeps."] * 10, 100)
+    >>> tokenizer.get_vocabulary()[:6]
+    ['[PAD]', '[UNK]', '[START]', '[END]', 'a', 'c']
+    """
+    _check_int("vocabulary_size", vocabulary_size, minimum=len(SPECIAL_TOKENS) + 1)
+    data = _caption_dataset(captions)
+    data = data.map(tf_normalize_caption, num_parallel_calls=tf.data.AUTOTUNE).batch(1024)
+    try:
+        vocabulary = keras_hub.tokenizers.compute_word_piece_vocabulary(
+            data,
+            vocabulary_size,
+            lowercase=True,
+            strip_accents=False,
+            split=True,
+            split_on_cjk=True,
+            reserved_tokens=list(SPECIAL_TOKENS),
+        )
+    except StopIteration:
+        # The learner takes `next(iter(word_counts))` on an empty counter.
+        raise ValueError(
+            "`captions` contain no words after normalisation: nothing to learn "
+            "a vocabulary from."
+        ) from None
+    return CaptionTokenizer(vocabulary=vocabulary, sequence_length=sequence_length, name=name)
+
+
+def _pack_graph(tokenizer, captions, sequence_length, ids):
+    start_id, end_id, pad_id = ids
+    captions = tf.convert_to_tensor(captions, tf.string)
+    if captions.shape.rank is None or captions.shape.rank > 1:
+        raise ValueError(
+            f"`captions` must be a string scalar or vector. Received: shape={captions.shape}"
+        )
+    scalar = captions.shape.rank == 0
+    if scalar:
+        captions = captions[tf.newaxis]
+    tokens = tokenizer.tokenize(captions)
+    if not isinstance(tokens, tf.RaggedTensor):
+        # A tokenizer with its own `sequence_length` pads with 0: undo that.
+        tokens = tf.RaggedTensor.from_tensor(tokens, padding=0)
+    tokens = tf.cast(tokens, tf.int32)
+    # [START] + at most sequence_length - 1 word pieces + [END].
+    tokens = tokens[:, : sequence_length - 1]
+    batch = tf.shape(captions)[0]
+    start = tf.fill([batch, 1], tf.constant(start_id, tf.int32))
+    end = tf.fill([batch, 1], tf.constant(end_id, tf.int32))
+    packed = tf.concat([start, tokens, end], axis=1)
+    packed = packed.to_tensor(default_value=pad_id, shape=[None, sequence_length + 1])
+    return packed[0] if scalar else packed  # (batch, sequence_length + 1)
+
+
+def pack_captions(tokenizer, captions, sequence_length):
+    """Tokenizes captions into fixed-length `[START] ... [END] [PAD]...` id rows.
+
+    Each row holds `sequence_length + 1` int32 ids, so that `row[:-1]` (decoder
+    input) and `row[1:]` (labels) are both `sequence_length` long. Truncation:
+    a caption with more than `sequence_length - 1` word pieces keeps its first
+    `sequence_length - 1` pieces and still ends in `[END]` (in the last
+    position), as `keras_hub.layers.StartEndPacker` does, so every row has
+    exactly one `[START]` and one `[END]`.
+
+    Runs TensorFlow ops: it works inside tf.data / `tf.function`, and when
+    called eagerly it runs the same TensorFlow path through a `tf.function`
+    traced once per tokenizer and `sequence_length` (a `tf.Tensor` comes back
+    on every backend).
+
+    Args:
+        tokenizer: a `CaptionTokenizer` (or any WordPiece tokenizer whose
+            vocabulary has `[START]`, `[END]` and `[PAD]`).
+        captions: string scalar or vector (`str`, list, `tf.Tensor`).
+        sequence_length: int >= 1. Model sequence length T.
+
+    Returns:
+        int32 `tf.Tensor` of shape `(sequence_length + 1,)` for one caption or
+        `(num_captions, sequence_length + 1)`.
+
+    Example (with the tokenizer of the `CaptionTokenizer` example):
+
+    >>> pack_captions(tokenizer, ["A dog."], sequence_length=4).numpy()
+    array([[2, 4, 5, 3, 0]], dtype=int32)
+    """
+    _check_int("sequence_length", sequence_length)
+    ids = tuple(tokenizer.token_to_id(token) for token in (START, END, PAD))
+    if not tf.executing_eagerly():
+        return _pack_graph(tokenizer, captions, sequence_length, ids)
+    captions = tf.convert_to_tensor(captions, tf.string)
+    if captions.shape.rank == 0:
+        return _eager_packer(tokenizer, sequence_length, ids)(captions[tf.newaxis])[0]
+    return _eager_packer(tokenizer, sequence_length, ids)(captions)
+
+
+# tokenizer -> {(sequence_length, ids): traced packer}. Weak keys, and packers
+# hold the tokenizer weakly, so a dropped tokenizer is freed with its packers.
+_EAGER_PACKERS = weakref.WeakKeyDictionary()
+
+
+def _eager_packer(tokenizer, sequence_length, ids):
+    """Returns a `tf.function` packing string vectors, traced once per tokenizer and length."""
+    packers = _EAGER_PACKERS.setdefault(tokenizer, {})
+    key = (sequence_length, ids)
+    if key not in packers:
+        tokenizer_ref = weakref.ref(tokenizer)
+        packers[key] = tf.function(
+            lambda captions: _pack_graph(tokenizer_ref(), captions, sequence_length, ids),
+            input_signature=[tf.TensorSpec([None], tf.string)],
+            autograph=False,
+        )
+    return packers[key]
+
+
+def detokenize_captions(tokenizer, token_ids):
+    """Turns rows of token ids back into caption strings (eager only).
+
+    Each row is cut at its first `[END]`; `[START]` and `[PAD]` are dropped;
+    word pieces are joined (`"run", "##s"` -> `"runs"`).
+
+    Args:
+        tokenizer: the tokenizer that produced the ids.
+        token_ids: `(batch, length)` or `(length,)` ints: NumPy, a list, or a
+            tensor of any backend (or TensorFlow).
+
+    Returns:
+        A list of `str` for a batch, or one `str` for a single row.
+
+    Example (with the tokenizer of the `CaptionTokenizer` example):
+
+    >>> detokenize_captions(tokenizer, [[2, 4, 5, 6, 7, 3, 0]])
+    ['a dog runs']
+    """
+    if isinstance(token_ids, (tf.Tensor, tf.RaggedTensor)):
+        token_ids = token_ids.numpy() if isinstance(token_ids, tf.Tensor) else token_ids.to_list()
+    elif not isinstance(token_ids, (list, tuple, np.ndarray)):
+        token_ids = keras.ops.convert_to_numpy(token_ids)
+    rows = token_ids if isinstance(token_ids, list) else np.asarray(token_ids).tolist()
+    single = not rows or not isinstance(rows[0], (list, tuple))
+    if single:
+        rows = [rows]
+    start_id, end_id, pad_id = (tokenizer.token_to_id(t) for t in (START, END, PAD))
+    cleaned = []
+    for row in rows:
+        row = [int(i) for i in row]
+        if end_id in row:
+            row = row[: row.index(end_id)]
+        cleaned.append([i for i in row if i not in (start_id, pad_id)])
+    nonempty = [row for row in cleaned if row]
+    decoded = iter(tokenizer.detokenize(nonempty) if nonempty else [])
+    texts = [next(decoded) if row else "" for row in cleaned]
+    return texts[0] if single else texts
