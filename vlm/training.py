@@ -15,8 +15,8 @@ from vlm.data.datasets import load_examples
 from vlm.data.pipeline import eval_batches
 from vlm.data.pipeline import train_batches
 from vlm.data.shapes import scene_from_features
+from vlm.data.tokenizer import detokenize_captions
 from vlm.data.tokenizer import train_tokenizer
-from vlm.generation.naive import ids_to_captions
 from vlm.generation.naive import naive_greedy
 from vlm.metrics.grounded import grounded_scores
 from vlm.models.captioner import build_captioner
@@ -98,6 +98,20 @@ def atomic_save(model, path):
     os.replace(temporary, path)
 
 
+def without_training_state(model):
+    """A compiled copy of `model` whose optimizer holds no slots yet.
+
+    The shipped `.keras` file then carries the weights, the tokenizer and
+    the compile settings, without AdamW's two extra copies of every weight.
+    """
+    config = dict(model.get_config(), tokenizer=None)  # its vocabulary is an asset
+    copy = model.__class__.from_config(config)
+    copy.tokenizer = model.tokenizer
+    copy.set_weights(model.get_weights())
+    copy.compile(optimizer="adamw")
+    return copy
+
+
 def write_json(path, data):
     """Writes JSON atomically (temporary file, then rename)."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -126,7 +140,7 @@ def caption_report(model, examples, num_images, batch_size=250):
     progress = keras.utils.Progbar(num_images, unit_name="image")
     for batch in batches:
         token_ids, _ = naive_greedy(model, batch["images"].numpy())
-        captions += ids_to_captions(model.tokenizer, token_ids)
+        captions += detokenize_captions(model.tokenizer, token_ids)
         references += [[c.decode() for c in row if c] for row in batch["captions"].numpy()]
         ids += batch["image_id"].numpy().tolist()
         if "objects" in batch:
@@ -195,24 +209,28 @@ def train(config):
         train_examples, tokenizer, shuffle_buffer=data_config.shuffle_buffer,
         seed=train_config.seed, repeat=True, **batch_args,
     )
-    validation_data = None
+    validation_data, validation_steps = None, None
     if validation_examples is not None:
+        validation_examples = validation_examples.cache()
+        validation_steps = count_pairs(validation_examples) // train_config.batch_size
         validation_data = train_batches(
-            validation_examples.cache(), tokenizer, shuffle_buffer=0, **batch_args
-        )
+            validation_examples, tokenizer, shuffle_buffer=0, **batch_args
+        ).repeat()
     os.makedirs(train_config.output_dir, exist_ok=True)
     write_json(paths["config"], config.to_dict())
 
     start = time.time()
     history = model.fit(
         train_data,
+        shuffle=False,  # the tf.data pipeline shuffles
         epochs=train_config.epochs,
         steps_per_epoch=steps_per_epoch,
         validation_data=validation_data,
+        validation_steps=validation_steps,
         callbacks=make_callbacks(config, paths, validation_data is not None),
     )
     train_seconds = time.time() - start
-    atomic_save(model, paths["model"])
+    atomic_save(without_training_state(model), paths["model"])
     write_json(paths["history"], {
         "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
         "train_seconds": train_seconds,

@@ -54,18 +54,3 @@ def naive_greedy(model, images, max_length=None):
 def _logsumexp(x):
     peak = x.max(-1, keepdims=True)
     return peak + np.log(np.exp(x - peak).sum(-1, keepdims=True))
-
-
-def ids_to_captions(tokenizer, ids):
-    """Strings from generated ids: cut at the end token, specials dropped."""
-    captions = []
-    special = {tokenizer.pad_token_id, tokenizer.start_token_id, tokenizer.end_token_id}
-    for row in np.asarray(ids):
-        words = []
-        for token in row.tolist():
-            if token == tokenizer.end_token_id:
-                break
-            if token not in special:
-                words.append(token)
-        captions.append(tokenizer.detokenize(words) if words else "")
-    return [c.decode() if isinstance(c, bytes) else str(c) for c in captions]
