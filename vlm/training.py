@@ -99,16 +99,15 @@ def atomic_save(model, path):
 
 
 def without_training_state(model):
-    """A compiled copy of `model` whose optimizer holds no slots yet.
+    """An uncompiled copy of `model`: weights, tokenizer and image settings.
 
-    The shipped `.keras` file then carries the weights, the tokenizer and
-    the compile settings, without AdamW's two extra copies of every weight.
+    The shipped `.keras` file is for inference: it leaves out AdamW's two
+    extra copies of every weight (`compile()` it again to train or evaluate).
     """
     config = dict(model.get_config(), tokenizer=None)  # its vocabulary is an asset
     copy = model.__class__.from_config(config)
     copy.tokenizer = model.tokenizer
     copy.set_weights(model.get_weights())
-    copy.compile(optimizer="adamw")
     return copy
 
 

@@ -33,11 +33,14 @@ class DecoderBlock(keras.layers.Layer):
         self_attention_cache: optional `(batch, 2, max_length, heads, dim)`
             self-attention cache; `cache_index` is then required.
         cache_index: position of `inputs[:, 0]` in the sequence.
+        return_attention_scores: bool. Also return the cross-attention
+            probabilities `(batch, heads, length, patches)`.
         training: bool.
 
     Returns:
-        `(batch, length, hidden_dim)`, or `(outputs, self_attention_cache)`
-        when a self-attention cache is given.
+        `(batch, length, hidden_dim)`; with a self-attention cache, the
+        updated cache follows it, and with `return_attention_scores` the
+        cross-attention scores come last.
 
     Example:
 
@@ -115,6 +118,7 @@ class DecoderBlock(keras.layers.Layer):
         context_cache=None,
         self_attention_cache=None,
         cache_index=None,
+        return_attention_scores=False,
         training=None,
     ):
         x = inputs
@@ -131,14 +135,20 @@ class DecoderBlock(keras.layers.Layer):
             self.cross_attention_norm(x),
             context,
             context_cache=context_cache,
+            return_attention_scores=return_attention_scores,
             training=training,
         )
+        if return_attention_scores:
+            attended, scores = attended
         x = x + self.residual_dropout(attended, training=training)
         hidden = self.mlp_down(self.mlp_up(self.mlp_norm(x)))
         x = x + self.residual_dropout(hidden, training=training)
+        outputs = (x,)
         if self_attention_cache is not None:
-            return x, self_attention_cache
-        return x
+            outputs += (self_attention_cache,)
+        if return_attention_scores:
+            outputs += (scores,)
+        return outputs[0] if len(outputs) == 1 else outputs
 
     def compute_output_shape(self, inputs_shape, context_shape=None):
         return tuple(inputs_shape)

@@ -107,6 +107,54 @@ class Captioner(keras.Model):
         self.decoder = decoder
         self.tokenizer = tokenizer
 
+    def generate(
+        self,
+        images,
+        max_length=None,
+        strategy="greedy",
+        num_beams=4,
+        top_k=10,
+        top_p=0.9,
+        temperature=1.0,
+        seed=0,
+        return_details=False,
+    ):
+        """Captions a batch of images.
+
+        The images are encoded once and every decoder block's cross-attention
+        keys and values computed once; the decoding loop runs compiled (XLA on
+        TensorFlow and JAX; eager under no-grad on PyTorch).
+
+        Args:
+            images: a `(batch, H, W, C)` array or tensor, or a list of images
+                of any sizes (uint8, uint16 or floats in [0, 255]; grayscale
+                and RGBA are converted).
+            max_length: new tokens at most (default `sequence_length - 1`).
+            strategy: "greedy", "beam", "top_k" or "top_p".
+            num_beams: beams for "beam".
+            top_k: candidates kept for "top_k".
+            top_p: probability mass kept for "top_p".
+            temperature: softens (>1) or sharpens (<1) sampling.
+            seed: int; the same seed gives the same samples on every backend.
+            return_details: also return the token ids and the sequences'
+                log-probabilities.
+
+        Returns:
+            A list of caption strings, or with `return_details` a dict with
+            `captions`, `token_ids` (batch, max_length) and `log_probs`
+            (batch,).
+        """
+        # Generation builds on the model, so it is imported where it is used.
+        from vlm.generation.generator import CaptionGenerator
+
+        if getattr(self, "_caption_generator", None) is None:
+            self._caption_generator = CaptionGenerator(self)
+        return self._caption_generator(
+            images, max_length=max_length, strategy=strategy, num_beams=num_beams,
+            top_k=top_k, top_p=top_p, temperature=temperature, seed=seed,
+            return_details=return_details,
+        )
+
     @property
     def image_size(self):
         return self.encoder.image_size

@@ -35,11 +35,15 @@ class TextDecoder(keras.layers.Layer):
         self_attention_caches: optional `(layers, batch, 2, max_len, heads,
             dim)` self-attention caches; `cache_index` is then required.
         cache_index: position of `tokens[:, 0]` in the sequence.
+        return_attention_scores: bool. Also return every block's
+            cross-attention probabilities, a list of
+            `(batch, heads, length, patches)`.
         training: bool.
 
     Returns:
-        `(batch, length, vocabulary_size)` float32 logits, or
-        `(logits, self_attention_caches)` when caches are given.
+        `(batch, length, vocabulary_size)` float32 logits; with caches, the
+        updated self-attention caches follow, and with
+        `return_attention_scores` the list of scores comes last.
     """
 
     def __init__(
@@ -136,14 +140,16 @@ class TextDecoder(keras.layers.Layer):
         context_caches=None,
         self_attention_caches=None,
         cache_index=None,
+        return_attention_scores=False,
         training=None,
     ):
         x = self.token_embedding(tokens)
-        x = x + self.position_embedding(x, start_index=cache_index or 0)
+        start = 0 if cache_index is None else cache_index
+        x = x + self.position_embedding(x, start_index=start)
         x = self.embedding_dropout(x, training=training)
-        updated_caches = []
+        updated_caches, scores = [], []
         for i, block in enumerate(self.blocks):
-            x = block(
+            outputs = block(
                 x,
                 context,
                 context_cache=None if context_caches is None else context_caches[i],
@@ -151,15 +157,22 @@ class TextDecoder(keras.layers.Layer):
                     None if self_attention_caches is None else self_attention_caches[i]
                 ),
                 cache_index=cache_index,
+                return_attention_scores=return_attention_scores,
                 training=training,
             )
+            outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
+            x = outputs[0]
             if self_attention_caches is not None:
-                x, cache = x
-                updated_caches.append(cache)
+                updated_caches.append(outputs[1])
+            if return_attention_scores:
+                scores.append(outputs[-1])
         logits = self.token_embedding(self.final_norm(x), reverse=True)
+        outputs = (logits,)
         if self_attention_caches is not None:
-            return logits, ops.stack(updated_caches)
-        return logits
+            outputs += (ops.stack(updated_caches),)
+        if return_attention_scores:
+            outputs += (scores,)
+        return outputs[0] if len(outputs) == 1 else outputs
 
     def compute_output_shape(self, tokens_shape, context_shape=None):
         return tuple(tokens_shape) + (self.vocabulary_size,)
