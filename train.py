@@ -7,9 +7,12 @@ Rerun the same command after an interruption to resume where it stopped.
 """
 
 import argparse
+import os
 import sys
 
-from vlm.config import ConfigError, apply_overrides, load_config
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
+
+from vlm.config import ConfigError, apply_overrides, load_config  # noqa: E402
 
 DEFAULT_CONFIG = "configs/shapes.py"
 

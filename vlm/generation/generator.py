@@ -9,6 +9,7 @@ once: XLA on TensorFlow and JAX, eager under `no_grad` on PyTorch
 (`vlm.backend.compiled_inference`).
 """
 
+import keras
 import numpy as np
 from keras import ops
 
@@ -30,18 +31,20 @@ def prepare_images(images, image_size):
         image_size: the model's image side S.
     """
     if isinstance(images, (list, tuple)):
+        if not images:
+            return ops.zeros((0, image_size, image_size, 3))
         return ops.concatenate(
-            [prepare_images(ops.expand_dims(_as_hwc(i), 0), image_size) for i in images],
-            axis=0,
-        ) if images else ops.zeros((0, image_size, image_size, 3))
-    if ops.ndim(images) != 4:
+            [prepare_images(_batch_of_one(image), image_size) for image in images], axis=0
+        )
+    if len(images.shape) != 4:
         raise ValueError(
             "`images` must be a batch (batch, height, width, channels) or a list "
-            f"of images. Received: shape={tuple(ops.shape(images))}"
+            f"of images. Received: shape={tuple(images.shape)}"
         )
-    dtype = str(getattr(images, "dtype", "float32"))
+    # Read the dtype before any conversion: not every backend has uint16.
+    dtype = keras.backend.standardize_dtype(images.dtype)
     images = ops.cast(images, "float32")
-    if "uint16" in dtype:
+    if dtype == "uint16":
         images = images / 257.0
     channels = ops.shape(images)[-1]
     if channels == 1:
@@ -57,8 +60,10 @@ def prepare_images(images, image_size):
     return ops.clip(images, 0.0, 255.0)
 
 
-def _as_hwc(image):
-    return ops.expand_dims(image, -1) if ops.ndim(image) == 2 else image
+def _batch_of_one(image):
+    """`(1, H, W, C)` from one `(H, W, C)` or `(H, W)` image, dtype kept."""
+    image = image if ops.is_tensor(image) else np.asarray(image)
+    return image[None, ..., None] if len(image.shape) == 2 else image[None]
 
 
 class CaptionGenerator:

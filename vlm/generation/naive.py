@@ -1,15 +1,19 @@
 """Reference greedy decoding: re-runs the whole decoder over the prefix each step."""
 
 import numpy as np
+from keras import ops
+
+from vlm.backend import compiled_inference
 
 
 def naive_greedy(model, images, max_length=None):
     """Greedy token ids by re-running the whole model at every step.
 
     Slow on purpose: it is the reference that cached decoding must equal,
-    token for token. Each step runs the compiled `predict_on_batch` on the
-    full fixed-length token array (causal attention makes the padding after
-    the prefix irrelevant), so there is one trace, not one per length.
+    token for token. Each step runs the whole model (compiled like the
+    cached loop, `vlm.backend.compiled_inference`) on the full fixed-length
+    token array; causal attention makes the padding after the prefix
+    irrelevant, and the fixed shape means one trace, not one per length.
 
     Args:
         model: a `Captioner` whose tokenizer has `start_token_id`,
@@ -37,8 +41,11 @@ def naive_greedy(model, images, max_length=None):
     done = np.zeros(batch, bool)
     log_probs = np.zeros(batch, "float32")
     rows = np.arange(batch)
+    forward = compiled_inference(
+        lambda x, t: model({"images": x, "tokens": t}, training=False), model.variables
+    )
     for step in range(max_length):
-        logits = model.predict_on_batch({"images": images, "tokens": tokens})
+        logits = ops.convert_to_numpy(forward(images, tokens))
         step_logits = np.asarray(logits[:, step], "float64")
         step_log_probs = step_logits - _logsumexp(step_logits)
         next_ids = step_log_probs.argmax(-1).astype("int32")

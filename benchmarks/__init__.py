@@ -1,0 +1,1 @@
+"""Measured, never asserted: speed and memory of `vlm` on this machine."""

@@ -1,0 +1,125 @@
+"""`python -m vlm ...`: command-line tools around a trained captioner.
+
+    python -m vlm caption IMAGE... [--model PATH] [--strategy beam --beams 4]
+                                   [--attention-map out.png [--layer N]]
+"""
+
+import argparse
+import os
+import re
+import sys
+
+DEFAULT_MODEL = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "saved_models", "shapes.keras"
+)
+
+
+def _caption_parser(subparsers):
+    parser = subparsers.add_parser(
+        "caption", help="caption image files",
+        description="Prints one caption per image (JPEG, PNG, BMP or GIF). A file "
+                    "that cannot be read is reported by name; the others are still "
+                    "captioned, and the exit code is 1.")
+    parser.add_argument("images", nargs="+", metavar="IMAGE")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help="a .keras file from train.py (default: %(default)s)")
+    parser.add_argument("--strategy", default="greedy",
+                        choices=("greedy", "beam", "top_k", "top_p"))
+    parser.add_argument("--beams", type=int, default=4, help="beams for --strategy beam")
+    parser.add_argument("--top-k", type=int, default=10)
+    parser.add_argument("--top-p", type=float, default=0.9)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed")
+    parser.add_argument("--max-length", type=int, default=None, help="new tokens at most")
+    parser.add_argument("--attention-map", metavar="PNG",
+                        help="write per-word attention heat-maps (one PNG per image; "
+                             "with several images, the image's name is added)")
+    parser.add_argument("--layer", type=int, default=-1,
+                        help="decoder block whose attention is drawn (default: last)")
+    parser.set_defaults(run=caption_command)
+
+
+def read_images(paths):
+    """Decodes image files; returns `(images, errors)` keyed by path.
+
+    Every problem (missing, empty, not an image, truncated) becomes a
+    one-line error naming the file; the other files are still read.
+    """
+    from vlm.data.images import decode_image
+
+    images, errors = {}, {}
+    for path in paths:
+        if not os.path.isfile(path):
+            errors[path] = "no such file"
+            continue
+        with open(path, "rb") as f:
+            contents = f.read()
+        if not contents:
+            errors[path] = "empty file"
+            continue
+        try:
+            images[path] = decode_image(contents).numpy()
+        except Exception as error:  # noqa: BLE001  (TF raises several kinds)
+            errors[path] = f"not a readable image ({_short_tf_message(error)})"
+    return images, errors
+
+
+def _short_tf_message(error):
+    """The readable part of a TensorFlow op error (no `{{function_node}}`/`[Op:]`)."""
+    message = re.sub(r"\{\{[^}]*\}\}|\[Op:[^\]]*\]", "", str(error))
+    return " ".join(message.split()) or type(error).__name__
+
+
+def caption_command(args):
+    if not os.path.isfile(args.model):
+        print(f"error: model file not found: {args.model}", file=sys.stderr)
+        return 2
+    images, errors = read_images(args.images)
+    for path, message in errors.items():
+        print(f"error: {path}: {message}", file=sys.stderr)
+    if images:
+        from vlm import load_captioner
+
+        model = load_captioner(args.model)
+        paths = list(images)
+        details = model.generate(
+            [images[p] for p in paths], max_length=args.max_length, strategy=args.strategy,
+            num_beams=args.beams, top_k=args.top_k, top_p=args.top_p,
+            temperature=args.temperature, seed=args.seed, return_details=True,
+        )
+        for path, caption in zip(paths, details["captions"]):
+            print(f"{path}\t{caption}")
+        if args.attention_map:
+            _write_attention_maps(model, paths, images, details, args)
+    return 1 if errors else 0
+
+
+def _write_attention_maps(model, paths, images, details, args):
+    from keras import ops
+
+    from vlm.generation.generator import prepare_images
+    from vlm.viz.attention import plot_attention_grid, word_attention
+
+    prepared = prepare_images([images[p] for p in paths], model.image_size)
+    root, extension = os.path.splitext(args.attention_map)
+    for i, path in enumerate(paths):
+        out = args.attention_map
+        if len(paths) > 1:
+            out = f"{root}_{os.path.splitext(os.path.basename(path))[0]}{extension or '.png'}"
+        image = ops.convert_to_numpy(prepared[i])
+        words, maps = word_attention(model, image, details["token_ids"][i], layer=args.layer)
+        plot_attention_grid(image, words, maps, out, caption=details["captions"][i])
+        print(f"attention map: {out}", file=sys.stderr)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="python -m vlm", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    _caption_parser(subparsers)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    return args.run(args)

@@ -1,0 +1,1 @@
+"""Pictures: attention heat-maps and caption galleries (matplotlib, Agg)."""
