@@ -26,6 +26,6 @@ def get_config():
         ),
         data=DataConfig(dataset="shapes", train_size=20000, validation_size=1000,
                         test_size=1000),
-        train=TrainConfig(name="shapes", epochs=4, batch_size=64,
+        train=TrainConfig(name="shapes", epochs=8, batch_size=64,
                           learning_rate=1.5e-3, weight_decay=0.01),
     )

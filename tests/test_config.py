@@ -8,7 +8,7 @@ from vlm.config import Config, ConfigError, apply_overrides, load_config
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize("name", ["shapes", "tiny"])
+@pytest.mark.parametrize("name", ["shapes", "tiny", "coco_vit_b16"])
 def test_shipped_configs_load_and_validate(name):
     config = load_config(os.path.join(REPO, "configs", f"{name}.py"))
     assert isinstance(config, Config)
