@@ -13,14 +13,14 @@ as the training pipeline. Its vocabulary starts with the four special tokens:
     id 0 [PAD]   id 1 [UNK]   id 2 [START]   id 3 [END]
 """
 
-import string
-import unicodedata
 import weakref
 
 import keras
 import keras_hub
 import numpy as np
 import tensorflow as tf
+
+from vlm.text import normalize_caption  # noqa: F401  (part of this module's API)
 
 PAD = "[PAD]"
 UNK = "[UNK]"
@@ -31,8 +31,6 @@ END = "[END]"
 SPECIAL_TOKENS = (PAD, UNK, START, END)
 
 # Deleted rather than turned into spaces, so "man's" stays one word.
-_APOSTROPHES = "'`\u2018\u2019"
-_ASCII_PUNCTUATION = frozenset(string.punctuation)
 # RE2 versions of the same character classes. `[!-/:-@\[-`{-~]` is exactly
 # `string.punctuation`; `\p{P}` is Unicode punctuation, `\p{Z}` Unicode
 # separators (spaces), `\p{Cc}` control characters (tab, newline, ...).
@@ -46,48 +44,6 @@ def _check_int(name, value, minimum=1):
         raise ValueError(
             f"`{name}` must be an integer >= {minimum}. Received: {name}={value!r}"
         )
-
-
-def _becomes_space(char):
-    if char in _ASCII_PUNCTUATION:
-        return True
-    category = unicodedata.category(char)
-    return category[0] in "PZ" or category == "Cc"
-
-
-def normalize_caption(text):
-    """Normalises one caption the COCO way, in pure Python.
-
-    Lowercases, deletes apostrophes, replaces punctuation (ASCII and Unicode),
-    separators and control characters by spaces, then collapses runs of spaces
-    and strips the ends. Other characters (letters, digits, accents, emoji) are
-    kept. Gives the same result as `tf_normalize_caption` on ASCII text.
-
-    Args:
-        text: `str`, or UTF-8 `bytes` (as tf.data yields them).
-
-    Returns:
-        The normalised `str`, possibly empty.
-
-    Example:
-
-    >>> normalize_caption("  A man's DOG, jumping!\\n")
-    'a mans dog jumping'
-    """
-    if isinstance(text, bytes):
-        text = text.decode("utf-8")
-    if not isinstance(text, str):
-        raise TypeError(
-            f"`text` must be a str or bytes. Received: {type(text).__name__} {text!r}"
-        )
-    chars = []
-    for char in text.lower():
-        if char in _APOSTROPHES:
-            continue
-        chars.append(" " if _becomes_space(char) else char)
-    # Every whitespace character of `str.split` is a separator or a control
-    # character, so only spaces remain to split on here.
-    return " ".join(word for word in "".join(chars).split(" ") if word)
 
 
 def tf_normalize_caption(text):

@@ -28,11 +28,11 @@ score_captions(
 """
 
 import math
-import string
-import unicodedata
 from collections import Counter
 
 import numpy as np
+
+from vlm.text import caption_words
 
 # pycocoevalcap's BLEU smoothing: every modified precision is
 # (correct + 1e-15) / (guess + 1e-9), so a candidate with no n-grams of some
@@ -41,20 +41,12 @@ _TINY = 1e-15
 _SMALL = 1e-9
 _CIDER_MAX_N = 4
 
-# Deleted rather than turned into spaces, so "man's" stays one word. The same
-# rules as `vlm.data.tokenizer.normalize_caption`, which this module cannot
-# import (vlm.data imports TensorFlow).
-_APOSTROPHES = frozenset("'`\u2018\u2019")
-_ASCII_PUNCTUATION = frozenset(string.punctuation)
-
 
 def normalize(text):
     """Splits a caption into the tokens every metric here scores.
 
-    Lowercases, deletes apostrophes (' ` and the curly quotes), replaces every
-    other punctuation mark (ASCII and Unicode), separator and control
-    character by a space, and splits on whitespace. Gives the same words as
-    `vlm.data.tokenizer.normalize_caption`.
+    The project's one normalisation (`vlm.text.normalize_caption`: lowercase,
+    apostrophes deleted, other punctuation to spaces), split on whitespace.
 
     Args:
         text: `str`, or UTF-8 `bytes`.
@@ -67,25 +59,7 @@ def normalize(text):
     >>> normalize("A Dog, running!")
     ['a', 'dog', 'running']
     """
-    if isinstance(text, bytes):
-        text = text.decode("utf-8")
-    if not isinstance(text, str):
-        raise TypeError(
-            f"A caption must be a str or bytes. Received: {type(text).__name__} {text!r}"
-        )
-    chars = []
-    for char in text.lower():
-        if char in _APOSTROPHES:
-            continue
-        chars.append(" " if _becomes_space(char) else char)
-    return "".join(chars).split()
-
-
-def _becomes_space(char):
-    if char in _ASCII_PUNCTUATION:
-        return True
-    category = unicodedata.category(char)
-    return category[0] in "PZ" or category == "Cc"
+    return caption_words(text)
 
 
 def _tokenize_inputs(candidates, references):

@@ -1,12 +1,9 @@
 """Per-word cross-attention heat-maps over the image patches."""
 
-import matplotlib
+import numpy as np
+from keras import ops
 
-matplotlib.use("Agg")  # files only; never needs a display
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from keras import ops  # noqa: E402
+from vlm.viz.figures import as_unit_image, panel_grid, save_figure
 
 
 def word_attention(model, image, token_ids, layer=-1):
@@ -59,12 +56,9 @@ def plot_attention_grid(image, words, maps, path, caption=None, columns=5):
         caption: optional title for the whole figure.
         columns: panels per row.
     """
-    image = np.clip(np.asarray(image, "float32") / 255.0, 0.0, 1.0)
+    image = as_unit_image(image)
     size = image.shape[0]
-    panels = len(words) + 1
-    rows = -(-panels // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.4 * rows))
-    axes = np.atleast_1d(axes).ravel()
+    figure, axes = panel_grid(len(words) + 1, columns, (2.2, 2.4))
     axes[0].imshow(image)
     axes[0].set_title("image", fontsize=9)
     for axis, word, weights in zip(axes[1:], words, maps):
@@ -74,10 +68,4 @@ def plot_attention_grid(image, words, maps, path, caption=None, columns=5):
         axis.imshow(overlay, cmap="inferno", alpha=0.6, vmin=0.0, vmax=float(maps.max()),
                     extent=(-0.5, size - 0.5, size - 0.5, -0.5))
         axis.set_title(word, fontsize=10)
-    for axis in axes:
-        axis.axis("off")
-    if caption:
-        figure.suptitle(caption, fontsize=11)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, axes, path, caption)

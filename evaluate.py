@@ -1,0 +1,90 @@
+"""Scores captions: `python evaluate.py [--model PATH] [--dataset shapes] [--split test]`.
+
+Generates captions for the whole split (with a progress bar), scores them
+against every reference (BLEU-1..4, ROUGE-L, CIDEr-D as the COCO caption
+evaluation computes them; on shapes also grounded scene scores), reports the
+loss and perplexity, prints a table and writes: the metrics JSON, a markdown
+report, a gallery PNG and the predictions as JSONL.
+
+Score captions from any system, without a model (numpy only):
+
+    python evaluate.py --predictions preds.jsonl --references refs.jsonl
+"""
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
+
+from vlm.evaluation import (  # noqa: E402
+    evaluate_predictions,
+    metrics_table,
+    output_paths,
+    write_outputs,
+)
+
+DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                             "saved_models", "shapes.keras")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="default: %(default)s")
+    parser.add_argument("--dataset", default="shapes", choices=("shapes", "coco", "folder"))
+    parser.add_argument("--split", default="test", choices=("train", "validation", "test"))
+    parser.add_argument("--captions-file", help="for --dataset folder: CSV or JSONL")
+    parser.add_argument("--data-dir", help="TFDS data folder (default: the vlm cache)")
+    parser.add_argument("--strategy", default="greedy", choices=("greedy", "beam"))
+    parser.add_argument("--beams", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--max-images", type=int, help="only the first N images")
+    parser.add_argument("--output", default="results/results.json",
+                        help="metrics JSON; the report files go beside it (default: %(default)s)")
+    parser.add_argument("--predictions", help="JSONL of {image_id, caption}: score these")
+    parser.add_argument("--references", help="JSONL of {image_id, captions: [...]}")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    paths = output_paths(args.output)
+    try:
+        if args.predictions or args.references:
+            if not (args.predictions and args.references):
+                raise ValueError("--predictions and --references go together.")
+            metrics, per_image = evaluate_predictions(args.predictions, args.references)
+            entries, title = None, f"Scores of {os.path.basename(args.predictions)}"
+        else:
+            metrics, per_image, entries, title = _evaluate_model(args)
+    except ValueError as error:
+        print(f"evaluate.py: error: {error}", file=sys.stderr)
+        return 2
+    write_outputs(paths, metrics, per_image, title, entries)
+    print(metrics_table(metrics))
+    written = [p for key, p in paths.items() if key != "gallery" or entries]
+    print("\nWrote " + ", ".join(written))
+    return 0
+
+
+def _evaluate_model(args):
+    if not os.path.isfile(args.model):
+        raise ValueError(f"model file not found: {args.model}")
+    from vlm import load_captioner
+    from vlm.config import DataConfig
+    from vlm.evaluation import evaluate_model
+
+    data_config = DataConfig(dataset=args.dataset, captions_file=args.captions_file,
+                             data_dir=args.data_dir)
+    model = load_captioner(args.model)
+    print(f"Captioning the {args.dataset} {args.split} split with {args.model}")
+    metrics, per_image, entries = evaluate_model(
+        model, data_config, args.split, strategy=args.strategy, num_beams=args.beams,
+        batch_size=args.batch_size, max_images=args.max_images)
+    title = f"{os.path.basename(args.model)} on {args.dataset}/{args.split} ({args.strategy})"
+    return metrics, per_image, entries, title
+
+
+if __name__ == "__main__":
+    sys.exit(main())

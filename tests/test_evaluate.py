@@ -1,0 +1,101 @@
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+import evaluate
+from tests.generation.test_generator import MODEL
+from vlm import load_captioner
+from vlm.config import DataConfig
+from vlm.evaluation import evaluate_model, output_paths, write_outputs
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COCO_KEYS = {"bleu_1", "bleu_2", "bleu_3", "bleu_4", "rouge_l", "cider_d"}
+GROUNDED_KEYS = {"object_accuracy", "color_accuracy", "shape_accuracy", "size_accuracy",
+                 "relation_accuracy", "exact_scene_accuracy", "hallucination_rate"}
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.fixture
+def prediction_files(tmp_path):
+    references = [
+        {"image_id": 1, "captions": ["a small red circle left of a large blue square",
+                                     "a large blue square right of a small red circle"]},
+        {"image_id": 2, "captions": ["a large green triangle", "there is a large green triangle"]},
+    ]
+    predictions = [
+        {"image_id": 1, "caption": "a small red circle left of a large blue square"},
+        {"image_id": 2, "caption": "a small yellow circle"},
+    ]
+    return (write_jsonl(tmp_path / "preds.jsonl", predictions),
+            write_jsonl(tmp_path / "refs.jsonl", references))
+
+
+def test_scores_predictions_files(prediction_files, tmp_path, capsys):
+    preds, refs = prediction_files
+    out = str(tmp_path / "scores.json")
+    assert evaluate.main(["--predictions", preds, "--references", refs, "--output", out]) == 0
+    metrics = json.load(open(out))
+    assert COCO_KEYS <= set(metrics) and metrics["num_images"] == 2
+    rows = [json.loads(line) for line in open(output_paths(out)["predictions"])]
+    assert rows[0]["bleu_4"] == pytest.approx(1.0) and rows[0]["rouge_l"] == pytest.approx(1.0)
+    assert rows[1]["cider_d"] < rows[0]["cider_d"]
+    assert rows[1]["rouge_l"] < 0.5
+    assert "| bleu_4 |" in open(output_paths(out)["report"]).read()
+    assert "bleu_4" in capsys.readouterr().out
+
+
+def test_predictions_mode_needs_no_backend(prediction_files, tmp_path):
+    preds, refs = prediction_files
+    code = (
+        "import sys; sys.path.insert(0, %r); import evaluate; "
+        "code = evaluate.main(['--predictions', %r, '--references', %r, '--output', %r]); "
+        "heavy = [m for m in ('keras', 'tensorflow', 'jax', 'torch') if m in sys.modules]; "
+        "print('HEAVY', heavy); sys.exit(code)"
+    ) % (REPO, preds, refs, str(tmp_path / "s.json"))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "HEAVY []" in result.stdout
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"image_id": 1, "caption": "a"}\nnot json\n', "preds.jsonl, line 2: not JSON"),
+    ('{"image_id": 1}\n', "preds.jsonl, line 1: expected keys 'image_id' and 'caption'"),
+    ('{"image_id": 1, "caption": 5}\n', "preds.jsonl, line 1: 'caption' must be a string"),
+    ('{"image_id": 9, "caption": "a"}\n', "no references for 1 predicted image(s), e.g. image_id '9'"),
+])
+def test_bad_prediction_files_name_the_line(prediction_files, tmp_path, capsys, content, message):
+    _, refs = prediction_files
+    bad = tmp_path / "preds.jsonl"
+    bad.write_text(content)
+    code = evaluate.main(["--predictions", str(bad), "--references", refs,
+                          "--output", str(tmp_path / "x.json")])
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_evaluates_the_shipped_model_on_a_shapes_split(tmp_path):
+    model = load_captioner(MODEL)
+    data = DataConfig(dataset="shapes", train_size=8, validation_size=8, test_size=24)
+    metrics, per_image, entries = evaluate_model(model, data, "test", batch_size=16,
+                                                 gallery_size=4)
+    assert metrics["num_images"] == len(per_image) == 24
+    assert COCO_KEYS | GROUNDED_KEYS <= set(metrics)
+    # A trained model on its own task: grounded and n-gram scores are high.
+    assert metrics["object_accuracy"] > 0.8 and metrics["bleu_1"] > 0.6
+    assert metrics["perplexity"] == pytest.approx(math.exp(metrics["loss"]))
+    assert 1.0 < metrics["perplexity"] < 5.0
+    assert len(entries) == 6 and sum("label" in e for e in entries) == 2
+    paths = output_paths(str(tmp_path / "results.json"))
+    write_outputs(paths, metrics, per_image, "test", entries)
+    for path in paths.values():
+        assert os.path.getsize(path) > 100
+    assert os.path.getsize(paths["gallery"]) > 20_000

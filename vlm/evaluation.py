@@ -1,0 +1,229 @@
+"""Evaluating captions: COCO metrics, grounded scene scores, loss, and the report files.
+
+`evaluate.py` is the command line around `evaluate_model` and
+`evaluate_predictions`.
+"""
+
+import json
+import math
+import os
+
+from vlm.metrics.coco import score_captions
+from vlm.metrics.grounded import grounded_scores
+
+METRIC_KEYS = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "rouge_l", "cider_d")
+
+
+def read_jsonl(path, key):
+    """`{image_id: value of key}` from a JSONL file; errors name the file and line.
+
+    Args:
+        path: a JSONL file of `{"image_id": ..., key: ...}` lines.
+        key: "caption" (a string) or "captions" (a list of strings).
+    """
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: file not found")
+    rows = {}
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}, line {number}: not JSON ({error.msg})") from None
+            if not isinstance(row, dict) or "image_id" not in row or key not in row:
+                raise ValueError(
+                    f"{path}, line {number}: expected keys 'image_id' and {key!r}. "
+                    f"Received: {line.strip()[:120]}"
+                )
+            value = row[key]
+            ok = isinstance(value, str) if key == "caption" else (
+                isinstance(value, list) and value and all(isinstance(v, str) for v in value))
+            if not ok:
+                expected = "a string" if key == "caption" else "a non-empty list of strings"
+                raise ValueError(
+                    f"{path}, line {number}: {key!r} must be {expected}. Received: {value!r}"
+                )
+            image_id = str(row["image_id"])
+            if image_id in rows:
+                raise ValueError(f"{path}, line {number}: image_id {image_id!r} repeated")
+            rows[image_id] = value
+    if not rows:
+        raise ValueError(f"{path}: no rows")
+    return rows
+
+
+def evaluate_predictions(predictions_path, references_path):
+    """Scores a predictions JSONL against a references JSONL (no model, numpy only).
+
+    Returns:
+        `(metrics, per_image)`: the corpus metrics dict and, per image,
+        `{"image_id", "caption", "references", **scores}`.
+    """
+    predictions = read_jsonl(predictions_path, "caption")
+    references = read_jsonl(references_path, "captions")
+    missing = sorted(set(predictions) - set(references))
+    if missing:
+        raise ValueError(
+            f"{references_path}: no references for {len(missing)} predicted image(s), "
+            f"e.g. image_id {missing[0]!r}"
+        )
+    ids = list(predictions)
+    return score(ids, [predictions[i] for i in ids], [references[i] for i in ids])
+
+
+def score(ids, captions, references, scenes=None):
+    """COCO metrics (and grounded scores when `scenes` are given) with per-image rows."""
+    scores = score_captions(captions, references)
+    metrics = {key: float(scores[key]) for key in METRIC_KEYS}
+    per_image = [
+        {"image_id": image_id, "caption": caption, "references": refs,
+         **{k: float(v) for k, v in row.items()}}
+        for image_id, caption, refs, row in zip(ids, captions, references, scores["per_image"])
+    ]
+    if scenes is not None:
+        metrics.update(grounded_scores(captions, scenes))
+    metrics["num_images"] = len(ids)
+    return metrics, per_image
+
+
+def output_paths(output):
+    """The report files that go with a metrics JSON path."""
+    root = output[:-5] if output.endswith(".json") else output
+    return {
+        "metrics": output,
+        "report": root + ".md",
+        "gallery": root + "_gallery.png",
+        "predictions": root + ".predictions.jsonl",
+    }
+
+
+def write_outputs(paths, metrics, per_image, title, gallery_entries=None):
+    """Writes the metrics JSON, the predictions JSONL, the markdown report and gallery."""
+    os.makedirs(os.path.dirname(paths["metrics"]) or ".", exist_ok=True)
+    with open(paths["metrics"], "w") as f:
+        json.dump(metrics, f, indent=2)
+        f.write("\n")
+    with open(paths["predictions"], "w", encoding="utf-8") as f:
+        for row in per_image:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    if gallery_entries:
+        from vlm.viz.gallery import plot_gallery
+
+        plot_gallery(gallery_entries, paths["gallery"], title=title)
+    with open(paths["report"], "w", encoding="utf-8") as f:
+        f.write(markdown_report(metrics, per_image, title,
+                                os.path.basename(paths["gallery"]) if gallery_entries else None))
+
+
+def metrics_table(metrics):
+    """A two-column markdown table of the metrics."""
+    lines = ["| metric | value |", "|---|---|"]
+    for key, value in metrics.items():
+        if isinstance(value, float):
+            lines.append(f"| {key} | {value:.4f} |")
+        else:
+            lines.append(f"| {key} | {value} |")
+    return "\n".join(lines)
+
+
+def markdown_report(metrics, per_image, title, gallery_name=None, worst=5):
+    """The markdown report: metrics, the gallery, and the worst-scored images."""
+    parts = [f"# {title}", "", metrics_table(metrics), ""]
+    if gallery_name:
+        parts += [f"![gallery]({gallery_name})", ""]
+    ranked = sorted(per_image, key=lambda row: row["cider_d"])[:worst]
+    parts += ["## Lowest CIDEr-D", "", "| image | generated | first reference | CIDEr-D |",
+              "|---|---|---|---|"]
+    for row in ranked:
+        parts.append(f"| {row['image_id']} | {row['caption']} | {row['references'][0]} | "
+                     f"{row['cider_d']:.3f} |")
+    return "\n".join(parts) + "\n"
+
+
+def perplexity(loss):
+    """exp(mean token cross-entropy), guarded against overflow."""
+    return math.exp(min(loss, 700.0))
+
+
+def evaluate_model(model, data_config, split="test", strategy="greedy", num_beams=4,
+                   batch_size=64, max_images=None, gallery_size=8):
+    """Captions a whole split and scores it.
+
+    Args:
+        model: a `Captioner` (compiled here for the loss if it is not).
+        data_config: a `vlm.config.DataConfig` naming the dataset.
+        split: "train", "validation" or "test".
+        strategy: "greedy" or "beam".
+        num_beams: beams for beam search.
+        batch_size: images per generation batch.
+        max_images: evaluate only the first images (None: all).
+        gallery_size: sample images drawn in the gallery (plus as many of
+            the worst-scored).
+
+    Returns:
+        `(metrics, per_image, gallery_entries)`.
+    """
+    import keras
+
+    from vlm.data.datasets import load_examples
+    from vlm.data.pipeline import eval_batches, train_batches
+    from vlm.data.shapes import scene_from_features
+
+    examples = load_examples(data_config, split, model.image_size)
+    if examples is None:
+        raise ValueError(f"Dataset {data_config.dataset!r} has no {split!r} split.")
+    if max_images:
+        examples = examples.take(max_images)
+    total = int(examples.cardinality()) if int(examples.cardinality()) > 0 else None
+    ids, captions, references, scenes, kept_images = [], [], [], [], {}
+    progress = keras.utils.Progbar(total, unit_name="image")
+    for batch in eval_batches(examples, image_size=model.image_size, batch_size=batch_size):
+        images = batch["images"].numpy()
+        captions += model.generate(images, strategy=strategy, num_beams=num_beams)
+        batch_ids = [_plain(i) for i in batch["image_id"].numpy()]
+        ids += batch_ids
+        references += [[c.decode() for c in row if c] for row in batch["captions"].numpy()]
+        if "objects" in batch:
+            objects = {k: v.numpy() for k, v in batch["objects"].items()}
+            for i in range(len(images)):
+                real = objects["shape"][i] >= 0  # padded objects are -1
+                scenes.append(scene_from_features({k: v[i][real] for k, v in objects.items()}))
+        for image_id, image in zip(batch_ids, images):
+            if len(kept_images) < gallery_size:
+                kept_images[image_id] = image
+        progress.add(len(images))
+
+    metrics, per_image = score(ids, captions, references, scenes or None)
+    metrics.update(split=split, strategy=strategy, dataset=data_config.dataset)
+
+    if not model.compiled:
+        model.compile()  # the masked caption loss and token accuracy
+    pairs = train_batches(examples, model.tokenizer, image_size=model.image_size,
+                          sequence_length=model.sequence_length, batch_size=batch_size,
+                          shuffle_buffer=0)
+    results = model.evaluate(pairs, verbose=0, return_dict=True)
+    metrics["loss"] = float(results["loss"])
+    metrics["perplexity"] = perplexity(metrics["loss"])
+    metrics["token_accuracy"] = float(results.get("token_accuracy", float("nan")))
+
+    worst = sorted(per_image, key=lambda row: row["cider_d"])[:gallery_size // 2]
+    worst_ids = {row["image_id"] for row in worst} - set(kept_images)
+    if worst_ids:
+        for batch in eval_batches(examples, image_size=model.image_size, batch_size=batch_size):
+            for image_id, image in zip(batch["image_id"].numpy(), batch["images"].numpy()):
+                if _plain(image_id) in worst_ids:
+                    kept_images[_plain(image_id)] = image
+    rows = {row["image_id"]: row for row in per_image}
+    entries = [dict(rows[i], image=kept_images[i]) for i in list(kept_images)[:gallery_size]]
+    entries += [dict(row, image=kept_images[row["image_id"]],
+                     label=f"worst: CIDEr-D {row['cider_d']:.2f}") for row in worst]
+    return metrics, per_image, entries
+
+
+def _plain(value):
+    """A JSON-friendly image id (bytes -> str, NumPy ints -> int)."""
+    if isinstance(value, bytes):
+        return value.decode()
+    return value.item() if hasattr(value, "item") else value
