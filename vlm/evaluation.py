@@ -168,7 +168,7 @@ def evaluate_model(model, data_config, split="test", strategy="greedy", num_beam
     import keras
 
     from vlm.data.datasets import load_examples
-    from vlm.data.pipeline import eval_batches, train_batches
+    from vlm.data.pipeline import count_pairs, eval_batches, train_batches
     from vlm.data.shapes import scene_from_features
 
     examples = load_examples(data_config, split, model.image_size)
@@ -203,20 +203,23 @@ def evaluate_model(model, data_config, split="test", strategy="greedy", num_beam
     pairs = train_batches(examples, model.tokenizer, image_size=model.image_size,
                           sequence_length=model.sequence_length, batch_size=batch_size,
                           shuffle_buffer=0)
-    results = model.evaluate(pairs, verbose=0, return_dict=True)
+    steps = max(count_pairs(examples) // batch_size, 1)
+    results = model.evaluate(pairs, steps=steps, verbose=0, return_dict=True)
     metrics["loss"] = float(results["loss"])
     metrics["perplexity"] = perplexity(metrics["loss"])
     metrics["token_accuracy"] = float(results.get("token_accuracy", float("nan")))
 
-    worst = sorted(per_image, key=lambda row: row["cider_d"])[:gallery_size // 2]
-    worst_ids = {row["image_id"] for row in worst} - set(kept_images)
+    samples = list(kept_images)
+    others = [row for row in per_image if row["image_id"] not in kept_images]
+    worst = sorted(others, key=lambda row: row["cider_d"])[:gallery_size // 2]
+    worst_ids = {row["image_id"] for row in worst}
     if worst_ids:
         for batch in eval_batches(examples, image_size=model.image_size, batch_size=batch_size):
             for image_id, image in zip(batch["image_id"].numpy(), batch["images"].numpy()):
                 if _plain(image_id) in worst_ids:
                     kept_images[_plain(image_id)] = image
     rows = {row["image_id"]: row for row in per_image}
-    entries = [dict(rows[i], image=kept_images[i]) for i in list(kept_images)[:gallery_size]]
+    entries = [dict(rows[i], image=kept_images[i]) for i in samples]
     entries += [dict(row, image=kept_images[row["image_id"]],
                      label=f"worst: CIDEr-D {row['cider_d']:.2f}") for row in worst]
     return metrics, per_image, entries

@@ -8,10 +8,9 @@ import os
 import time
 
 import keras
-import numpy as np
-import tensorflow as tf
 
 from vlm.data.datasets import load_examples
+from vlm.data.pipeline import count_pairs
 from vlm.data.pipeline import eval_batches
 from vlm.data.pipeline import train_batches
 from vlm.data.shapes import scene_from_features
@@ -35,12 +34,6 @@ def output_paths(config):
         "backup": os.path.join(run_logs, "backup"),
         "tensorboard": os.path.join(run_logs, "tensorboard"),
     }
-
-
-def count_pairs(examples):
-    """Number of (image, caption) training pairs in an examples dataset."""
-    counts = examples.map(lambda e: tf.shape(e["captions"])[0])
-    return int(counts.reduce(np.int64(0), lambda total, n: total + tf.cast(n, tf.int64)))
 
 
 def learning_rate_schedule(train_config, total_steps):

@@ -16,6 +16,7 @@ import csv
 import json
 import pathlib
 
+import numpy as np
 import tensorflow as tf
 
 from vlm.data.images import decode_image
@@ -140,6 +141,12 @@ def train_batches(
     batches = pairs.batch(batch_size, drop_remainder=True)
     batches = batches.map(to_model_inputs, num_parallel_calls=AUTOTUNE)
     return batches.prefetch(AUTOTUNE)
+
+
+def count_pairs(examples):
+    """Number of (image, caption) pairs in an examples dataset (one pass)."""
+    counts = examples.map(lambda e: tf.shape(e["captions"])[0])
+    return int(counts.reduce(np.int64(0), lambda total, n: total + tf.cast(n, tf.int64)))
 
 
 def _padding_value(spec):
