@@ -2,6 +2,8 @@
 
     python -m vlm caption IMAGE... [--model PATH] [--strategy beam --beams 4]
                                    [--attention-map out.png [--layer N]]
+    python -m vlm export [--model PATH] --output DIR [--strategy greedy|beam --beams N]
+                         [--max-length N]
 """
 
 import argparse
@@ -112,11 +114,38 @@ def _write_attention_maps(model, paths, images, details, args):
         print(f"attention map: {out}", file=sys.stderr)
 
 
+def _export_parser(subparsers):
+    parser = subparsers.add_parser(
+        "export", help="export a TF SavedModel that captions image bytes",
+        description="Writes a TF SavedModel with `serving_default` (encoded image "
+                    "bytes -> captions, log_probs) and `serve_pixels` (float images). "
+                    "Runs under the TensorFlow backend, in a subprocess if needed.")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="default: %(default)s")
+    parser.add_argument("--output", required=True, help="SavedModel folder to write")
+    parser.add_argument("--strategy", default="greedy", choices=("greedy", "beam"))
+    parser.add_argument("--beams", type=int, default=4)
+    parser.add_argument("--max-length", type=int, default=None)
+    parser.set_defaults(run=export_command)
+
+
+def export_command(args):
+    if not os.path.isfile(args.model):
+        print(f"error: model file not found: {args.model}", file=sys.stderr)
+        return 2
+    from vlm.export.saved_model import export
+
+    export(args.model, args.output, strategy=args.strategy, num_beams=args.beams,
+           max_length=args.max_length)
+    print(f"SavedModel: {args.output}")
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="python -m vlm", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     subparsers = parser.add_subparsers(dest="command", required=True)
     _caption_parser(subparsers)
+    _export_parser(subparsers)
     return parser
 
 

@@ -98,12 +98,12 @@ class CaptionGenerator:
         else:
             if strategy == "beam":
                 key = ("beam", max_length, num_beams)
-                fn = self._get(key, lambda im: _beam_search(model, im, max_length, num_beams))
+                fn = self._get(key, lambda im: beam_search(model, im, max_length, num_beams))
                 ids, log_probs = fn(images)
             else:
-                select = _selector(strategy, top_k, top_p, temperature)
+                select = token_selector(strategy, top_k, top_p, temperature)
                 key = (strategy, max_length, top_k, top_p, temperature)
-                fn = self._get(key, lambda im, noise: _sample(model, im, noise, max_length, select))
+                fn = self._get(key, lambda im, noise: sample_loop(model, im, noise, max_length, select))
                 ids, log_probs = fn(images, _gumbel_noise(seed, max_length, batch,
                                                           model.decoder.vocabulary_size,
                                                           strategy))
@@ -178,7 +178,7 @@ def _step(model, tokens, caches, context_caches, index):
     return ops.log_softmax(ops.cast(logits[:, 0], "float32"), axis=-1), caches
 
 
-def _sample(model, images, noise, max_length, select):
+def sample_loop(model, images, noise, max_length, select):
     """Greedy or sampled decoding; `select(log_probs, noise_t)` picks tokens."""
     tokenizer = model.tokenizer
     context_caches, batch = _start(model, images)
@@ -205,7 +205,7 @@ def _sample(model, images, noise, max_length, select):
     return tokens[:, 1:], total
 
 
-def _selector(strategy, top_k, top_p, temperature):
+def token_selector(strategy, top_k, top_p, temperature):
     """The token choice of a strategy, from log-probs and Gumbel noise."""
     if strategy == "greedy":
         return lambda log_probs, noise: ops.cast(ops.argmax(log_probs, axis=-1), "int32")
@@ -235,7 +235,7 @@ def _gumbel_noise(seed, max_length, batch, vocabulary_size, strategy):
     return (-np.log(-np.log(np.clip(uniform, 1e-12, 1.0 - 1e-7)))).astype("float32")
 
 
-def _beam_search(model, images, max_length, num_beams):
+def beam_search(model, images, max_length, num_beams):
     """Beam search with the beams in the batch dimension.
 
     Each step extends every live beam by every token, keeps the `num_beams`

@@ -1,0 +1,1 @@
+"""Serving artifacts: a TF SavedModel from image bytes to captions."""

@@ -1,0 +1,139 @@
+"""Exports a `Captioner` as a TF SavedModel: encoded image bytes in, captions out.
+
+Everything runs inside the graph: image decoding (JPEG, PNG, BMP, GIF),
+resizing, the ViT, the cached decoding loop (XLA-compiled, image keys and
+values computed once) and detokenization. The graph uses core TensorFlow ops
+only, so any TensorFlow runtime (TF Serving, `tf.saved_model.load` without
+keras or vlm) can run it.
+
+Signatures:
+    serving_default(images: tf.string [batch]) -> captions, log_probs
+    serve_pixels(images: tf.float32 [batch, H, W, 3] in [0, 255]) -> captions, log_probs
+
+Exporting needs the TensorFlow backend; `export` arranges a subprocess
+when the current process runs another one (the `.keras` file is
+backend-neutral).
+"""
+
+import os
+import subprocess
+import sys
+
+import keras
+import tensorflow as tf
+
+from vlm.generation.generator import beam_search, sample_loop, token_selector
+
+
+def export(model_path, output_dir, strategy="greedy", num_beams=4, max_length=None):
+    """Exports the `.keras` model at `model_path` to a SavedModel in `output_dir`.
+
+    Runs in this process under the TensorFlow backend, else in a
+    `KERAS_BACKEND=tensorflow` subprocess.
+    """
+    if keras.config.backend() != "tensorflow":
+        command = [sys.executable, "-m", "vlm", "export", "--model", model_path,
+                   "--output", output_dir, "--strategy", strategy, "--beams", str(num_beams)]
+        if max_length:
+            command += ["--max-length", str(max_length)]
+        env = dict(os.environ, KERAS_BACKEND="tensorflow")
+        print(f"Exporting under the TensorFlow backend (this process runs "
+              f"{keras.config.backend()}): {' '.join(command[1:])}", file=sys.stderr)
+        subprocess.run(command, env=env, check=True)
+        return output_dir
+    from vlm import load_captioner
+
+    return export_model(load_captioner(model_path), output_dir, strategy, num_beams,
+                        max_length)
+
+
+def export_model(model, output_dir, strategy="greedy", num_beams=4, max_length=None):
+    """Writes the serving SavedModel of an in-memory `Captioner` (TensorFlow backend)."""
+    if keras.config.backend() != "tensorflow":
+        raise RuntimeError("export_model needs KERAS_BACKEND=tensorflow; use `export`.")
+    if strategy not in ("greedy", "beam"):
+        raise ValueError(f"`strategy` must be 'greedy' or 'beam'. Received: {strategy!r}")
+    max_length = max_length or model.sequence_length - 1
+    if not 1 <= max_length <= model.sequence_length - 1:
+        raise ValueError(
+            f"`max_length` must be in [1, {model.sequence_length - 1}]. "
+            f"Received: max_length={max_length}"
+        )
+    module = _ServingModule(model, strategy, num_beams, max_length)
+    signatures = {
+        "serving_default": module.serve_bytes.get_concrete_function(),
+        "serve_pixels": module.serve_pixels.get_concrete_function(),
+    }
+    tf.saved_model.save(module, output_dir, signatures=signatures)
+    return output_dir
+
+
+class _ServingModule(tf.Module):
+    def __init__(self, model, strategy, num_beams, max_length):
+        super().__init__(name="captioner_serving")
+        # The Keras model stays out of tf.Module tracking; its tf.Variables
+        # are tracked here so that the SavedModel stores them.
+        self._variables = [v.value for v in model.variables]
+        tokenizer = model.tokenizer
+        size = model.image_size
+        self._size = size
+        self._vocabulary = tf.constant(tokenizer.get_vocabulary())
+        self._special = tf.constant([tokenizer.pad_token_id, tokenizer.start_token_id,
+                                     tokenizer.end_token_id], tf.int32)
+        self._end = tokenizer.end_token_id
+        if strategy == "beam":
+            decode = lambda images: beam_search(model, images, max_length, num_beams)
+        else:
+            select = token_selector("greedy", 1, 1.0, 1.0)
+            noise = tf.zeros((max_length, 1, 1))
+            decode = lambda images: sample_loop(model, images, noise, max_length, select)
+        self._decode = tf.function(decode, jit_compile=True)
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
+        def serve_bytes(images):
+            pixels = tf.map_fn(self._decode_one, images,
+                               fn_output_signature=tf.TensorSpec([size, size, 3],
+                                                                 tf.float32))
+            return self._caption(pixels)
+
+        @tf.function(input_signature=[
+            tf.TensorSpec([None, None, None, 3], tf.float32, name="images")])
+        def serve_pixels(images):
+            return self._caption(self._resize(images))
+
+        self.serve_bytes = serve_bytes
+        self.serve_pixels = serve_pixels
+
+    def _resize(self, images):
+        resized = tf.image.resize(images, (self._size, self._size), antialias=True)
+        same = tf.reduce_all(tf.equal(tf.shape(images)[1:3], self._size))
+        return tf.clip_by_value(tf.cond(same, lambda: images, lambda: resized), 0.0, 255.0)
+
+    def _decode_one(self, contents):
+        not_empty = tf.debugging.assert_greater(
+            tf.strings.length(contents), 0,
+            message="An image in the request is empty (zero bytes).")
+        with tf.control_dependencies([not_empty]):
+            image = tf.io.decode_image(contents, channels=3, expand_animations=False)
+        image = tf.cast(image, tf.float32)
+        return self._resize(image[None])[0]
+
+    def _caption(self, pixels):
+        def run():
+            ids, log_probs = self._decode(pixels)
+            return self._detokenize(ids), log_probs
+
+        def empty():
+            return tf.zeros([0], tf.string), tf.zeros([0], tf.float32)
+
+        captions, log_probs = tf.cond(tf.shape(pixels)[0] > 0, run, empty)
+        return {"captions": captions, "log_probs": log_probs}
+
+    def _detokenize(self, ids):
+        """Core-TF detokenization: cut at [END], drop specials, join ## pieces."""
+        ended = tf.cumsum(tf.cast(tf.equal(ids, self._end), tf.int32), axis=1) > 0
+        special = tf.reduce_any(tf.equal(ids[..., None], self._special), axis=-1)
+        words = tf.ragged.boolean_mask(tf.gather(self._vocabulary, ids),
+                                       ~(ended | special))
+        joined = tf.strings.reduce_join(words, axis=1, separator=" ")
+        return tf.strings.regex_replace(joined, " ##", "")
