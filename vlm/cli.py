@@ -125,6 +125,9 @@ def _export_parser(subparsers):
     parser.add_argument("--strategy", default="greedy", choices=("greedy", "beam"))
     parser.add_argument("--beams", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=None)
+    parser.add_argument("--no-xla", dest="xla", action="store_false",
+                        help="do not XLA-compile the decoding loop (for TF runtimes "
+                             "built without XLA)")
     parser.set_defaults(run=export_command)
 
 
@@ -135,7 +138,7 @@ def export_command(args):
     from vlm.export.saved_model import export
 
     export(args.model, args.output, strategy=args.strategy, num_beams=args.beams,
-           max_length=args.max_length)
+           max_length=args.max_length, xla=args.xla)
     print(f"SavedModel: {args.output}")
     return 0
 

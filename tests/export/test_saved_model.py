@@ -83,6 +83,15 @@ def test_fresh_tensorflow_process_serves_generate_captions(exported, image_files
 
 
 @pytest.mark.slow
+def test_export_without_xla_serves_the_same_captions(exported, image_files, tmp_path):
+    folder = str(tmp_path / "no_xla")
+    export(MODEL, folder, xla=False)
+    files = image_files[:2]
+    assert serve_in_fresh_process(folder, files)["captions"] == \
+        serve_in_fresh_process(exported, files)["captions"]
+
+
+@pytest.mark.slow
 def test_signatures_listed_by_saved_model_cli(exported):
     result = subprocess.run(["saved_model_cli", "show", "--dir", exported, "--all"],
                             capture_output=True, text=True,

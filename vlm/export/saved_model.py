@@ -25,17 +25,30 @@ import tensorflow as tf
 from vlm.generation.generator import beam_search, sample_loop, token_selector
 
 
-def export(model_path, output_dir, strategy="greedy", num_beams=4, max_length=None):
+def export(model_path, output_dir, strategy="greedy", num_beams=4, max_length=None,
+           xla=True):
     """Exports the `.keras` model at `model_path` to a SavedModel in `output_dir`.
 
     Runs in this process under the TensorFlow backend, else in a
     `KERAS_BACKEND=tensorflow` subprocess.
+
+    Args:
+        model_path: a `.keras` file from `train.py` (any backend trained it).
+        output_dir: the SavedModel folder to write (for TF Serving, a
+            version folder such as `models/shapes/1`).
+        strategy: "greedy" or "beam".
+        num_beams: beams for "beam".
+        max_length: new tokens at most (default: the model's longest).
+        xla: compile the decoding loop with XLA (`jit_compile=True`); turn it
+            off for a TensorFlow runtime built without XLA.
     """
     if keras.config.backend() != "tensorflow":
         command = [sys.executable, "-m", "vlm", "export", "--model", model_path,
                    "--output", output_dir, "--strategy", strategy, "--beams", str(num_beams)]
         if max_length:
             command += ["--max-length", str(max_length)]
+        if not xla:
+            command += ["--no-xla"]
         env = dict(os.environ, KERAS_BACKEND="tensorflow")
         print(f"Exporting under the TensorFlow backend (this process runs "
               f"{keras.config.backend()}): {' '.join(command[1:])}", file=sys.stderr)
@@ -44,10 +57,11 @@ def export(model_path, output_dir, strategy="greedy", num_beams=4, max_length=No
     from vlm import load_captioner
 
     return export_model(load_captioner(model_path), output_dir, strategy, num_beams,
-                        max_length)
+                        max_length, xla)
 
 
-def export_model(model, output_dir, strategy="greedy", num_beams=4, max_length=None):
+def export_model(model, output_dir, strategy="greedy", num_beams=4, max_length=None,
+                 xla=True):
     """Writes the serving SavedModel of an in-memory `Captioner` (TensorFlow backend)."""
     if keras.config.backend() != "tensorflow":
         raise RuntimeError("export_model needs KERAS_BACKEND=tensorflow; use `export`.")
@@ -59,7 +73,7 @@ def export_model(model, output_dir, strategy="greedy", num_beams=4, max_length=N
             f"`max_length` must be in [1, {model.sequence_length - 1}]. "
             f"Received: max_length={max_length}"
         )
-    module = _ServingModule(model, strategy, num_beams, max_length)
+    module = _ServingModule(model, strategy, num_beams, max_length, xla)
     signatures = {
         "serving_default": module.serve_bytes.get_concrete_function(),
         "serve_pixels": module.serve_pixels.get_concrete_function(),
@@ -69,7 +83,7 @@ def export_model(model, output_dir, strategy="greedy", num_beams=4, max_length=N
 
 
 class _ServingModule(tf.Module):
-    def __init__(self, model, strategy, num_beams, max_length):
+    def __init__(self, model, strategy, num_beams, max_length, xla):
         super().__init__(name="captioner_serving")
         # The Keras model stays out of tf.Module tracking; its tf.Variables
         # are tracked here so that the SavedModel stores them.
@@ -87,7 +101,7 @@ class _ServingModule(tf.Module):
             select = token_selector("greedy", 1, 1.0, 1.0)
             noise = tf.zeros((max_length, 1, 1))
             decode = lambda images: sample_loop(model, images, noise, max_length, select)
-        self._decode = tf.function(decode, jit_compile=True)
+        self._decode = tf.function(decode, jit_compile=xla)
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
         def serve_bytes(images):
