@@ -103,10 +103,12 @@ class CaptionGenerator:
             else:
                 select = token_selector(strategy, top_k, top_p, temperature)
                 key = (strategy, max_length, top_k, top_p, temperature)
-                fn = self._get(key, lambda im, noise: sample_loop(model, im, noise, max_length, select))
-                ids, log_probs = fn(images, _gumbel_noise(seed, max_length, batch,
-                                                          model.decoder.vocabulary_size,
-                                                          strategy))
+                fn = self._get(
+                    key, lambda im, noise: sample_loop(model, im, noise, max_length, select)
+                )
+                noise = _gumbel_noise(seed, max_length, batch,
+                                      model.decoder.vocabulary_size, strategy)
+                ids, log_probs = fn(images, noise)
             ids = ops.convert_to_numpy(ids).astype("int32")
             log_probs = ops.convert_to_numpy(log_probs).astype("float32")
         captions = detokenize_captions(model.tokenizer, ids) if batch else []
