@@ -1,5 +1,7 @@
 """Reference greedy decoding: re-runs the whole decoder over the prefix each step."""
 
+import weakref
+
 import numpy as np
 from keras import ops
 
@@ -41,9 +43,7 @@ def naive_greedy(model, images, max_length=None):
     done = np.zeros(batch, bool)
     log_probs = np.zeros(batch, "float32")
     rows = np.arange(batch)
-    forward = compiled_inference(
-        lambda x, t: model({"images": x, "tokens": t}, training=False), model.variables
-    )
+    forward = _forward(model)
     for step in range(max_length):
         logits = ops.convert_to_numpy(forward(images, tokens))
         step_logits = np.asarray(logits[:, step], "float64")
@@ -56,6 +56,18 @@ def naive_greedy(model, images, max_length=None):
         if done.all():
             break
     return tokens[:, 1:], log_probs
+
+
+_FORWARDS = weakref.WeakKeyDictionary()
+
+
+def _forward(model):
+    """The model's compiled full forward pass, made once per model."""
+    if model not in _FORWARDS:
+        _FORWARDS[model] = compiled_inference(
+            lambda x, t: model({"images": x, "tokens": t}, training=False), model.variables
+        )
+    return _FORWARDS[model]
 
 
 def _logsumexp(x):
