@@ -147,6 +147,43 @@ def perplexity(loss):
     return math.exp(min(loss, 700.0))
 
 
+def caption_split(model, examples, batch_size, strategy="greedy", num_beams=4,
+                  keep_images=0):
+    """Captions every image of an examples dataset, with a progress bar.
+
+    Returns:
+        `(ids, captions, references, scenes, kept_images)`: per image its id,
+        generated caption, reference list and (for the shapes dataset, whose
+        examples carry `objects`) scene graph, else `scenes` is empty; and
+        `{id: image}` for the first `keep_images` images.
+    """
+    import keras
+
+    from vlm.data.pipeline import eval_batches
+    from vlm.data.shapes import scene_from_features
+
+    cardinality = int(examples.cardinality())
+    progress = keras.utils.Progbar(cardinality if cardinality > 0 else None,
+                                   unit_name="image")
+    ids, captions, references, scenes, kept_images = [], [], [], [], {}
+    for batch in eval_batches(examples, image_size=model.image_size, batch_size=batch_size):
+        images = batch["images"].numpy()
+        captions += model.generate(images, strategy=strategy, num_beams=num_beams)
+        batch_ids = [_plain(i) for i in batch["image_id"].numpy()]
+        ids += batch_ids
+        references += [[c.decode() for c in row if c] for row in batch["captions"].numpy()]
+        if "objects" in batch:
+            objects = {k: v.numpy() for k, v in batch["objects"].items()}
+            for i in range(len(images)):
+                real = objects["shape"][i] >= 0  # padded objects are -1
+                scenes.append(scene_from_features({k: v[i][real] for k, v in objects.items()}))
+        for image_id, image in zip(batch_ids, images):
+            if len(kept_images) < keep_images:
+                kept_images[image_id] = image
+        progress.add(len(images))
+    return ids, captions, references, scenes, kept_images
+
+
 def evaluate_model(model, data_config, split="test", strategy="greedy", num_beams=4,
                    batch_size=64, max_images=None, gallery_size=8):
     """Captions a whole split and scores it.
@@ -165,36 +202,18 @@ def evaluate_model(model, data_config, split="test", strategy="greedy", num_beam
     Returns:
         `(metrics, per_image, gallery_entries)`.
     """
-    import keras
-
     from vlm.data.datasets import load_examples
     from vlm.data.pipeline import count_pairs, eval_batches, train_batches
-    from vlm.data.shapes import scene_from_features
 
     examples = load_examples(data_config, split, model.image_size)
     if examples is None:
         raise ValueError(f"Dataset {data_config.dataset!r} has no {split!r} split.")
     if max_images:
         examples = examples.take(max_images)
-    total = int(examples.cardinality()) if int(examples.cardinality()) > 0 else None
-    ids, captions, references, scenes, kept_images = [], [], [], [], {}
-    progress = keras.utils.Progbar(total, unit_name="image")
-    for batch in eval_batches(examples, image_size=model.image_size, batch_size=batch_size):
-        images = batch["images"].numpy()
-        captions += model.generate(images, strategy=strategy, num_beams=num_beams)
-        batch_ids = [_plain(i) for i in batch["image_id"].numpy()]
-        ids += batch_ids
-        references += [[c.decode() for c in row if c] for row in batch["captions"].numpy()]
-        if "objects" in batch:
-            objects = {k: v.numpy() for k, v in batch["objects"].items()}
-            for i in range(len(images)):
-                real = objects["shape"][i] >= 0  # padded objects are -1
-                scenes.append(scene_from_features({k: v[i][real] for k, v in objects.items()}))
-        for image_id, image in zip(batch_ids, images):
-            if len(kept_images) < gallery_size:
-                kept_images[image_id] = image
-        progress.add(len(images))
-
+    ids, captions, references, scenes, kept_images = caption_split(
+        model, examples, batch_size, strategy=strategy, num_beams=num_beams,
+        keep_images=gallery_size,
+    )
     metrics, per_image = score(ids, captions, references, scenes or None)
     metrics.update(split=split, strategy=strategy, dataset=data_config.dataset)
 

@@ -11,12 +11,9 @@ import keras
 
 from vlm.data.datasets import load_examples
 from vlm.data.pipeline import count_pairs
-from vlm.data.pipeline import eval_batches
 from vlm.data.pipeline import train_batches
-from vlm.data.shapes import scene_from_features
-from vlm.data.tokenizer import detokenize_captions
 from vlm.data.tokenizer import train_tokenizer
-from vlm.generation.naive import naive_greedy
+from vlm.evaluation import caption_split
 from vlm.metrics.grounded import grounded_scores
 from vlm.models.captioner import build_captioner
 
@@ -115,7 +112,7 @@ def write_json(path, data):
 
 
 def caption_report(model, examples, num_images, batch_size=250):
-    """Greedy-captions `num_images` images and scores what they say.
+    """Greedy-captions `num_images` images (cached decoding) and scores what they say.
 
     For the shapes dataset (examples carry `objects`, the scene graph) the
     captions are parsed back into objects and relations and compared with
@@ -125,26 +122,13 @@ def caption_report(model, examples, num_images, batch_size=250):
         dict with `num_images`, `samples` (a few image ids, captions and
         references) and, for shapes, the grounded scores.
     """
-    batches = eval_batches(
-        examples.take(num_images), image_size=model.image_size, batch_size=batch_size
+    ids, captions, references, scenes, _ = caption_split(
+        model, examples.take(num_images), batch_size
     )
-    captions, references, scenes, ids = [], [], [], []
-    progress = keras.utils.Progbar(num_images, unit_name="image")
-    for batch in batches:
-        token_ids, _ = naive_greedy(model, batch["images"].numpy())
-        captions += detokenize_captions(model.tokenizer, token_ids)
-        references += [[c.decode() for c in row if c] for row in batch["captions"].numpy()]
-        ids += batch["image_id"].numpy().tolist()
-        if "objects" in batch:
-            objects = {k: v.numpy() for k, v in batch["objects"].items()}
-            for i in range(len(token_ids)):
-                real = objects["shape"][i] >= 0  # padded objects are -1
-                scenes.append(scene_from_features({k: v[i][real] for k, v in objects.items()}))
-        progress.add(len(token_ids))
     report = {
         "num_images": len(captions),
         "samples": [
-            {"image_id": int(i), "caption": c, "references": r}
+            {"image_id": i, "caption": c, "references": r}
             for i, c, r in list(zip(ids, captions, references))[:10]
         ],
     }
