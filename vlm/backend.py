@@ -1,4 +1,5 @@
-"""The one place with backend branches: compiling an inference function.
+"""The one place with backend branches: compiling an inference function, and
+summing over `tf.distribute` replicas.
 
 Everything else in `vlm/layers`, `vlm/models` and `vlm/generation` is
 `keras.ops` only.
@@ -49,3 +50,20 @@ def compiled_inference(fn, variables):
 
         return no_grad
     return fn
+
+
+def replica_sum(x):
+    """Sums `x` over the replicas of a `tf.distribute` strategy.
+
+    Under `tf.distribute` (TensorFlow, `vlm.distribution`) each replica runs
+    `fit`'s step on its slice of the batch; this is a sum over the whole
+    global batch. On JAX a distributed step is one program over the global
+    batch and on PyTorch there is one device, so `x` is returned as is.
+    """
+    if keras.config.backend() == "tensorflow":
+        import tensorflow as tf
+
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+            return context.all_reduce(tf.distribute.ReduceOp.SUM, x)
+    return x

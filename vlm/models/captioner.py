@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from vlm.backend import replica_sum
 from vlm.models.image_encoder import ImageEncoder
 from vlm.models.text_decoder import TextDecoder
 
@@ -28,8 +29,12 @@ class CaptionLoss(keras.losses.Loss):
             y_true, ops.cast(y_pred, "float32"), from_logits=True
         )
         # The mean over the batch's real tokens (a scalar, so Keras' own
-        # reduction leaves it as is).
-        return ops.sum(per_token * mask) / ops.maximum(ops.sum(mask), 1.0)
+        # reduction leaves it as is). Under tf.distribute each replica divides
+        # its sum by the global count; Keras sums the replicas' gradients (and
+        # reports the mean of the replicas' losses times their number), so both
+        # are those of the global batch's token mean.
+        total = ops.stop_gradient(replica_sum(ops.sum(mask)))
+        return ops.sum(per_token * mask) / ops.maximum(total, 1.0)
 
     def get_config(self):
         config = super().get_config()
