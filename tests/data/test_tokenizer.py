@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from vlm.config import ModelConfig
 from vlm.data.tokenizer import END
 from vlm.data.tokenizer import PAD
 from vlm.data.tokenizer import SPECIAL_TOKENS
@@ -31,6 +32,7 @@ NORMALIZED = {
     "": "",
     " ... ": "",
     "\u201cCurly\u201d \u2014 dash, don\u2019t": "curly dash dont",
+    "A\x00NUL\x07byte": "a nul byte",  # TF's lower() used to stop at the NUL
 }
 
 # A hand-made vocabulary so that packing tests can state exact ids.
@@ -248,3 +250,37 @@ def test_tokenizer_config_round_trip(hand_tokenizer):
     revived.set_vocabulary(hand_tokenizer.get_vocabulary())
     assert revived.get_config() == config
     assert revived("a dog").tolist() == [4, 5]
+
+
+def test_empty_very_long_and_emoji_captions_at_the_model_length(hand_tokenizer):
+    """Bad captions packed at the model config's sequence length, eagerly and in tf.data."""
+    length = ModelConfig().sequence_length
+    captions = [
+        "",
+        " \t\n ",
+        "a dog runs on the grass " * 5000,  # 30,000 words
+        "\U0001f436\U0001f431 dog \u6771\u4eac",  # emoji, CJK
+        "a\x00dog\u200b",  # control and zero-width characters
+        "a" * 10_000,  # one 10,000-letter word
+    ]
+    pieces = [4, 5, 6, 7, 8, 9] * 4
+    expected = np.zeros((len(captions), length + 1), np.int32)
+    expected[:, 0] = 2
+    expected[0, 1] = expected[1, 1] = 3
+    expected[2, 1:] = pieces[: length - 1] + [3]  # truncated, still ends in [END]
+    expected[3, 1:6] = [1, 5, 1, 1, 3]  # emoji word, dog, 東, 京 (CJK splits per character)
+    expected[4, 1:4] = [4, 5, 3]
+    expected[5, 1:3] = [1, 3]  # longer than WordPiece's 100 characters a word
+    np.testing.assert_array_equal(pack_captions(hand_tokenizer, captions, length), expected)
+    dataset = tf.data.Dataset.from_tensor_slices(captions).batch(3)
+    packed = dataset.map(lambda c: pack_captions(hand_tokenizer, c, length))
+    np.testing.assert_array_equal(np.concatenate(list(packed.as_numpy_iterator())), expected)
+
+
+def test_a_learned_vocabulary_maps_unseen_characters_to_unk():
+    tokenizer = train_tokenizer(["a dog runs", "the cat sits"] * 20, vocabulary_size=100)
+    unk = tokenizer.unk_token_id
+    ids = tokenizer("the \U0001f436 sits \u00fcber").tolist()
+    assert ids[0] == tokenizer.token_to_id("the") and ids[2] == tokenizer.token_to_id("sits")
+    assert ids[1] == unk and ids[3] == unk and len(ids) == 4
+    assert detokenize_captions(tokenizer, ids) == "the [UNK] sits [UNK]"

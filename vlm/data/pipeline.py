@@ -15,11 +15,16 @@ tf.data batches for `fit`).
 import csv
 import json
 import pathlib
+import sys
+import warnings
 
 import numpy as np
 import tensorflow as tf
 
+from vlm.data.images import MAX_IMAGE_PIXELS
+from vlm.data.images import ImageError
 from vlm.data.images import decode_image
+from vlm.data.images import read_image_header
 from vlm.data.images import preprocess_image
 from vlm.data.paths import tfds_data_dir
 from vlm.data.tokenizer import _check_int
@@ -271,24 +276,12 @@ def coco_examples(split, *, data_dir=None, download=False, shuffle_files=False, 
     return dataset.map(to_example, num_parallel_calls=AUTOTUNE)
 
 
-_IMAGE_SIGNATURES = (
-    (b"\xff\xd8\xff", "JPEG"),
-    (b"\x89PNG\r\n\x1a\n", "PNG"),
-    (b"GIF87a", "GIF"),
-    (b"GIF89a", "GIF"),
-    (b"BM", "BMP"),
-)
+class SkippedInputWarning(UserWarning):
+    """An image or caption of a captions folder was skipped; the message names it."""
 
 
-def _image_format(path):
-    with open(path, "rb") as file:
-        head = file.read(16)
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "WebP"
-    for signature, name in _IMAGE_SIGNATURES:
-        if head.startswith(signature):
-            return name
-    return None
+def _warn(message):
+    warnings.warn(message, SkippedInputWarning, stacklevel=3)
 
 
 class _CaptionsFile:
@@ -298,6 +291,7 @@ class _CaptionsFile:
         self.path = path
         self.captions = {}  # image name -> list of captions, in file order
         self.lines = {}  # image name -> first line that names it
+        self.empty = {}  # image name -> first line with an empty caption for it
 
     def error(self, line, message):
         return ValueError(f"{self.path}, line {line}: {message}")
@@ -305,9 +299,14 @@ class _CaptionsFile:
     def add(self, line, image, caption):
         if not isinstance(image, str) or not image.strip():
             raise self.error(line, f"the image name must be a non-empty string. Received: {image!r}")
-        if not isinstance(caption, str) or not caption.strip():
+        if not isinstance(caption, str):
             raise self.error(line, f"a caption must be a non-empty string. Received: {caption!r}")
         image = image.strip()
+        if not caption.strip():
+            # Noise in the data, not a broken file: skip it and go on.
+            _warn(f"{self.path}, line {line}: skipping an empty caption of image {image!r}")
+            self.empty.setdefault(image, line)
+            return
         self.captions.setdefault(image, []).append(caption.strip())
         self.lines.setdefault(image, line)
 
@@ -359,7 +358,7 @@ class _CaptionsFile:
                 self.add(line, record.get("image"), caption)
 
 
-def folder_examples(captions_file, image_dir=None):
+def folder_examples(captions_file, image_dir=None, max_pixels=MAX_IMAGE_PIXELS):
     """Builds an examples dataset from a folder of images and a captions file.
 
     The captions file is either CSV with a header naming the columns `image`
@@ -370,17 +369,31 @@ def folder_examples(captions_file, image_dir=None):
     non-blank character is `{` is read as JSON Lines. Several rows may name
     the same image: its captions are grouped, in file order.
 
-    The whole file is read and checked before anything else happens: a
-    malformed row, an empty image name or caption, bad JSON, or an image that
-    is missing or not a JPEG/PNG/GIF/BMP/WebP file raises a `ValueError` that
-    names the captions file and the line, e.g.
-    `captions.csv, line 7: image 'foo.jpg' not found in /data/imgs`.
-    The images themselves are read and decoded lazily by the dataset.
+    The whole file is read and checked before anything else happens. A
+    broken file (not UTF-8, a malformed row, an empty image name, bad JSON,
+    a caption that is not a string) raises a `ValueError` that names the
+    captions file and the line, e.g.
+    `captions.csv, line 7: expected 2 columns ['image', 'caption'], found 3`.
+
+    Bad data is skipped instead, with a `SkippedInputWarning` naming the
+    line and the image, and the rest goes on:
+
+    - an empty caption (an image left with no caption is skipped);
+    - an image that is missing, empty, not a JPEG/PNG/GIF/BMP/WebP file, or
+      over `max_pixels` (a decompression bomb: the size is read from the
+      header, nothing is decoded). Each file's header is read here;
+    - an image that fails to decode when the dataset reads it (truncated or
+      corrupt data past a good header). The dataset drops it, prints a
+      warning naming it to stderr, and at the end of every pass prints how
+      many images were skipped in all. Iterating never raises for it.
+
+    If no image is left, a `ValueError` says so.
 
     Args:
         captions_file: path of the CSV or JSONL file.
         image_dir: folder the image names are relative to. Defaults to the
             captions file's folder.
+        max_pixels: int or None. Images with more pixels are skipped.
 
     Returns:
         An examples dataset; "image_id" is the image name as written in the
@@ -398,42 +411,119 @@ def folder_examples(captions_file, image_dir=None):
         raise ValueError(f"image folder not found: {image_dir} (for {captions_file})")
 
     reader = _CaptionsFile(str(captions_file))
-    with open(captions_file, encoding="utf-8-sig", newline="") as file:
-        text = file.read()
+    raw = captions_file.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise reader.error(
+            line, f"not UTF-8 text (byte 0x{raw[error.start]:02x} at offset {error.start}); "
+                  "save the captions file as UTF-8") from None
     first = text.lstrip()[:1]
     lines = text.splitlines(keepends=True)
     if first == "{":
         reader.read_jsonl(lines)
     else:
         reader.read_csv(lines)
+    for name, line in reader.empty.items():
+        if name not in reader.captions:
+            _warn(f"{captions_file}, line {line}: skipping image {name!r}: it has no "
+                  "non-empty caption")
     if not reader.captions:
         raise ValueError(f"{captions_file}: no captions found")
 
-    paths = []
+    names, paths = [], []
     for name, line in reader.lines.items():
         path = image_dir / name
-        if not path.is_file():
-            raise reader.error(line, f"image {name!r} not found in {image_dir}")
-        if _image_format(path) is None:
-            raise reader.error(
-                line, f"image {name!r} in {image_dir} is not a JPEG, PNG, GIF, BMP or WebP file"
-            )
+        try:
+            if not path.is_file():
+                raise ImageError(f"not found in {image_dir}")
+            read_image_header(path, max_pixels)
+        except (ImageError, OSError) as error:
+            _warn(f"{captions_file}, line {line}: skipping image {name!r}: {error}")
+            continue
+        names.append(name)
         paths.append(str(path))
+    if not names:
+        raise ValueError(
+            f"{captions_file}: none of its {len(reader.lines)} images can be read from "
+            f"{image_dir} (each one was named in a warning above)")
+    refused = len(reader.lines) - len(names)
 
-    names = list(reader.captions)
+    # One extra record at the end (index == len(names)) marks the end of a
+    # pass, where the count of skipped images is printed.
     dataset = tf.data.Dataset.from_tensor_slices(
         {
-            "path": tf.constant(paths, tf.string),
-            "image_id": tf.constant(names, tf.string),
-            "captions": tf.ragged.constant([reader.captions[name] for name in names], tf.string),
+            "index": tf.range(len(names) + 1, dtype=tf.int64),
+            "path": tf.constant(paths + [""], tf.string),
+            "image_id": tf.constant(names + [""], tf.string),
+            "captions": tf.ragged.constant([reader.captions[n] for n in names] + [[]],
+                                           tf.string),
         }
     )
+    end = len(names)
 
     def read(record):
+        def decode():
+            return decode_image(tf.io.read_file(record["path"]), max_pixels)
+
         return {
-            "image": decode_image(tf.io.read_file(record["path"])),
+            "index": record["index"],
+            "image": tf.cond(record["index"] == end,
+                             lambda: tf.zeros([1, 1, 3], tf.uint8), decode),
             "image_id": record["image_id"],
             "captions": record["captions"],
         }
 
-    return dataset.map(read, num_parallel_calls=AUTOTUNE)
+    # A file that fails to read or decode is dropped; `_report_skipped` names it.
+    examples = dataset.map(read, num_parallel_calls=AUTOTUNE).ignore_errors()
+    examples = examples.scan(
+        (tf.constant(0, tf.int64), tf.constant(0, tf.int64)),
+        _report_skipped(str(captions_file), names, refused))
+    examples = examples.filter(lambda example: example["index"] < end)
+    return examples.map(lambda example: {k: v for k, v in example.items() if k != "index"})
+
+
+def _report_skipped(captions_file, names, refused):
+    """A `scan` function over read examples that names the ones dropped on the way.
+
+    The state is (index expected next, images dropped so far this pass).
+    Examples arrive in order, so a jump in "index" means that the images in
+    between failed to read or decode. The end record (index == len(names))
+    prints the pass's count, which includes the `refused` images that the
+    listing skipped already.
+    """
+    end, total = len(names), len(names) + refused
+    names = tf.constant(names, tf.string)
+
+    def name_them(expected, index):
+        missed = tf.gather(names, tf.range(expected, index))
+        tf.print(tf.strings.reduce_join(
+            f"warning: {captions_file}: skipping image '" + missed
+            + "': it could not be read or decoded (truncated or corrupt)", separator="\n"),
+            output_stream=sys.stderr)
+        return tf.constant(0)
+
+    def summary(skipped):
+        tf.print(tf.strings.join([
+            f"warning: {captions_file}: skipped ", tf.strings.as_string(skipped),
+            f" of {total} images this pass ({refused} refused when listed, ",
+            tf.strings.as_string(skipped - refused), " undecodable)"]),
+            output_stream=sys.stderr)
+        return tf.constant(0)
+
+    def no_op():
+        return tf.constant(0)
+
+    def report(state, example):
+        expected, dropped = state
+        index = example["index"]
+        dropped += index - expected
+        named = tf.cond(index > expected, lambda: name_them(expected, index), no_op)
+        with tf.control_dependencies([named]):
+            skipped = dropped + refused
+            counted = tf.cond((index == end) & (skipped > 0), lambda: summary(skipped), no_op)
+        with tf.control_dependencies([counted]):
+            return (index + 1, tf.identity(dropped)), example
+
+    return report

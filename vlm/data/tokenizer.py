@@ -67,6 +67,9 @@ def tf_normalize_caption(text):
         text = tf.convert_to_tensor(text)
     if text.dtype != tf.string:
         raise TypeError(f"`text` must be a string tensor. Received: dtype={text.dtype}")
+    # Control characters first: `tf.strings.lower(encoding="utf-8")` stops
+    # at a NUL byte ("a\0dog" -> "a"), and they become spaces anyway.
+    text = tf.strings.regex_replace(text, r"\p{Cc}", " ")
     text = tf.strings.lower(text, encoding="utf-8")
     text = tf.strings.regex_replace(text, _TF_APOSTROPHES, "")
     text = tf.strings.regex_replace(text, _TF_TO_SPACE, " ")
