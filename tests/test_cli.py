@@ -7,6 +7,8 @@ import numpy as np
 import PIL.Image
 import pytest
 
+from tests.data.image_files import png_bomb
+from tests.data.image_files import truncated_jpeg
 from tests.generation.test_generator import MODEL, golden_images
 from vlm import cli
 
@@ -35,15 +37,31 @@ def image_files(tmp_path_factory):
     jpeg = io.BytesIO()
     PIL.Image.fromarray(image).save(jpeg, format="JPEG")
     (folder / "truncated.jpg").write_bytes(jpeg.getvalue()[:200])
-    for name in ("empty.jpg", "notes.png", "truncated.jpg"):
+    (folder / "cut.jpg").write_bytes(truncated_jpeg(image))  # good header, cut pixels
+    (folder / "bomb.png").write_bytes(png_bomb())  # 10000x6000 in 7 kB
+    alpha = np.concatenate([image, np.full((64, 64, 1), 9, "uint8")], -1)
+    PIL.Image.fromarray(alpha).save(folder / "alpha.webp", lossless=True)
+    # 3840x5760 (22 megapixels): the gray picture blown up 60x90 times.
+    gray = image.mean(-1).astype("uint8")
+    PIL.Image.fromarray(np.kron(gray, np.ones((60, 90), "uint8"))).save(folder / "huge.png")
+    for name in ("empty.jpg", "notes.png", "truncated.jpg", "cut.jpg", "bomb.png",
+                 "alpha.webp", "huge.png"):
         files[name] = str(folder / name)
     files["missing.png"] = str(folder / "missing.png")
     return files
 
 
-GOOD = ["scene.png", "scene.jpg", "scene.bmp", "scene.gif", "gray.png", "rgba.png", "deep.png"]
-BAD = {"empty.jpg": "empty file", "notes.png": "not a readable image",
-       "truncated.jpg": "not a readable image", "missing.png": "no such file"}
+GOOD = ["scene.png", "scene.jpg", "scene.bmp", "scene.gif", "gray.png", "rgba.png", "deep.png",
+        "alpha.webp", "huge.png"]
+BAD = {
+    "empty.jpg": "empty file",
+    "notes.png": "not a readable image (not a JPEG, PNG, GIF, BMP or WebP file)",
+    "truncated.jpg": "not a readable image (Invalid JPEG data, size 200",
+    "cut.jpg": "not a readable image (jpeg::Uncompress failed. Invalid JPEG data",
+    "bomb.png": "refused: the image is 10000x6000 (60.0 megapixels), over the limit of 50 "
+                "megapixels (MAX_IMAGE_PIXELS): refused before decoding",
+    "missing.png": "no such file",
+}
 
 
 def test_captions_good_files_and_names_bad_ones(image_files, capsys):
@@ -55,6 +73,10 @@ def test_captions_good_files_and_names_bad_ones(image_files, capsys):
     assert set(lines) == {image_files[n] for n in GOOD}
     png = lines[image_files["scene.png"]]
     assert png.split()[:1] and png == lines[image_files["scene.bmp"]]  # lossless formats agree
+    assert lines[image_files["alpha.webp"]] == png  # alpha dropped
+    gray = lines[image_files["gray.png"]]
+    assert lines[image_files["deep.png"]] == gray  # 16 bits scaled to 8 exactly
+    assert lines[image_files["huge.png"]] == gray  # 22 megapixels, resized like training
     for name, message in BAD.items():
         assert f"error: {image_files[name]}: {message}" in err
 
@@ -69,6 +91,22 @@ def test_all_good_files_exit_zero_with_beam_search(image_files, capsys):
 def test_missing_model_is_named(image_files, capsys):
     assert cli.main(["caption", image_files["scene.png"], "--model", "nope.keras"]) == 2
     assert "model file not found: nope.keras" in capsys.readouterr().err
+
+
+def test_untrusted_or_foreign_model_files_are_refused(image_files, tmp_path, capsys):
+    import keras
+
+    inputs = keras.Input((3,))
+    lambda_file = tmp_path / "lambda.keras"
+    keras.Model(inputs, keras.layers.Lambda(lambda x: x + 1)(inputs)).save(lambda_file)
+    assert cli.main(["caption", image_files["scene.png"], "--model", str(lambda_file)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: Refused to load {lambda_file}: it carries Python bytecode" in err
+    h5 = tmp_path / "model.h5"
+    h5.write_bytes(b"\x89HDF\r\n\x1a\n")
+    assert cli.main(["export", "--model", str(h5), "--output", str(tmp_path / "out")]) == 2
+    assert f"error: {h5}: only .keras files are loaded, not .h5" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_attention_map_is_written(image_files, tmp_path, capsys):

@@ -7,14 +7,23 @@ def load_captioner(path):
     """Loads a `Captioner` (with its tokenizer) from a `.keras` file.
 
     Imports the modules that register `vlm`'s serializable classes, then
-    loads with Keras' safe mode on (a file carrying code is refused).
+    loads with `vlm.saving.load_keras_file`: `.keras` archives only, their
+    config checked first, Keras' safe mode on (a file carrying code, such
+    as a `Lambda` layer, is refused).
 
     Args:
         path: path to a `.keras` file written by `train.py`.
+
+    Raises:
+        ValueError: naming the file, when it is not a `.keras` file, carries
+            code (`vlm.saving.UnsafeModelError`), cannot be loaded, or holds
+            another kind of model.
     """
-    import keras
-
     import vlm.data.tokenizer  # noqa: F401  registers CaptionTokenizer
-    import vlm.models.captioner  # noqa: F401  registers Captioner and its parts
+    from vlm.models.captioner import Captioner  # registers Captioner and its parts
+    from vlm.saving import load_keras_file
 
-    return keras.saving.load_model(path, safe_mode=True)
+    model = load_keras_file(path)
+    if not isinstance(model, Captioner):
+        raise ValueError(f"{path} holds a {type(model).__name__}, not a vlm Captioner")
+    return model

@@ -44,10 +44,12 @@ def _caption_parser(subparsers):
 def read_images(paths):
     """Decodes image files; returns `(images, errors)` keyed by path.
 
-    Every problem (missing, empty, not an image, truncated) becomes a
-    one-line error naming the file; the other files are still read.
+    Every problem (missing, empty, not an image, truncated, over the pixel
+    limit) becomes a one-line error naming the file; the other files are
+    still read. The header is checked before decoding, so a decompression
+    bomb is refused without decoding it.
     """
-    from vlm.data.images import decode_image
+    from vlm.data.images import ImageError, ImageTooLargeError, decode_image, read_image_header
 
     images, errors = {}, {}
     for path in paths:
@@ -58,6 +60,14 @@ def read_images(paths):
             contents = f.read()
         if not contents:
             errors[path] = "empty file"
+            continue
+        try:
+            read_image_header(contents)
+        except ImageTooLargeError as error:
+            errors[path] = f"refused: {error}"
+            continue
+        except ImageError as error:
+            errors[path] = f"not a readable image ({error})"
             continue
         try:
             images[path] = decode_image(contents).numpy()
@@ -73,7 +83,7 @@ def _short_tf_message(error):
 
 
 def caption_command(args):
-    if not os.path.isfile(args.model):
+    if not os.path.exists(args.model):
         print(f"error: model file not found: {args.model}", file=sys.stderr)
         return 2
     images, errors = read_images(args.images)
@@ -82,33 +92,47 @@ def caption_command(args):
     if images:
         from vlm import load_captioner
 
-        model = load_captioner(args.model)
+        try:
+            model = load_captioner(args.model)
+        except ValueError as error:  # not a .keras file, or one carrying code
+            print(f"error: {error}", file=sys.stderr)
+            return 2
         paths = list(images)
+        pixels = [_resize(images[p], model.image_size) for p in paths]
         details = model.generate(
-            [images[p] for p in paths], max_length=args.max_length, strategy=args.strategy,
+            pixels, max_length=args.max_length, strategy=args.strategy,
             num_beams=args.beams, top_k=args.top_k, top_p=args.top_p,
             temperature=args.temperature, seed=args.seed, return_details=True,
         )
         for path, caption in zip(paths, details["captions"]):
             print(f"{path}\t{caption}")
         if args.attention_map:
-            _write_attention_maps(model, paths, images, details, args)
+            _write_attention_maps(model, paths, pixels, details, args)
     return 1 if errors else 0
 
 
-def _write_attention_maps(model, paths, images, details, args):
-    from keras import ops
+def _resize(image, size):
+    """float32 (size, size, 3) with the training pipeline's resize (TensorFlow).
 
-    from vlm.generation.generator import prepare_images
+    Done here rather than in `generate`: TensorFlow resizes a 24-megapixel
+    photo in a fraction of a second, some backends' resize ops take seconds.
+    """
+    from vlm.data.images import preprocess_image
+
+    if image.shape[:2] == (size, size):
+        return image.astype("float32")
+    return preprocess_image(image, size).numpy()
+
+
+def _write_attention_maps(model, paths, pixels, details, args):
     from vlm.viz.attention import plot_attention_grid, word_attention
 
-    prepared = prepare_images([images[p] for p in paths], model.image_size)
     root, extension = os.path.splitext(args.attention_map)
     for i, path in enumerate(paths):
         out = args.attention_map
         if len(paths) > 1:
             out = f"{root}_{os.path.splitext(os.path.basename(path))[0]}{extension or '.png'}"
-        image = ops.convert_to_numpy(prepared[i])
+        image = pixels[i]
         words, maps = word_attention(model, image, details["token_ids"][i], layer=args.layer)
         plot_attention_grid(image, words, maps, out, caption=details["captions"][i])
         print(f"attention map: {out}", file=sys.stderr)
@@ -132,11 +156,17 @@ def _export_parser(subparsers):
 
 
 def export_command(args):
-    if not os.path.isfile(args.model):
+    if not os.path.exists(args.model):
         print(f"error: model file not found: {args.model}", file=sys.stderr)
         return 2
     from vlm.export.saved_model import export
+    from vlm.saving import check_keras_file
 
+    try:
+        check_keras_file(args.model)  # before a TensorFlow subprocess is started
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     export(args.model, args.output, strategy=args.strategy, num_beams=args.beams,
            max_length=args.max_length, xla=args.xla)
     print(f"SavedModel: {args.output}")

@@ -12,8 +12,11 @@ import PIL.Image
 import pytest
 import tensorflow as tf
 
+from tests.data.image_files import odd_images
+from tests.data.image_files import png_bomb
 from tests.generation.test_generator import MODEL, golden_images
 from vlm import load_captioner
+from vlm.data.images import decode_image
 from vlm.export.saved_model import export
 
 SERVE_SCRIPT = """
@@ -63,13 +66,20 @@ def image_files(tmp_path_factory):
     big = np.kron(golden_images(1)[0], np.ones((3, 2, 1), "uint8"))  # 192x128: other size
     path = folder / "big.png"
     path.write_bytes(encode(big, "PNG"))
-    return paths + [str(path)]
+    paths.append(str(path))
+    # Grayscale, RGBA, 16-bit PNG and RGBA WebP become RGB in the graph.
+    odd = odd_images(golden_images(2)[1])
+    for name in ("gray.png", "rgba.png", "deep.png"):
+        (folder / name).write_bytes(odd[name])
+        paths.append(str(folder / name))
+    alpha = np.dstack([golden_images(1)[0], np.full((64, 64), 9, "uint8")])
+    PIL.Image.fromarray(alpha).save(folder / "alpha.webp", lossless=True)
+    return paths + [str(folder / "alpha.webp")]
 
 
 def decoded(paths):
     """What the graph decodes: TF's decoders, to compare like with like."""
-    return [tf.io.decode_image(open(p, "rb").read(), channels=3,
-                               expand_animations=False).numpy() for p in paths]
+    return [decode_image(open(p, "rb").read()).numpy() for p in paths]
 
 
 @pytest.mark.slow
@@ -111,8 +121,12 @@ def test_signatures_listed_by_saved_model_cli(exported):
 def test_bad_requests_are_clear_errors_and_empty_batches_work(exported, image_files):
     serving = tf.saved_model.load(exported).signatures["serving_default"]
     jpeg = open(image_files[1], "rb").read()
-    for blob, message in [(b"", "empty"), (b"\x00\x01 random bytes" * 20, "Unknown image"),
-                          (jpeg[: len(jpeg) // 3], "JPEG")]:
+    for blob, message in [(b"", r"empty \(0 bytes\)"),
+                          (b"\x00\x01 random bytes" * 20, "not a JPEG, PNG, GIF, BMP or WebP"),
+                          (jpeg[: len(jpeg) // 3], "JPEG"),
+                          # A 60-megapixel PNG of 7 kB, refused from its header.
+                          (png_bomb(), r"10000x6000 \(60000000 pixels\), over the limit of "
+                                       r"50,000,000 pixels .*decompression bomb")]:
         with pytest.raises(tf.errors.InvalidArgumentError, match=message):
             serving(images=tf.constant([open(image_files[0], "rb").read(), blob]))
     empty = serving(images=tf.constant([], tf.string))

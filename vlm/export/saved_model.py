@@ -1,7 +1,7 @@
 """Exports a `Captioner` as a TF SavedModel: encoded image bytes in, captions out.
 
-Everything runs inside the graph: image decoding (JPEG, PNG, BMP, GIF),
-resizing, the ViT, the cached decoding loop (XLA-compiled, image keys and
+Everything runs inside the graph: image decoding (JPEG, PNG, BMP, GIF,
+WebP; grayscale, RGBA and 16-bit PNG become RGB), resizing, the ViT, the cached decoding loop (XLA-compiled, image keys and
 values computed once) and detokenization. The graph uses core TensorFlow ops
 only, so any TensorFlow runtime (TF Serving, `tf.saved_model.load` without
 keras or vlm) can run it.
@@ -9,6 +9,11 @@ keras or vlm) can run it.
 Signatures:
     serving_default(images: tf.string [batch]) -> captions, log_probs
     serve_pixels(images: tf.float32 [batch, H, W, 3] in [0, 255]) -> captions, log_probs
+
+A request with an empty, unknown, truncated or corrupt image fails with
+`InvalidArgumentError` saying why; an image over `MAX_IMAGE_PIXELS` (50
+megapixels) is refused from its header before decoding, and the message
+gives its size.
 
 Exporting needs the TensorFlow backend; `export` arranges a subprocess
 when the current process runs another one (the `.keras` file is
@@ -22,6 +27,7 @@ import sys
 import keras
 import tensorflow as tf
 
+from vlm.data.images import decode_image
 from vlm.generation.generator import beam_search, sample_loop, token_selector
 
 
@@ -124,12 +130,9 @@ class _ServingModule(tf.Module):
         return tf.clip_by_value(tf.cond(same, lambda: images, lambda: resized), 0.0, 255.0)
 
     def _decode_one(self, contents):
-        not_empty = tf.debugging.assert_greater(
-            tf.strings.length(contents), 0,
-            message="An image in the request is empty (zero bytes).")
-        with tf.control_dependencies([not_empty]):
-            image = tf.io.decode_image(contents, channels=3, expand_animations=False)
-        image = tf.cast(image, tf.float32)
+        # The header is checked first (empty, unknown format, over
+        # MAX_IMAGE_PIXELS): a decompression bomb is refused undecoded.
+        image = tf.cast(decode_image(contents), tf.float32)
         return self._resize(image[None])[0]
 
     def _caption(self, pixels):

@@ -1,0 +1,206 @@
+"""Model files are untrusted: `.keras` only, checked, safe mode on; no pickle in the sources."""
+
+import ast
+import json
+import os
+import pathlib
+import shutil
+import zipfile
+
+import keras
+import pytest
+
+from tests.generation.test_generator import MODEL
+from vlm import load_captioner
+from vlm.saving import UnsafeModelError
+from vlm.saving import check_keras_file
+from vlm.saving import load_keras_file
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+SMALL_MODEL = REPO / "tests" / "layers" / "golden" / "cross_attention.keras"  # 37 kB
+
+
+@pytest.fixture(scope="module")
+def lambda_file(tmp_path_factory):
+    """A `.keras` file whose model holds a Python lambda (bytecode in its config)."""
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Lambda(lambda x: x * 2)(inputs))
+    path = tmp_path_factory.mktemp("untrusted") / "lambda.keras"
+    model.save(path)
+    return path
+
+
+def rewrite(source, target, edit_config=None, extra_members=(), weights=None):
+    """Copies a `.keras` archive with its config edited or members added."""
+    with zipfile.ZipFile(source) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    if edit_config:
+        config = json.loads(members["config.json"])
+        edit_config(config)
+        members["config.json"] = json.dumps(config).encode()
+    if weights is not None:
+        members["model.weights.h5"] = weights
+    with zipfile.ZipFile(target, "w") as archive:
+        for name, data in [*members.items(), *extra_members]:
+            archive.writestr(name, data)
+    return target
+
+
+def test_a_lambda_layer_is_refused_with_the_file_named(lambda_file):
+    with pytest.raises(UnsafeModelError) as error:
+        load_captioner(lambda_file)
+    message = str(error.value)
+    assert message.startswith(f"Refused to load {lambda_file}: it carries Python bytecode")
+    assert "config.config.layers[1].config.function" in message and "Lambda" in message
+
+
+def test_keras_safe_mode_refuses_it_too_and_its_error_is_wrapped(lambda_file, monkeypatch):
+    """With the config check switched off, Keras' safe mode is the second line."""
+    monkeypatch.setattr("vlm.saving.check_keras_file", lambda path: None)
+    with pytest.raises(UnsafeModelError) as error:
+        load_keras_file(lambda_file)
+    message = str(error.value)
+    assert message.startswith(f"Refused to load {lambda_file}: Keras safe mode found code")
+    assert "Keras said: Requested the deserialization of a `Lambda` layer" in message
+    assert "safe_mode" in str(error.value.__cause__)
+
+
+def _function_from_os(config):
+    config["config"]["layers"][-1]["config"]["activation"] = {
+        "module": "os", "class_name": "function", "config": "system", "registered_name": None}
+
+
+def _layer_from_subprocess(config):
+    config["config"]["layers"][-1].update(module="subprocess", class_name="Popen")
+
+
+def _function_from_main(config):
+    config["config"]["layers"][-1]["config"]["initializer"] = {
+        "module": "__main__", "class_name": "function", "config": "payload",
+        "registered_name": "payload"}
+
+
+@pytest.mark.parametrize("edit, named", [
+    (_function_from_os, "os.system"),
+    (_layer_from_subprocess, "subprocess.Popen"),
+    (_function_from_main, "__main__.payload"),
+])
+def test_config_objects_from_outside_keras_keras_hub_and_vlm_are_refused(tmp_path, edit, named):
+    path = rewrite(SMALL_MODEL, tmp_path / "crafted.keras", edit)
+    with pytest.raises(UnsafeModelError) as error:
+        load_captioner(path)
+    message = str(error.value)
+    assert message.startswith(f"Refused to load {path}: its config refers to {named} at config.")
+    assert "outside keras, keras_hub, vlm" in message
+
+
+def test_archive_members_that_escape_are_refused(tmp_path):
+    path = rewrite(SMALL_MODEL, tmp_path / "escape.keras",
+                   extra_members=[("assets/../../../outside.txt", b"x")])
+    with pytest.raises(UnsafeModelError, match="'assets/../../../outside.txt' points outside"):
+        check_keras_file(path)
+
+
+def test_other_formats_and_paths_get_a_clear_error(tmp_path):
+    h5 = tmp_path / "model.h5"
+    h5.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))
+    saved_model = tmp_path / "serving"
+    saved_model.mkdir()
+    (saved_model / "saved_model.pb").write_bytes(b"")
+    renamed = tmp_path / "renamed.keras"
+    shutil.copy(h5, renamed)
+    no_config = tmp_path / "bare.keras"
+    with zipfile.ZipFile(no_config, "w") as archive:
+        archive.writestr("model.weights.h5", b"")
+    cases = [
+        (h5, f"{h5}: only .keras files are loaded, not .h5"),
+        (saved_model, f"{saved_model} is a TensorFlow SavedModel folder, not a .keras file"),
+        (tmp_path, f"{tmp_path} is a folder, not a .keras file"),
+        (renamed, f"{renamed} is not a .keras file: it is not a zip archive"),
+        (no_config, f"{no_config} is not a .keras file: it has no config.json"),
+        (tmp_path / "nope.keras", f"model file not found: {tmp_path / 'nope.keras'}"),
+        (SMALL_MODEL, f"{SMALL_MODEL} holds a Functional, not a vlm Captioner"),
+    ]
+    for path, message in cases:
+        with pytest.raises(ValueError) as error:
+            load_captioner(path)
+        assert str(error.value).startswith(message), str(error.value)
+
+
+def test_keras_errors_name_the_file(tmp_path):
+    path = rewrite(SMALL_MODEL, tmp_path / "corrupt.keras", weights=b"not an HDF5 file")
+    with pytest.raises(ValueError, match=f"^Could not load {path}: ") as error:
+        load_keras_file(path)
+    assert not isinstance(error.value, UnsafeModelError)
+
+
+def test_the_shipped_model_passes_the_checks():
+    check_keras_file(MODEL)  # raises if anything in it were refused
+    with zipfile.ZipFile(MODEL) as archive:
+        assert sorted(archive.namelist()) == [
+            "assets/tokenizer/vocabulary.txt", "config.json", "metadata.json",
+            "model.weights.h5"]
+
+
+# ---------------------------------------------------------------- no pickle anywhere
+
+# Modules that (un)pickle or run marshalled code.
+PICKLING_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "joblib", "shelve",
+                    "marshal"}
+
+
+def unsafe_calls(source, filename="<source>"):
+    """`(line, what)` for every pickle use or unsafe model load in Python source."""
+    found = []
+    for node in ast.walk(ast.parse(source, filename)):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [alias.name for alias in node.names]
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            for name in names:
+                if name.split(".")[0] in PICKLING_MODULES:
+                    found.append((node.lineno, f"imports {name}"))
+        if not isinstance(node, ast.Call):
+            continue
+        function = ast.unparse(node.func)
+        keywords = {k.arg: ast.unparse(k.value) for k in node.keywords}
+        if keywords.get("allow_pickle") == "True":
+            found.append((node.lineno, f"{function}(allow_pickle=True)"))
+        if keywords.get("safe_mode") == "False":
+            found.append((node.lineno, f"{function}(safe_mode=False)"))
+        if function.endswith("enable_unsafe_deserialization"):
+            found.append((node.lineno, function))
+        if function.endswith("torch.load") and keywords.get("weights_only") != "True":
+            found.append((node.lineno, "torch.load without weights_only=True"))
+        # Weights-only loading (`load_weights`) reads arrays and runs no code.
+        if function.split(".")[-1] == "load_model" and \
+                not filename.endswith(os.path.join("vlm", "saving.py")) and \
+                f"{os.sep}tests{os.sep}" not in filename:
+            found.append((node.lineno, f"{function} outside vlm.saving"))
+    return found
+
+
+def test_the_scanner_finds_each_kind_of_unsafe_call():
+    bad = (
+        "import pickle\nfrom joblib import load\nimport numpy as np\n"
+        "np.load('x.npy', allow_pickle=True)\nimport torch\ntorch.load('w.pt')\n"
+        "torch.load('w.pt', weights_only=True)\n"
+        "keras.saving.load_model('m.keras', safe_mode=False)\n"
+        "keras.config.enable_unsafe_deserialization()\n"
+    )
+    assert unsafe_calls(bad, "vlm/x.py") == [
+        (1, "imports pickle"), (2, "imports joblib"),
+        (4, "np.load(allow_pickle=True)"), (6, "torch.load without weights_only=True"),
+        (8, "keras.saving.load_model(safe_mode=False)"),
+        (8, "keras.saving.load_model outside vlm.saving"),
+        (9, "keras.config.enable_unsafe_deserialization"),
+    ]
+
+
+def test_no_pickle_or_unsafe_load_in_the_sources():
+    files = [*REPO.glob("vlm/**/*.py"), *REPO.glob("configs/*.py"), *REPO.glob("benchmarks/*.py"),
+             *REPO.glob("tests/**/*.py"), REPO / "train.py", REPO / "evaluate.py"]
+    assert len(files) > 40
+    found = {str(path.relative_to(REPO)): unsafe_calls(path.read_text(), str(path))
+             for path in files}
+    assert {path: calls for path, calls in found.items() if calls} == {}

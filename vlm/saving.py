@@ -1,0 +1,125 @@
+"""Loading model files safely: `.keras` archives only, Keras safe mode on.
+
+A model file may come from anywhere, so loading it must not run code. Keras'
+safe mode refuses a `Lambda` layer's Python bytecode; before Keras sees the
+file, `check_keras_file` also refuses what safe mode would not catch as
+clearly: other formats (`.h5` and SavedModel folders can carry code), archive
+members that escape the archive (`../x`), and references in the model config
+to Python objects outside `keras`, `keras_hub` and `vlm` (such as
+`os.system` or a `__main__` function). Errors are `ValueError`s that name
+the file.
+"""
+
+import json
+import os
+import zipfile
+
+# Config "module" values a vlm model may refer to: Keras' own objects and
+# the registered classes of keras_hub and vlm. Anything else is refused.
+TRUSTED_MODULES = ("keras", "keras_hub", "vlm")
+# Serialized Python bytecode (a `Lambda` layer's function).
+_CODE_CLASSES = ("__lambda__",)
+
+
+class UnsafeModelError(ValueError):
+    """A model file refused because loading it could run code; names the file."""
+
+
+def check_keras_file(path):
+    """Raises a `ValueError` naming `path` unless it looks like a safe `.keras` file.
+
+    Checks the name (`.keras`), that it is a file and a zip archive with a
+    `config.json`, that no member name escapes the archive, and that the
+    config refers only to `TRUSTED_MODULES` and holds no serialized
+    bytecode. Nothing in the file is imported or run.
+
+    Args:
+        path: the model path.
+
+    Raises:
+        ValueError: not a `.keras` file (the message says what it is).
+        UnsafeModelError: (a `ValueError`) the file carries code.
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        kind = ("a TensorFlow SavedModel folder"
+                if os.path.isfile(os.path.join(path, "saved_model.pb")) else "a folder")
+        raise ValueError(
+            f"{path} is {kind}, not a .keras file. Only .keras files are loaded (a "
+            "SavedModel can carry arbitrary TensorFlow functions); for serving, load the "
+            "SavedModel with tf.saved_model.load")
+    if not os.path.isfile(path):
+        raise ValueError(f"model file not found: {path}")
+    if not path.endswith(".keras"):
+        extension = os.path.splitext(path)[1] or "(no extension)"
+        raise ValueError(
+            f"{path}: only .keras files are loaded, not {extension}. Legacy .h5 and "
+            "pickled formats can carry code; re-save the model with model.save('x.keras') "
+            "where you trust it")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is not a .keras file: it is not a zip archive "
+                         "(a renamed .h5 file, or truncated)")
+    with zipfile.ZipFile(path) as archive:
+        for name in archive.namelist():
+            if name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/"):
+                raise UnsafeModelError(
+                    f"Refused to load {path}: archive member {name!r} points outside "
+                    "the archive")
+        if "config.json" not in archive.namelist():
+            raise ValueError(f"{path} is not a .keras file: it has no config.json")
+        try:
+            config = json.loads(archive.read("config.json"))
+        except (ValueError, UnicodeDecodeError) as error:
+            raise ValueError(f"{path}: config.json is not valid JSON ({error})") from None
+    for where, node in _walk(config, "config"):
+        if node.get("class_name") in _CODE_CLASSES:
+            raise UnsafeModelError(
+                f"Refused to load {path}: it carries Python bytecode at {where} (a Lambda "
+                "layer's function), which could run arbitrary code. Only models built "
+                "from keras, keras_hub and vlm layers are loaded")
+        module = node.get("module")
+        if isinstance(module, str) and module.split(".")[0] not in TRUSTED_MODULES:
+            # A function is {"class_name": "function", "config": its name}.
+            name = node.get("config") if node.get("class_name") == "function" else \
+                node.get("class_name")
+            raise UnsafeModelError(
+                f"Refused to load {path}: its config refers to {module}.{name} at {where}, "
+                f"outside {', '.join(TRUSTED_MODULES)}; loading it could run arbitrary code")
+
+
+def _walk(node, where):
+    """Yields `(path, dict)` for every dict in a JSON tree."""
+    if isinstance(node, dict):
+        yield where, node
+        for key, value in node.items():
+            yield from _walk(value, f"{where}.{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _walk(value, f"{where}[{i}]")
+
+
+def load_keras_file(path):
+    """Loads a `.keras` file with safe mode on, after `check_keras_file`.
+
+    Keras' own errors (safe mode refusing code, an unknown class, a corrupt
+    weights file) are re-raised as a `ValueError` that names the file, with
+    Keras' message after it.
+
+    Args:
+        path: a `.keras` file.
+
+    Returns:
+        The model.
+    """
+    import keras
+
+    check_keras_file(path)
+    try:
+        return keras.saving.load_model(path, safe_mode=True)
+    except Exception as error:  # noqa: BLE001  (Keras raises several kinds)
+        message = " ".join(str(error).split())
+        if "safe_mode" in message or "arbitrary code" in message:
+            raise UnsafeModelError(
+                f"Refused to load {path}: Keras safe mode found code in it. "
+                f"Keras said: {message}") from error
+        raise ValueError(f"Could not load {path}: {message[:2000]}") from error
