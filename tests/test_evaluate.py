@@ -82,6 +82,51 @@ def test_bad_prediction_files_name_the_line(prediction_files, tmp_path, capsys, 
 
 
 @pytest.mark.slow
+def test_evaluating_a_folder_skips_bad_images_and_names_them(tmp_path, capfd):
+    """evaluate.py's captioning loop over a captions folder with broken images in it."""
+    import numpy as np
+    import PIL.Image
+
+    from tests.data.image_files import png_bomb, truncated_jpeg
+    from tests.generation.test_generator import golden_images
+    from vlm.data.datasets import load_examples
+    from vlm.data.images import decode_image
+    from vlm.data.pipeline import SkippedInputWarning
+    from vlm.evaluation import caption_split
+
+    images = golden_images(3)
+    rows = ["image,caption"]
+    for i, (name, fmt) in enumerate([("a.png", "PNG"), ("b.jpg", "JPEG"), ("c.png", "PNG")]):
+        PIL.Image.fromarray(images[i] if i < 2 else images[i].mean(-1).astype("uint8")).save(
+            tmp_path / name, format=fmt)
+        rows.append(f"{name},a small red circle")
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "cut.jpg").write_bytes(truncated_jpeg(images[0]))
+    (tmp_path / "bomb.png").write_bytes(png_bomb())
+    rows[2:2] = ["empty.png,a cat", "cut.jpg,a dog", "bomb.png,a bird"]
+    (tmp_path / "captions.csv").write_text("\n".join(rows) + "\n")
+    data = DataConfig(dataset="folder", captions_file=str(tmp_path / "captions.csv"))
+    with pytest.warns(SkippedInputWarning) as record:
+        examples = load_examples(data, "train", 64)
+    csv = data.captions_file
+    assert [str(w.message) for w in record] == [
+        f"{csv}, line 3: skipping image 'empty.png': empty file (0 bytes)",
+        f"{csv}, line 5: skipping image 'bomb.png': the image is 10000x6000 (60.0 megapixels), over "
+        "the limit of 50 megapixels (MAX_IMAGE_PIXELS): refused before decoding as a "
+        "possible decompression bomb",
+    ]
+    model = load_captioner(MODEL)
+    ids, captions, references, _, _ = caption_split(model, examples, batch_size=3)
+    err = capfd.readouterr().err
+    assert ids == ["a.png", "b.jpg", "c.png"]
+    assert references == [["a small red circle"]] * 3
+    decoded = np.stack([decode_image((tmp_path / i).read_bytes()).numpy() for i in ids])
+    assert captions == model.generate(decoded)
+    assert "skipping image 'cut.jpg': it could not be read or decoded" in err
+    assert "skipped 3 of 6 images this pass (2 refused when listed, 1 undecodable)" in err
+
+
+@pytest.mark.slow
 def test_evaluates_the_shipped_model_on_a_shapes_split(tmp_path):
     model = load_captioner(MODEL)
     data = DataConfig(dataset="shapes", train_size=8, validation_size=8, test_size=24)
