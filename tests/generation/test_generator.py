@@ -1,4 +1,15 @@
-"""Decoding on the shipped model: exact, consistent across strategies and backends."""
+"""Decoding on the shipped model: exact, consistent across strategies and backends.
+
+One model, three backends: `saved_models/shapes.keras` (trained under
+TensorFlow) must give, on every backend, the logits in `golden_logits.npz` to
+1e-4 and exactly the greedy token ids and captions in `golden_captions.json`.
+Both were written under TensorFlow; after retraining the shipped model,
+regenerate them with
+
+    KERAS_BACKEND=tensorflow python -m tests.generation.test_generator
+
+and run `python -m tests -- tests/generation` to compare on all three.
+"""
 
 import json
 import os
@@ -18,6 +29,7 @@ from vlm.layers import CrossAttention
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODEL = os.path.join(REPO, "saved_models", "shapes.keras")
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden_captions.json")
+GOLDEN_LOGITS = os.path.join(os.path.dirname(__file__), "golden_logits.npz")
 
 
 def golden_images(count=8):
@@ -62,7 +74,28 @@ def test_goldens_match_on_every_backend(greedy):
     """Greedy captions of the shipped weights, recorded under TensorFlow."""
     golden = json.load(open(GOLDEN))
     assert greedy["captions"] == golden["captions"]
-    np.testing.assert_allclose(greedy["log_probs"], golden["log_probs"], atol=1e-3)
+    np.testing.assert_array_equal(greedy["token_ids"], golden["token_ids"])
+    np.testing.assert_allclose(greedy["log_probs"], golden["log_probs"], atol=1e-4)
+
+
+def teacher_forced_logits(model, images, token_ids):
+    """Logits of one forward pass with `[START] + token_ids[:-1]` as the decoder input."""
+    start = np.full((len(token_ids), 1), model.tokenizer.start_token_id)
+    tokens = np.concatenate([start, token_ids[:, :-1]], axis=1).astype("int32")
+    pixels = to_numpy(prepare_images(images, model.image_size))
+    return to_numpy(model({"images": pixels, "tokens": tokens}))
+
+
+def test_logits_match_the_tensorflow_goldens_to_1e_4(model):
+    golden = np.load(GOLDEN_LOGITS)  # no pickle: plain arrays
+    # The images are stored: a renderer change must not pass as a model change.
+    np.testing.assert_array_equal(golden_images(len(golden["images"])), golden["images"],
+                                  err_msg="the shapes renderer changed; regenerate goldens")
+    logits = teacher_forced_logits(model, golden["images"], golden["token_ids"])
+    assert logits.shape == golden["logits"].shape == (4, model.sequence_length - 1, 74)
+    np.testing.assert_allclose(logits, golden["logits"], rtol=0, atol=1e-4)
+    # Not a vacuous bound: the logits span tens of units.
+    assert np.ptp(golden["logits"]) > 20
 
 
 def test_beam_of_one_is_greedy_and_wider_beams_do_no_worse(model, images, greedy):
@@ -147,7 +180,15 @@ def test_bad_arguments_are_named(model, images, kwargs, message):
 
 if __name__ == "__main__":  # rewrite the goldens (under TensorFlow, after retraining)
     assert keras.config.backend() == "tensorflow"
-    details = load_captioner(MODEL).generate(golden_images(), return_details=True)
-    json.dump({"captions": details["captions"],
-               "log_probs": details["log_probs"].tolist()}, open(GOLDEN, "w"), indent=2)
+    shipped = load_captioner(MODEL)
+    details = shipped.generate(golden_images(), return_details=True)
+    with open(GOLDEN, "w") as f:
+        json.dump({"captions": details["captions"],
+                   "log_probs": details["log_probs"].tolist(),
+                   "token_ids": details["token_ids"].tolist()}, f, indent=2)
+        f.write("\n")
+    images, token_ids = golden_images(4), details["token_ids"][:4]
+    np.savez(GOLDEN_LOGITS, images=images, token_ids=token_ids,
+             logits=teacher_forced_logits(shipped, images, token_ids))
     print(details["captions"])
+    print("wrote", GOLDEN, GOLDEN_LOGITS)
