@@ -243,6 +243,21 @@ def test_train_batches_repeat(tokenizer):
     assert len(list(batches.take(5))) == 5  # more than the 7 pairs of one pass
 
 
+def test_train_batches_repeat_is_one_stream_that_skip_resumes(tokenizer):
+    """Every iterator reads the same repeated stream: `skip(n)` resumes a run."""
+    batches = train_batches(make_examples(), tokenizer, image_size=S, sequence_length=T,
+                            batch_size=1, seed=3, repeat=True)
+
+    def tokens(dataset, n):
+        return [x["tokens"].tolist() for x, _ in dataset.take(n).as_numpy_iterator()]
+
+    stream = tokens(batches, 21)  # three passes over the 7 pairs
+    assert tokens(batches, 21) == stream  # a second iterator: the same stream
+    assert tokens(batches.skip(9), 12) == stream[9:]
+    assert sorted(stream[:7]) == sorted(stream[7:14])  # each pass has every pair once,
+    assert stream[:7] != stream[7:14]  # in a new order
+
+
 def test_train_batches_rejects_bad_arguments(tokenizer):
     with pytest.raises(ValueError, match="batch_size=0"):
         train_batches(make_examples(), tokenizer, image_size=S, sequence_length=T, batch_size=0)

@@ -96,7 +96,9 @@ def train_batches(
             image` images of `S * S * 3` float32.
         seed: int or None. Shuffle seed; None reshuffles differently each run.
         repeat: bool. Repeat forever (reshuffling each pass); then give
-            `fit` a `steps_per_epoch`.
+            `fit` a `steps_per_epoch`. With a `seed`, every iterator yields
+            the same stream, so `.skip(n)` gives exactly the batches from
+            position `n` on (resuming a run).
 
     Returns:
         A `tf.data.Dataset` of `(inputs, labels)`:
@@ -139,10 +141,21 @@ def train_batches(
 
     pairs = examples.map(resize_and_keep_captions, num_parallel_calls=AUTOTUNE)
     pairs = pairs.flat_map(one_pair_per_caption)
-    if shuffle_buffer:
-        pairs = pairs.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        pairs = pairs.repeat()
+    if shuffle_buffer and repeat and seed is not None:
+        # Built inside flat_map, the shuffle's seed state is new for each
+        # iterator, so every iterator reads the same stream and `skip(n)`
+        # resumes it exactly (Keras opens a second iterator on JAX and PyTorch).
+        source = pairs
+        pairs = tf.data.Dataset.range(1).flat_map(
+            lambda _: source.shuffle(
+                shuffle_buffer, seed=seed, reshuffle_each_iteration=True
+            ).repeat()
+        )
+    else:
+        if shuffle_buffer:
+            pairs = pairs.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        if repeat:
+            pairs = pairs.repeat()
     batches = pairs.batch(batch_size, drop_remainder=True)
     batches = batches.map(to_model_inputs, num_parallel_calls=AUTOTUNE)
     return batches.prefetch(AUTOTUNE)
