@@ -483,11 +483,16 @@ def test_a_bad_image_does_not_abort_an_epoch(messy_folder, tokenizer, capfd):
         examples = folder_examples(folder / "captions.csv")
     batches = train_batches(examples, tokenizer, image_size=S, sequence_length=T,
                             batch_size=2, shuffle_buffer=0)
-    model = tiny_model()
-    history = model.fit(batches, epochs=2, shuffle=False, verbose=0)
+    steps = []
+    count = keras.callbacks.LambdaCallback(
+        on_epoch_begin=lambda epoch, logs: steps.append(0),
+        on_train_batch_end=lambda batch, logs: steps.__setitem__(-1, steps[-1] + 1))
+    history = tiny_model().fit(batches, epochs=2, shuffle=False, verbose=0, callbacks=[count])
     # 8 (image, caption) pairs of the 7 good images: 4 batches an epoch, both epochs.
-    assert len(history.history["loss"]) == 2 and np.all(np.isfinite(history.history["loss"]))
-    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 2 * 4
+    # (Not optimizer.iterations: Keras' TF backend counts one more per epoch
+    # on a dataset of unknown length.)
+    assert steps == [4, 4]
+    assert np.all(np.isfinite(history.history["loss"]))
     assert capfd.readouterr().err.count("skipped 5 of 12 images this pass") >= 2
     images = eval_batches(examples, image_size=S, batch_size=4)
     assert sum(len(b["image_id"]) for b in images.as_numpy_iterator()) == 7
