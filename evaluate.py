@@ -69,7 +69,7 @@ def main(argv=None):
 
 
 def _evaluate_model(args):
-    if not os.path.isfile(args.model):
+    if not os.path.exists(args.model):  # a folder gets load_captioner's clearer error
         raise ValueError(f"model file not found: {args.model}")
     from vlm import load_captioner
     from vlm.config import DataConfig

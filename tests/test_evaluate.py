@@ -81,6 +81,19 @@ def test_bad_prediction_files_name_the_line(prediction_files, tmp_path, capsys, 
     assert message in capsys.readouterr().err
 
 
+def test_model_files_that_are_not_keras_archives_are_refused(tmp_path, capsys):
+    saved_model = tmp_path / "serving"
+    saved_model.mkdir()
+    (saved_model / "saved_model.pb").write_bytes(b"")
+    h5 = tmp_path / "model.h5"
+    h5.write_bytes(b"\x89HDF\r\n\x1a\n")
+    for path, message in [(saved_model, "is a TensorFlow SavedModel folder, not a .keras file"),
+                          (h5, "only .keras files are loaded, not .h5")]:
+        assert evaluate.main(["--model", str(path), "--output", str(tmp_path / "x.json")]) == 2
+        err = capsys.readouterr().err
+        assert f"evaluate.py: error: {path}" in err and message in err
+
+
 @pytest.mark.slow
 def test_evaluating_a_folder_skips_bad_images_and_names_them(tmp_path, capfd):
     """evaluate.py's captioning loop over a captions folder with broken images in it."""
