@@ -116,6 +116,9 @@ def make_greedy_generate(model, new_tokens, start_token_id=2):
                 patches, token, self_cache, cross_cache, index - 1, None)
             return logits[:, 0], None, (self_cache, cross_cache)
 
-        return sampler(next, prompt, cache=(self_cache, cross_cache), index=1)
+        # `model=` as keras-hub's own generate passes it: on JAX the sampler
+        # then carries the weights through its loop instead of baking them in
+        # as compile-time constants.
+        return sampler(next, prompt, cache=(self_cache, cross_cache), index=1, model=model)
 
     return compiled_inference(generate, model.variables)

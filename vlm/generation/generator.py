@@ -14,7 +14,6 @@ import numpy as np
 from keras import ops
 
 from vlm.backend import compiled_inference
-from vlm.data.tokenizer import detokenize_captions
 
 STRATEGIES = ("greedy", "beam", "top_k", "top_p")
 _NEG = -1e9  # "impossible" in log space, finite so sums never make NaN
@@ -111,6 +110,10 @@ class CaptionGenerator:
                 ids, log_probs = fn(images, noise)
             ids = ops.convert_to_numpy(ids).astype("int32")
             log_probs = ops.convert_to_numpy(log_probs).astype("float32")
+        # Imported here: the decoding loop itself needs no TensorFlow (the
+        # tokenizer does), so it runs where only JAX or PyTorch is installed.
+        from vlm.data.tokenizer import detokenize_captions
+
         captions = detokenize_captions(model.tokenizer, ids) if batch else []
         if return_details:
             return {"captions": captions, "token_ids": ids, "log_probs": log_probs}
