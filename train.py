@@ -12,7 +12,9 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
 
-from vlm.config import ConfigError, apply_overrides, load_config  # noqa: E402
+from vlm.config import (  # noqa: E402
+    DISTRIBUTE_MODES, ConfigError, apply_overrides, load_config,
+)
 
 DEFAULT_CONFIG = "configs/shapes.py"
 
@@ -25,19 +27,30 @@ def parse_args(argv=None):
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="SECTION.KEY=VALUE",
                         help="override one config field, e.g. --set train.epochs=3")
+    parser.add_argument("--distribute", choices=DISTRIBUTE_MODES, default=None,
+                        help="devices: none (one device), data_parallel, model_parallel "
+                             "(JAX), or auto (data parallel when several are visible); "
+                             "the global batch is split across them (default: the "
+                             "config's train.distribute)")
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
     try:
-        config = apply_overrides(load_config(args.config), args.overrides)
+        distribute = [f"train.distribute={args.distribute}"] if args.distribute else []
+        config = apply_overrides(load_config(args.config), args.overrides + distribute)
     except ConfigError as error:
         print(f"train.py: error: {error}", file=sys.stderr)
         return 2
+    from vlm.distribution import DistributionError
     from vlm.training import train  # heavy imports after the config is known good
 
-    train(config)
+    try:
+        train(config)
+    except DistributionError as error:
+        print(f"train.py: error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -4,6 +4,11 @@ Downloads the keras-hub preset `vit_base_patch16_224_imagenet` on first use,
 and reads TFDS `coco_captions` (Karpathy splits) from `data.data_dir`:
 
     python train.py --config configs/coco_vit_b16.py --set data.data_dir=/data/tfds
+
+Data parallel over all local devices (PyTorch has no engine here: add
+`--distribute none`). The encoder is frozen for the first epoch, while the
+new decoder's first, large gradients would disturb the pretrained features
+(`--set train.freeze_encoder_epochs=0` trains everything from the start).
 """
 
 from vlm.config import Config, DataConfig, ModelConfig, TrainConfig
@@ -37,6 +42,8 @@ def get_config():
             learning_rate=3e-4,
             weight_decay=0.05,
             mixed_precision="mixed_bfloat16",
+            distribute="data_parallel",
+            freeze_encoder_epochs=1,
             early_stopping_patience=3,
             report_images=0,
         ),

@@ -82,6 +82,13 @@ class TrainConfig:
     seed: int = 0
     # Images of the validation split captioned for the report (0: none).
     report_images: int = 1000
+    # Devices: "none", "data_parallel", "model_parallel" (JAX) or "auto" (data
+    # parallel when several devices are visible); `train.py --distribute`.
+    distribute: str = "none"
+    # model_parallel: devices along the mesh's "model" axis.
+    model_shards: int = 2
+    # Epochs at the start that train the decoder only (the encoder frozen).
+    freeze_encoder_epochs: int = 0
 
 
 @dataclasses.dataclass
@@ -99,6 +106,7 @@ class Config:
 
 DATASETS = ("shapes", "coco", "folder")
 PRECISIONS = (None, "mixed_float16", "mixed_bfloat16")
+DISTRIBUTE_MODES = ("none", "data_parallel", "model_parallel", "auto")
 
 
 def load_config(path):
@@ -239,11 +247,16 @@ def validate(config):
             f"train.mixed_precision must be one of {PRECISIONS}. "
             f"Received: {train.mixed_precision!r}"
         )
+    if train.distribute not in DISTRIBUTE_MODES:
+        raise ConfigError(
+            f"train.distribute must be one of {DISTRIBUTE_MODES}. "
+            f"Received: {train.distribute!r}"
+        )
 
 
 # Fields where 0 is meaningful; every other number must be positive.
 _NON_NEGATIVE = {"dropout", "weight_decay", "warmup_fraction", "early_stopping_patience",
-                 "seed", "report_images"}
+                 "seed", "report_images", "freeze_encoder_epochs"}
 
 
 def _check_type(key, value, annotation):

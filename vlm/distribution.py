@@ -27,12 +27,13 @@ data_parallel over 2 devices (keras.distribution.DataParallel): global batch 64 
 
 import contextlib
 import dataclasses
+import functools
 import os
 from typing import Callable
 
 import keras
 
-MODES = ("none", "data_parallel", "model_parallel", "auto")
+from vlm.config import DISTRIBUTE_MODES as MODES
 
 # Variable path (regex, matched in full) -> axis names of its layout on the
 # ("batch", "model") mesh; None keeps a dimension whole. The paths are those of
@@ -110,7 +111,8 @@ class DistributionPlan:
                       f"attention, feed-forward and embedding kernels split "
                       f"{self.model_shards} ways")
         note = "" if self.xla else "; XLA off (tf.distribute cannot XLA-compile across CPUs)"
-        return f"{self.mode} over {len(self.devices)} devices ({self.engine}): {split}{note}"
+        devices = f"{len(self.devices)} device{'s' if len(self.devices) > 1 else ''}"
+        return f"{self.mode} over {devices} ({self.engine}): {split}{note}"
 
 
 def local_devices():
@@ -254,7 +256,7 @@ def _tensorflow_data_parallel(devices, batch_size):
         devices = tuple(d.name for d in tf.config.list_logical_devices("TPU"))
         engine = "tf.distribute.TPUStrategy"
     else:
-        strategy = tf.distribute.MirroredStrategy(list(devices))
+        strategy = _mirrored_strategy(devices)
         engine = "tf.distribute.MirroredStrategy"
     replicas = strategy.num_replicas_in_sync
     _check_batch(batch_size, replicas, "data_parallel")
@@ -266,6 +268,19 @@ def _tensorflow_data_parallel(devices, batch_size):
         "data_parallel", engine, devices, batch_size, replicas=replicas,
         scope=strategy.scope, distribution=strategy, xla=not (on_cpus and replicas > 1),
     )
+
+
+@functools.lru_cache(maxsize=None)
+def _mirrored_strategy(devices):
+    """One `MirroredStrategy` per device set and process.
+
+    A second strategy over the same devices in one process can pair its
+    collective ops with the first one's ("Shape mismatch in the collective
+    instance"), so a process that trains twice reuses the first.
+    """
+    import tensorflow as tf
+
+    return tf.distribute.MirroredStrategy(list(devices))
 
 
 def _tpu_resolver():

@@ -6,6 +6,7 @@
 import json
 import os
 import time
+import warnings
 
 import keras
 
@@ -13,6 +14,7 @@ from vlm.data.datasets import load_examples
 from vlm.data.pipeline import count_pairs
 from vlm.data.pipeline import train_batches
 from vlm.data.tokenizer import train_tokenizer
+from vlm.distribution import plan_distribution
 from vlm.evaluation import caption_split
 from vlm.metrics.grounded import grounded_scores
 from vlm.models.captioner import build_captioner
@@ -137,6 +139,72 @@ def caption_report(model, examples, num_images, batch_size=250):
     return report
 
 
+def cached(examples, data_config):
+    """`examples.cache()` in memory, except COCO's, which is read from TFDS each pass.
+
+    COCO's decoded training images (train+restval, 113,287 at about 0.8 MB
+    each) would take about 95 GB of memory.
+    """
+    return examples if data_config.dataset == "coco" else examples.cache()
+
+
+def fit_in_phases(model, train_data, plan, *, epochs, steps_per_epoch, optimizer_for,
+                  freeze_encoder_epochs=0, done_epochs=0, **fit_kwargs):
+    """`model.fit` in `plan`'s scope, with the encoder frozen for the first epochs.
+
+    Without freezing this is one `fit` with the optimizer `model` was
+    compiled with. With it, Keras' fine-tuning recipe: the encoder's
+    `trainable = False`, compile with a fresh optimizer, fit; then
+    `trainable = True`, compile with another fresh optimizer, fit on. Each
+    phase has its own optimizer, `optimizer_for(its steps)`, so Adam's bias
+    correction starts afresh for the weights it newly trains, and a backup
+    taken in a phase restores into that phase.
+
+    Args:
+        model: a compiled `Captioner`, built in `plan.scope()`.
+        train_data: repeated batches, positioned at epoch `done_epochs`.
+        plan: the `vlm.distribution.DistributionPlan` of the run.
+        epochs: the run's epochs in all.
+        steps_per_epoch: batches per epoch.
+        optimizer_for: `steps -> optimizer` for one phase of `steps` steps.
+        freeze_encoder_epochs: epochs at the start of the run that train all
+            but the image encoder.
+        done_epochs: epochs a resumed run finished before this call.
+        **fit_kwargs: more `model.fit` arguments (callbacks, validation, ...).
+
+    Returns:
+        A `keras.callbacks.History` of the epochs run here, both phases.
+    """
+    frozen = min(freeze_encoder_epochs, epochs)
+    if not frozen:
+        with plan.scope():
+            return model.fit(train_data, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                             **fit_kwargs)
+    history = keras.callbacks.History()
+    history.history = {}
+    for first, last, trainable in [(0, frozen, False), (frozen, epochs, True)]:
+        if last <= max(first, done_epochs):
+            continue
+        print(f"Epochs {max(first, done_epochs) + 1}-{last}: "
+              + ("all weights train" if trainable else "the image encoder is frozen"))
+        with plan.scope(), warnings.catch_warnings():
+            # A backup from the last frozen epoch holds the frozen phase's
+            # optimizer, which the fresh one is meant to replace.
+            warnings.filterwarnings("ignore", "Skipping variable loading for optimizer")
+            model.encoder.trainable = trainable
+            model.compile(optimizer=optimizer_for((last - first) * steps_per_epoch),
+                          jit_compile=model.jit_compile)
+            phase = model.fit(train_data, initial_epoch=first, epochs=last,
+                              steps_per_epoch=steps_per_epoch, **fit_kwargs)
+        for key, values in phase.history.items():
+            history.history.setdefault(key, []).extend(values)
+        if model.stop_training:  # NaN or early stopping
+            break
+        # The next fit reads the data from its start: skip what this one ate.
+        train_data = train_data.skip((last - max(first, done_epochs)) * steps_per_epoch)
+    return history
+
+
 def train(config):
     """Trains a captioner as `config` says; returns the output paths.
 
@@ -149,8 +217,12 @@ def train(config):
     if train_config.mixed_precision:
         keras.config.set_dtype_policy(train_config.mixed_precision)
     print(f"Backend: {keras.config.backend()}; run '{train_config.name}'")
+    plan = plan_distribution(train_config.distribute, train_config.batch_size,
+                             model_config, train_config.model_shards)
+    print(f"Devices: {plan.description}")
 
-    train_examples = load_examples(data_config, "train", model_config.image_size).cache()
+    train_examples = cached(load_examples(data_config, "train", model_config.image_size),
+                            data_config)
     validation_examples = load_examples(data_config, "validation", model_config.image_size)
     num_pairs = count_pairs(train_examples)
     print(f"Training pairs (image, caption): {num_pairs}")
@@ -159,20 +231,22 @@ def train(config):
     )
     print(f"Vocabulary: {tokenizer.vocabulary_size()} tokens")
 
-    model = build_captioner(
-        model_config, tokenizer.vocabulary_size(), tokenizer=tokenizer,
-        dtype=train_config.mixed_precision,
-    )
+    with plan.scope():  # the variables are laid out (JAX) or mirrored (TF) as made
+        model = build_captioner(
+            model_config, tokenizer.vocabulary_size(), tokenizer=tokenizer,
+            dtype=train_config.mixed_precision,
+        )
     steps_per_epoch = train_config.steps_per_epoch or num_pairs // train_config.batch_size
     if steps_per_epoch < 1:
         raise ValueError(
             f"train.batch_size={train_config.batch_size} is larger than the "
             f"{num_pairs} training pairs: not one batch per epoch."
         )
-    model.compile(
-        optimizer=make_optimizer(train_config, steps_per_epoch * train_config.epochs),
-        jit_compile=train_config.jit_compile,
-    )
+    with plan.scope():
+        model.compile(
+            optimizer=make_optimizer(train_config, steps_per_epoch * train_config.epochs),
+            jit_compile=train_config.jit_compile and plan.xla,
+        )
     print(f"Parameters: {model.count_params():,}; {steps_per_epoch} steps/epoch x "
           f"{train_config.epochs} epochs")
 
@@ -187,7 +261,7 @@ def train(config):
     )
     validation_data, validation_steps = None, None
     if validation_examples is not None:
-        validation_examples = validation_examples.cache()
+        validation_examples = cached(validation_examples, data_config)
         validation_steps = count_pairs(validation_examples) // train_config.batch_size
         validation_data = train_batches(
             validation_examples, tokenizer, shuffle_buffer=0, **batch_args
@@ -196,8 +270,10 @@ def train(config):
     write_json(paths["config"], config.to_dict())
 
     start = time.time()
-    history = model.fit(
-        train_data,
+    history = fit_in_phases(
+        model, train_data, plan,
+        optimizer_for=lambda steps: make_optimizer(train_config, steps),
+        freeze_encoder_epochs=train_config.freeze_encoder_epochs,
         shuffle=False,  # the tf.data pipeline shuffles
         epochs=train_config.epochs,
         steps_per_epoch=steps_per_epoch,
