@@ -3,6 +3,7 @@
     python -m tests                 # TensorFlow, JAX and PyTorch
     python -m tests --backends jax  # one backend
     python -m tests -- -k cross     # extra arguments go to pytest
+    python -m tests -- tests/layers # paths given replace the whole suite
 
 `KERAS_BACKEND` is fixed once per process, so each backend gets its own
 pytest process. The exit code is non-zero if any backend failed.
@@ -36,8 +37,10 @@ def parse_args(argv):
 def run_backend(backend, pytest_args, report_dir):
     report = os.path.join(report_dir, f"{backend}.xml")
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
-    command = [sys.executable, "-m", "pytest", "tests", "-q", "-p", "no:cacheprovider",
-               f"--junitxml={report}", *pytest_args]
+    # Paths among the extra arguments replace the whole `tests` folder.
+    paths = [a for a in pytest_args if not a.startswith("-") and os.path.exists(a.split("::")[0])]
+    command = [sys.executable, "-m", "pytest", *([] if paths else ["tests"]), "-q",
+               "-p", "no:cacheprovider", f"--junitxml={report}", *pytest_args]
     print(f"\n=== KERAS_BACKEND={backend}: {' '.join(command[1:])}", flush=True)
     start = time.time()
     returncode = subprocess.call(command, env=env)
