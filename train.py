@@ -4,6 +4,10 @@ With no arguments it trains the default model on the embedded shapes dataset
 (generated offline on first use) and writes `saved_models/shapes.keras`, the
 resolved config, the training history and a captioning report beside it.
 Rerun the same command after an interruption to resume where it stopped.
+
+Exit codes: 0 trained; 2 a bad config or command line (one line on stderr
+names the key and the value); 3 the loss became NaN or infinite (one line
+on stderr says where; the final model is not written).
 """
 
 import argparse
@@ -17,6 +21,7 @@ from vlm.config import (  # noqa: E402
 )
 
 DEFAULT_CONFIG = "configs/shapes.py"
+EXIT_DIVERGED = 3
 
 
 def parse_args(argv=None):
@@ -44,13 +49,16 @@ def main(argv=None):
         print(f"train.py: error: {error}", file=sys.stderr)
         return 2
     from vlm.distribution import DistributionError
-    from vlm.training import train  # heavy imports after the config is known good
+    from vlm.training import TrainingDiverged, train  # heavy: after the config is good
 
     try:
         train(config)
     except DistributionError as error:
         print(f"train.py: error: {error}", file=sys.stderr)
         return 2
+    except TrainingDiverged as error:
+        print(f"train.py: error: {error}", file=sys.stderr)
+        return EXIT_DIVERGED
     return 0
 
 

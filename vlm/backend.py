@@ -1,9 +1,12 @@
-"""The one place with backend branches: compiling an inference function, and
-summing over `tf.distribute` replicas.
+"""The one place with backend branches: compiling an inference function,
+summing over `tf.distribute` replicas, and the global random state a resumed
+run restores.
 
 Everything else in `vlm/layers`, `vlm/models` and `vlm/generation` is
 `keras.ops` only.
 """
+
+import base64
 
 import keras
 
@@ -67,3 +70,42 @@ def replica_sum(x):
         if context is not None and context.num_replicas_in_sync > 1:
             return context.all_reduce(tf.distribute.ReduceOp.SUM, x)
     return x
+
+
+def global_rng_state():
+    """The backend's global random state that training draws from, or None.
+
+    Keras' dropout on PyTorch, for a layer given no seed, draws from torch's
+    global generators (Keras' comment: "torch doesn't support seeding
+    dropout"); TensorFlow and JAX draw from the layers' `SeedGenerator`
+    variables, which `model.variables` holds. A backup keeps this state so a
+    resumed run drops the same units an uninterrupted one would.
+
+    Returns:
+        On PyTorch, a JSON-able dict of base64 generator states (CPU, and
+        each CUDA device); elsewhere None.
+    """
+    if keras.config.backend() != "torch":
+        return None
+    import torch
+
+    def encode(state):
+        return base64.b64encode(state.cpu().numpy().tobytes()).decode("ascii")
+
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    return {"cpu": encode(torch.get_rng_state()), "cuda": [encode(s) for s in cuda]}
+
+
+def set_global_rng_state(state):
+    """Restores what `global_rng_state()` returned (None: nothing to restore)."""
+    if state is None or keras.config.backend() != "torch":
+        return
+    import numpy as np
+    import torch
+
+    def decode(text):
+        return torch.from_numpy(np.frombuffer(base64.b64decode(text), np.uint8).copy())
+
+    torch.set_rng_state(decode(state["cpu"]))
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([decode(s) for s in state["cuda"]])

@@ -3,13 +3,21 @@
 `train.py` is the command line around `train(config)`.
 """
 
-import json
+import math
 import os
+import shutil
 import time
 import warnings
 
 import keras
 
+from vlm.callbacks import AtomicBackupAndRestore
+from vlm.callbacks import AtomicModelCheckpoint
+from vlm.callbacks import LearningRateLogger
+from vlm.callbacks import TerminateOnNaNWithReason
+from vlm.callbacks import atomic_write
+from vlm.callbacks import read_backup
+from vlm.callbacks import write_json_atomically
 from vlm.data.datasets import load_examples
 from vlm.data.pipeline import count_pairs
 from vlm.data.pipeline import train_batches
@@ -56,16 +64,30 @@ def make_optimizer(train_config, total_steps):
     return optimizer
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the message says where."""
+
+
 def make_callbacks(config, paths, has_validation):
-    """Checkpoint of the best model, resumable backups, TensorBoard, NaN stop."""
+    """Checkpoint of the best model, resumable backups, TensorBoard, NaN stop.
+
+    The learning rate goes into the epoch logs first; the best-model
+    checkpoint is written before the backup commits the epoch, so a kill
+    between the two redoes the epoch rather than losing its checkpoint.
+    Both are written atomically (`vlm.callbacks`).
+    """
     monitor = "val_loss" if has_validation else "loss"
+    # A resumed run's best model so far is the one to beat.
+    done = (read_backup(paths["backup"]) or {}).get("history", {}).get(monitor)
     callbacks = [
-        keras.callbacks.BackupAndRestore(paths["backup"]),
-        keras.callbacks.ModelCheckpoint(
-            paths["best"], monitor=monitor, save_best_only=True, verbose=0
+        LearningRateLogger(),
+        AtomicModelCheckpoint(
+            paths["best"], monitor=monitor, save_best_only=True, verbose=0,
+            initial_value_threshold=min(done) if done else None,
         ),
+        AtomicBackupAndRestore(paths["backup"]),
         keras.callbacks.TensorBoard(paths["tensorboard"], write_graph=False),
-        keras.callbacks.TerminateOnNaN(),
+        TerminateOnNaNWithReason(),
     ]
     if config.train.early_stopping_patience:
         callbacks.append(
@@ -83,11 +105,7 @@ def atomic_save(model, path):
 
     A run killed mid-save never leaves a truncated file where a good one was.
     """
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    temporary = os.path.join(directory, f".{os.path.basename(path)}.tmp.keras")
-    model.save(temporary)
-    os.replace(temporary, path)
+    atomic_write(path, model.save)
 
 
 def without_training_state(model):
@@ -103,14 +121,7 @@ def without_training_state(model):
     return copy
 
 
-def write_json(path, data):
-    """Writes JSON atomically (temporary file, then rename)."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    temporary = path + ".tmp"
-    with open(temporary, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(temporary, path)
+write_json = write_json_atomically  # temporary file, then rename
 
 
 def caption_report(model, examples, num_images, batch_size=250):
@@ -209,7 +220,12 @@ def train(config):
     """Trains a captioner as `config` says; returns the output paths.
 
     Rerunning the same command after an interruption resumes from the last
-    completed epoch (`BackupAndRestore`).
+    completed epoch (`AtomicBackupAndRestore`), with the same batches, step
+    count and learning rate an uninterrupted run would have.
+
+    Raises:
+        TrainingDiverged: the loss became NaN or infinite; the history file
+            records where (`stopped_on_nan`) and the final model is not written.
     """
     model_config, data_config, train_config = config.model, config.data, config.train
     paths = output_paths(config)
@@ -259,6 +275,13 @@ def train(config):
         train_examples, tokenizer, shuffle_buffer=data_config.shuffle_buffer,
         seed=train_config.seed, repeat=True, **batch_args,
     )
+    resumed = read_backup(paths["backup"])
+    if resumed:
+        # Skip the batches the finished epochs ate: the resumed run sees the
+        # batches an uninterrupted one would.
+        train_data = train_data.skip(resumed["epoch"] * steps_per_epoch)
+        print(f"Resuming after epoch {resumed['epoch']}/{train_config.epochs} from the "
+              f"backup in {paths['backup']}")
     validation_data, validation_steps = None, None
     if validation_examples is not None:
         validation_examples = cached(validation_examples, data_config)
@@ -269,26 +292,51 @@ def train(config):
     os.makedirs(train_config.output_dir, exist_ok=True)
     write_json(paths["config"], config.to_dict())
 
+    callbacks = make_callbacks(config, paths, validation_data is not None)
     start = time.time()
     history = fit_in_phases(
         model, train_data, plan,
         optimizer_for=lambda steps: make_optimizer(train_config, steps),
         freeze_encoder_epochs=train_config.freeze_encoder_epochs,
+        done_epochs=resumed["epoch"] if resumed else 0,
         shuffle=False,  # the tf.data pipeline shuffles
         epochs=train_config.epochs,
         steps_per_epoch=steps_per_epoch,
         validation_data=validation_data,
         validation_steps=validation_steps,
-        callbacks=make_callbacks(config, paths, validation_data is not None),
+        callbacks=callbacks,
     )
     train_seconds = time.time() - start
-    atomic_save(without_training_state(model), paths["model"])
-    write_json(paths["history"], {
-        "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
-        "train_seconds": train_seconds,
+    all_epochs = {k: list(v) for k, v in (resumed or {}).get("history", {}).items()}
+    for key, values in history.history.items():
+        # JSON has no NaN: a diverged epoch's values are null.
+        all_epochs.setdefault(key, []).extend(
+            float(v) if math.isfinite(v) else None for v in values
+        )
+    record = {
+        "history": all_epochs,  # the epochs before a resume included
+        "train_seconds": train_seconds,  # this run only
         "backend": keras.config.backend(),
         "parameters": model.count_params(),
-    })
+        # Of the last phase's optimizer when train.freeze_encoder_epochs > 0.
+        "optimizer_steps": int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
+        "resumed_after_epoch": resumed["epoch"] if resumed else 0,
+    }
+    nan_stop = next(c for c in callbacks if isinstance(c, TerminateOnNaNWithReason))
+    if nan_stop.stopped:
+        record["stopped_on_nan"] = dict(nan_stop.stopped, loss=str(nan_stop.stopped["loss"]))
+        write_json(paths["history"], record)
+        backed_up = read_backup(paths["backup"])
+        kept = (f"epoch {backed_up['epoch']} is backed up in {paths['backup']} (rerun "
+                "with a lower train.learning_rate to resume from it)" if backed_up
+                else "no epoch finished with a finite loss")
+        raise TrainingDiverged(
+            f"Training stopped: {nan_stop.message()}. {paths['model']} was not written; {kept}. "
+            f"History: {paths['history']}"
+        )
+    atomic_save(without_training_state(model), paths["model"])
+    write_json(paths["history"], record)
+    shutil.rmtree(paths["backup"], ignore_errors=True)  # the run is complete
     print(f"Trained in {train_seconds / 60:.1f} min; model: {paths['model']}")
 
     if train_config.report_images:

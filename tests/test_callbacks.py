@@ -1,0 +1,183 @@
+"""Atomic checkpoints and backups, and the NaN stop that says where (vlm/callbacks.py)."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from vlm import callbacks as vlm_callbacks
+from vlm.callbacks import AtomicBackupAndRestore
+from vlm.callbacks import AtomicModelCheckpoint
+from vlm.callbacks import TerminateOnNaNWithReason
+from vlm.callbacks import atomic_write
+from vlm.callbacks import read_backup
+
+STEPS = 4  # batches per epoch: 16 examples, batch 4
+
+
+def regression_data(nan_at=None):
+    rng = np.random.RandomState(0)
+    x = rng.normal(size=(16, 3)).astype("float32")
+    y = (x @ np.array([[1.0], [-2.0], [0.5]], "float32")).astype("float32")
+    if nan_at is not None:
+        x[nan_at] = np.nan
+    return x, y
+
+
+def small_model():
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.Adam(0.05), "mse")
+    return model
+
+
+def fit(model, callbacks, epochs, nan_at=None):
+    x, y = regression_data(nan_at)
+    return model.fit(x, y, batch_size=4, epochs=epochs, shuffle=False, verbose=0,
+                     callbacks=callbacks)
+
+
+def save_half_then_fail(save):
+    """A save that writes half its file, then dies (as a kill or a full disk would)."""
+
+    def broken_save(path, *args, **kwargs):
+        save(path, *args, **kwargs)
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) // 2)
+        raise OSError("No space left on device")
+
+    return broken_save
+
+
+def assert_weights_equal(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_atomic_write_keeps_the_old_file_when_the_writer_dies(tmp_path):
+    path = tmp_path / "report.json"
+    atomic_write(str(path), lambda p: open(p, "w").write('{"epoch": 1}'))
+
+    def dies_halfway(temporary):
+        with open(temporary, "w") as f:
+            f.write('{"epo')
+        raise KeyboardInterrupt  # any exception: a kill mid-write
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(str(path), dies_halfway)
+    assert json.loads(path.read_text()) == {"epoch": 1}
+    assert os.listdir(tmp_path) == ["report.json"]  # the temporary is cleaned up
+
+    # A SIGKILL leaves the temporary behind: the next write replaces it.
+    (tmp_path / ".tmp-report.json").write_text("garbage")
+    atomic_write(str(path), lambda p: open(p, "w").write('{"epoch": 2}'))
+    assert json.loads(path.read_text()) == {"epoch": 2}
+    assert os.listdir(tmp_path) == ["report.json"]
+
+
+@pytest.mark.parametrize("checkpoint_class, survives", [
+    (keras.callbacks.ModelCheckpoint, False),  # Keras writes in place
+    (AtomicModelCheckpoint, True),
+])
+def test_a_failed_checkpoint_save_leaves_the_previous_one_loadable(
+        tmp_path, checkpoint_class, survives):
+    path = str(tmp_path / "best.keras")
+    model = small_model()
+    fit(model, [checkpoint_class(path, monitor="loss", save_best_only=True)], epochs=1)
+    first = model.get_weights()
+    assert_weights_equal(keras.saving.load_model(path).get_weights(), first)
+
+    model.save = save_half_then_fail(model.save)
+    with pytest.raises(OSError, match="No space left"):  # epoch 2 improves, its save dies
+        fit(model, [checkpoint_class(path, monitor="loss", save_best_only=True)], epochs=1)
+    if survives:
+        assert_weights_equal(keras.saving.load_model(path).get_weights(), first)
+        assert os.listdir(tmp_path) == ["best.keras"]
+    else:
+        with pytest.raises(Exception):
+            keras.saving.load_model(path)
+
+
+def test_backup_restores_weights_optimizer_and_epoch(tmp_path):
+    backup_dir = str(tmp_path / "backup")
+    model = small_model()
+    backup = AtomicBackupAndRestore(backup_dir)
+    fit(model, [backup], epochs=2)
+    state = read_backup(backup_dir)
+    assert state["epoch"] == 2 and state["weights"] == "epoch-2.weights.h5"
+    assert sorted(os.listdir(backup_dir)) == ["epoch-2.weights.h5", "training_metadata.json"]
+    assert len(state["history"]["loss"]) == 2 and backup.history == state["history"]
+
+    # The same run, restarted: fit starts at epoch 3 from the saved state.
+    resumed = small_model()
+    restored = AtomicBackupAndRestore(backup_dir)
+    history = fit(resumed, [restored], epochs=3)
+    assert restored.restored_epoch == 2
+    assert len(history.history["loss"]) == 1  # epoch 3 only
+    assert len(restored.history["loss"]) == 3  # all epochs
+    assert int(resumed.optimizer.iterations) == 3 * STEPS
+
+    straight = small_model()
+    fit(straight, [], epochs=3)
+    assert int(straight.optimizer.iterations) == 3 * STEPS
+    for a, b in zip(resumed.get_weights(), straight.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_a_kill_during_a_backup_keeps_the_previous_epoch(tmp_path, monkeypatch):
+    backup_dir = str(tmp_path / "backup")
+    model = small_model()
+    fit(model, [AtomicBackupAndRestore(backup_dir)], epochs=1)
+    after_epoch_1 = model.get_weights()
+
+    # Dies while writing epoch 2's weights: epoch 1's backup is untouched.
+    model.save_weights = save_half_then_fail(model.save_weights)
+    with pytest.raises(OSError):
+        fit(model, [AtomicBackupAndRestore(backup_dir)], epochs=2)
+    del model.save_weights
+    assert read_backup(backup_dir)["epoch"] == 1
+
+    # Dies after epoch 2's weights were written, before the metadata commit:
+    # the metadata still names epoch 1's weights, which are still there.
+    calls = []
+
+    def no_commit(path, data):
+        calls.append(path)
+        raise OSError("killed before the commit")
+
+    monkeypatch.setattr(vlm_callbacks, "write_json_atomically", no_commit)
+    with pytest.raises(OSError, match="before the commit"):
+        fit(model, [AtomicBackupAndRestore(backup_dir)], epochs=2)
+    monkeypatch.undo()
+    assert len(calls) == 1 and os.path.exists(os.path.join(backup_dir, "epoch-2.weights.h5"))
+
+    restarted = small_model()
+    restore = AtomicBackupAndRestore(backup_dir)
+    restore.set_model(restarted)
+    restore.on_train_begin()
+    assert restore.restored_epoch == 1
+    assert_weights_equal(restarted.get_weights(), after_epoch_1)
+    assert int(restarted.optimizer.iterations) == STEPS
+
+
+def test_nan_stop_says_where_and_nothing_diverged_is_saved(tmp_path):
+    backup_dir, best = str(tmp_path / "backup"), str(tmp_path / "best.keras")
+    model = small_model()
+    fit(model, [AtomicBackupAndRestore(backup_dir)], epochs=1)  # one good epoch
+
+    nan_stop = TerminateOnNaNWithReason()
+    callbacks = [AtomicModelCheckpoint(best, monitor="loss", save_best_only=True),
+                 AtomicBackupAndRestore(backup_dir), nan_stop]
+    history = fit(model, callbacks, epochs=3, nan_at=9)  # example 9 is in batch 3
+    assert nan_stop.stopped["epoch"] == 2 and nan_stop.stopped["batch"] == 3
+    assert nan_stop.stopped["step"] == STEPS + 3  # the steps taken, the NaN one included
+    assert np.isnan(nan_stop.stopped["loss"])
+    assert nan_stop.message() == ("the loss became nan at epoch 2, batch 3 "
+                                  f"(optimizer step {STEPS + 3})")
+    assert len(history.history["loss"]) == 1 and np.isnan(history.history["loss"][0])
+    assert read_backup(backup_dir)["epoch"] == 1  # the diverged epoch is not backed up
+    assert not os.path.exists(best)  # a NaN loss is never "best"
+    assert TerminateOnNaNWithReason().message() is None

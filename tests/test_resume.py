@@ -1,0 +1,143 @@
+"""SIGKILL `train.py` in the middle of an epoch, rerun it, and get the uninterrupted run.
+
+Runs `configs/tiny.py` in subprocesses under the test process' Keras backend.
+"""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import vlm
+from vlm.config import load_config
+from vlm.data.datasets import load_examples
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EPOCHS, STEPS = 3, 12
+
+# train.py's main, parked at epoch 2, batch 7 until the test kills it.
+PAUSED_TRAIN_PY = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+import keras
+import train
+import vlm.training as training
+
+class PauseMidEpoch(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (self.epoch, batch) == (1, 6):
+            print("\\nPAUSED at epoch 2, batch 7", flush=True)
+            time.sleep(600)
+
+make_callbacks = training.make_callbacks
+training.make_callbacks = lambda *args: make_callbacks(*args) + [PauseMidEpoch()]
+sys.exit(train.main(sys.argv[2:]))
+"""
+
+
+def train_args(out):
+    return [
+        "--config", os.path.join(REPO, "configs", "tiny.py"),
+        "--set", f"train.output_dir={out}",
+        "--set", f"train.log_dir={out}/logs",
+        "--set", "train.report_images=0",
+        "--set", f"train.epochs={EPOCHS}",
+        "--set", f"train.steps_per_epoch={STEPS}",
+        "--set", "model.dropout=0.1",  # the resumed run must restore dropout's seeds too
+        # torch.compile takes minutes on two cores; XLA on TF and JAX takes seconds.
+        "--set", f"train.jit_compile={keras.config.backend() != 'torch'}",
+    ]
+
+
+def start(args, **kwargs):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs)
+
+
+def finish(process, timeout=300):
+    output, _ = process.communicate(timeout=timeout)
+    return process.returncode, output
+
+
+def read_history(out):
+    with open(os.path.join(out, "tiny.history.json")) as f:
+        return json.load(f)
+
+
+def schedule(step):
+    """`make_optimizer`'s learning rate for tiny's 36 steps: 1 warmup step, then cosine."""
+    warmup, decay = 1, EPOCHS * STEPS - 1
+    return 1e-3 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / decay))
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_rerun_equals_an_uninterrupted_run(tmp_path):
+    config = load_config(os.path.join(REPO, "configs", "tiny.py"))
+    load_examples(config.data, "train", config.model.image_size)  # both runs find it made
+    straight_out, killed_out = str(tmp_path / "straight"), str(tmp_path / "killed")
+    straight = start(["train.py", *train_args(straight_out)])
+    killed = start(["-c", PAUSED_TRAIN_PY, REPO, *train_args(killed_out)])
+    try:
+        lines = []
+        for line in killed.stdout:
+            lines.append(line)
+            if "PAUSED" in line:  # after the progress bar's last update
+                break
+        assert lines and "PAUSED" in lines[-1], "".join(lines[-30:])
+        os.kill(killed.pid, signal.SIGKILL)
+        assert killed.wait(timeout=60) == -signal.SIGKILL
+    except BaseException:
+        for process in (straight, killed):
+            process.kill()
+        raise
+
+    # What the kill left: epoch 1 committed, epoch 2 half done, no final files.
+    backup = os.path.join(killed_out, "logs", "tiny", "backup")
+    with open(os.path.join(backup, "training_metadata.json")) as f:
+        metadata = json.load(f)
+    assert metadata["epoch"] == 1 and metadata["weights"] == "epoch-1.weights.h5"
+    assert sorted(os.listdir(backup)) == ["epoch-1.weights.h5", "training_metadata.json"]
+    assert len(metadata["history"]["loss"]) == 1
+    assert not os.path.exists(os.path.join(killed_out, "tiny.keras"))
+    assert not os.path.exists(os.path.join(killed_out, "tiny.history.json"))
+
+    # The same command again resumes from epoch 1.
+    code, output = finish(start(["train.py", *train_args(killed_out)]))
+    assert code == 0, output[-3000:]
+    assert "Resuming after epoch 1/3" in output
+    assert "Epoch 1/3" not in output and "Epoch 2/3" in output
+    code, output = finish(straight)
+    assert code == 0, output[-3000:]
+
+    resumed, uninterrupted = read_history(killed_out), read_history(straight_out)
+    assert resumed["resumed_after_epoch"] == 1 and uninterrupted["resumed_after_epoch"] == 0
+    assert resumed["optimizer_steps"] == uninterrupted["optimizer_steps"] == EPOCHS * STEPS
+    # Every epoch is in the history, the one before the kill included.
+    assert resumed["history"]["loss"][0] == metadata["history"]["loss"][0]
+    for key in ("loss", "val_loss", "token_accuracy", "learning_rate"):
+        assert len(resumed["history"][key]) == EPOCHS
+        np.testing.assert_allclose(resumed["history"][key], uninterrupted["history"][key],
+                                   rtol=1e-6, atol=1e-9, err_msg=key)
+    # The schedule went on from step 12: its value after each epoch's 12 steps.
+    np.testing.assert_allclose(resumed["history"]["learning_rate"],
+                               [schedule(STEPS * (e + 1)) for e in range(EPOCHS)],
+                               rtol=1e-5, atol=1e-9)
+    assert not os.path.exists(backup)  # deleted once the final model was written
+
+    # Same data order, optimizer state and dropout seeds: the same weights.
+    for name in ("tiny.keras", "tiny.best.keras"):
+        a = vlm.load_captioner(os.path.join(killed_out, name)).get_weights()
+        b = vlm.load_captioner(os.path.join(straight_out, name)).get_weights()
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            np.testing.assert_allclose(x, y, rtol=0, atol=1e-6, err_msg=name)

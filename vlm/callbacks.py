@@ -1,0 +1,303 @@
+"""Training callbacks that survive a kill at any instant, and say why a run stopped.
+
+Keras' `ModelCheckpoint` and `BackupAndRestore` write their files in place:
+a process killed during a save leaves a truncated file where a good one
+was. `BackupAndRestore` also writes two files per backup (weights, then the
+epoch number), so a kill between the two pairs new weights with the old
+epoch. The callbacks here write every file through `atomic_write` and make
+one small JSON file the commit point of a backup.
+"""
+
+import json
+import math
+import os
+
+import keras
+import numpy as np
+from keras import ops
+
+from vlm.backend import global_rng_state
+from vlm.backend import set_global_rng_state
+
+
+def atomic_write(path, write):
+    """Writes a file through a temporary file beside it, then renames it into place.
+
+    `write(temporary)` writes the whole file at `temporary`, a name in the
+    same folder that keeps `path`'s ending (Keras picks the format from it).
+    The temporary file is flushed to disk, then `os.replace`d onto `path`:
+    whenever the process dies, `path` holds either the previous file or the
+    new one, never a part of one. A temporary left by a killed process is
+    overwritten by the next save.
+
+    Args:
+        path: the file to write.
+        write: callable taking the temporary path.
+
+    Example:
+
+    >>> atomic_write("saved_models/run.keras", model.save)
+    """
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, exist_ok=True)
+    temporary = os.path.join(directory, ".tmp-" + os.path.basename(path))
+    try:
+        write(temporary)
+        with open(temporary, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+    _fsync_directory(directory)
+
+
+def _fsync_directory(directory):
+    """Makes a rename in `directory` durable (POSIX; a no-op where unsupported)."""
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def write_json_atomically(path, data):
+    """Writes `data` as indented JSON through `atomic_write`."""
+
+    def write(temporary):
+        with open(temporary, "w") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+
+    atomic_write(path, write)
+
+
+def _is_finite(value):
+    return value is None or math.isfinite(float(value))
+
+
+class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
+    """`ModelCheckpoint` that writes each checkpoint through `atomic_write`.
+
+    Same arguments as `keras.callbacks.ModelCheckpoint`. A kill during a save
+    leaves the previous checkpoint in place, loadable. With `save_best_only`,
+    an epoch whose monitored value is NaN or infinite is never saved (Keras
+    compares the first epoch with None, so a diverged first epoch would win).
+
+    Example:
+
+    >>> best = AtomicModelCheckpoint("out/run.best.keras", monitor="val_loss",
+    ...                              save_best_only=True)
+    >>> model.fit(data, epochs=3, callbacks=[best])
+    """
+
+    def _should_save_model(self, epoch, batch, logs, filepath):
+        current = (logs or {}).get(self.monitor)
+        if self.save_best_only and not _is_finite(current):
+            return False
+        return super()._should_save_model(epoch, batch, logs, filepath)
+
+    def _save_model(self, epoch, batch, logs):
+        filepath = self._get_file_path(epoch, batch, logs)
+        if not self._should_save_model(epoch, batch, logs, filepath):
+            return
+        if self.save_weights_only:
+            atomic_write(filepath, lambda p: self.model.save_weights(p, overwrite=True))
+        else:
+            atomic_write(filepath, lambda p: self.model.save(p, overwrite=True))
+        if self.verbose > 0:
+            print(
+                f"\nEpoch {epoch + 1}: finished saving model to {filepath}"
+            )
+
+
+def read_backup(backup_dir):
+    """The committed state of an `AtomicBackupAndRestore` folder, or None.
+
+    Returns:
+        None when `backup_dir` holds no committed backup, else a dict with
+        `epoch` (epochs finished), `weights` (file name in `backup_dir`),
+        `history` (per-epoch logs of the finished epochs), `seed_states`
+        and `global_rng_state`.
+    """
+    path = os.path.join(backup_dir, AtomicBackupAndRestore.METADATA)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """`BackupAndRestore` whose backup is consistent whenever the process dies.
+
+    At the end of each epoch the weights (model and optimizer, so the step
+    count and the learning-rate schedule go on from there) go to a new file
+    named after the epoch, through `atomic_write`. Then `training_metadata.json`,
+    which names that file and carries the finished epochs' logs and the
+    random state dropout draws from (the layers' seed states, and on PyTorch
+    torch's global generator), replaces the old one: that rename is the commit.
+    Older weight files are deleted after it. An epoch whose loss is not
+    finite is not backed up, so a diverged run resumes from the last good
+    epoch.
+
+    At the start of `fit` the committed backup, if any, is loaded and `fit`
+    starts at the epoch after it. Unlike Keras' callback the backup is not
+    deleted at the end of `fit`: delete it (`shutil.rmtree(backup_dir)`) once
+    the final model is safely written, so a kill in between loses nothing.
+
+    Args:
+        backup_dir: folder for this run's backup only.
+
+    Example:
+
+    >>> backup = AtomicBackupAndRestore("logs/run/backup")
+    >>> model.fit(data, epochs=10, callbacks=[backup])  # rerun after a kill
+    >>> backup.history["loss"]  # all 10 epochs, restored ones included
+    """
+
+    METADATA = "training_metadata.json"
+
+    def __init__(self, backup_dir):
+        super().__init__(backup_dir, save_freq="epoch", delete_checkpoint=False)
+        self.history = {}
+        self.restored_epoch = 0
+        self._rng_state = None
+        self._rng_after_step = None
+
+    def on_train_begin(self, logs=None):
+        self._rng_state = global_rng_state()
+        state = read_backup(self.backup_dir)
+        if state is None:
+            return
+        if not self.model.built:
+            raise ValueError(
+                "AtomicBackupAndRestore needs a built model to restore into. "
+                f"Received: an unbuilt {self.model.__class__.__name__}"
+            )
+        optimizer = self.model.optimizer
+        if optimizer is not None and not optimizer.built:
+            optimizer.build(self.model.trainable_variables)
+        self.model.load_weights(os.path.join(self.backup_dir, state["weights"]))
+        seed_variables = self._seed_variables()
+        if len(seed_variables) == len(state["seed_states"]):
+            for variable, value in zip(seed_variables, state["seed_states"]):
+                variable.assign(np.asarray(value, dtype=variable.dtype))
+        self._rng_state = state.get("global_rng_state")
+        self.history = state["history"]
+        self.restored_epoch = state["epoch"]
+        self.model._initial_epoch = state["epoch"]
+
+    # On PyTorch, Keras' data loaders draw a seed from torch's global generator,
+    # which unseeded dropout also draws from, whenever `fit` or its validation
+    # opens one: at different epochs in a resumed run than in an uninterrupted
+    # one. So only training steps may move the generator: it is set back after
+    # the training loader opens, and after each validation.
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self._rng_state is not None:
+            set_global_rng_state(self._rng_state)
+            self._rng_state = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        super().on_train_batch_end(batch, logs)
+        self._rng_after_step = global_rng_state()
+
+    def on_epoch_end(self, epoch, logs=None):
+        set_global_rng_state(self._rng_after_step)
+        logs = logs or {}
+        if not _is_finite(logs.get("loss")):
+            return
+        for key, value in logs.items():
+            self.history.setdefault(key, []).append(float(value))
+        self._current_epoch = epoch + 1
+        self._save_model()
+
+    def _seed_variables(self):
+        """Dropout's random seed states: in `model.variables`, not in the weights."""
+        weights = {id(v) for v in self.model.weights}
+        return [v for v in self.model.variables if id(v) not in weights]
+
+    def _save_model(self):
+        weights_name = f"epoch-{self._current_epoch}.weights.h5"
+        atomic_write(
+            os.path.join(self.backup_dir, weights_name),
+            lambda p: self.model.save_weights(p, overwrite=True),
+        )
+        write_json_atomically(os.path.join(self.backup_dir, self.METADATA), {
+            "epoch": self._current_epoch,
+            "weights": weights_name,
+            "history": self.history,
+            "seed_states": [
+                ops.convert_to_numpy(v.value).tolist() for v in self._seed_variables()
+            ],
+            "global_rng_state": global_rng_state(),
+        })
+        for name in os.listdir(self.backup_dir):
+            if name.endswith(".weights.h5") and name != weights_name:
+                os.remove(os.path.join(self.backup_dir, name))
+
+    def on_train_end(self, logs=None):
+        pass  # the caller deletes the backup once the final model is written
+
+
+class TerminateOnNaNWithReason(keras.callbacks.TerminateOnNaN):
+    """`TerminateOnNaN` that says, and records, where the loss stopped being finite.
+
+    Prints one line (`message()`) and stops `fit` after the batch whose
+    running loss is NaN or infinite.
+
+    Attributes:
+        stopped: None while the loss is finite; then a dict with `epoch` and
+            `batch` (1-based), `step` (optimizer steps taken) and `loss`.
+    """
+
+    def __init__(self, raise_error=False):
+        super().__init__(raise_error=raise_error)
+        self.stopped = None
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if self.stopped is not None or _is_finite(loss):
+            return
+        self.stopped = {
+            "epoch": self._epoch + 1,
+            "batch": batch + 1,
+            "step": int(ops.convert_to_numpy(self.model.optimizer.iterations)),
+            "loss": float(loss),
+        }
+        if self.raise_error:
+            raise RuntimeError(self.message())
+        print(f"\nStopping: {self.message()}")
+        self.model.stop_training = True
+
+    def message(self):
+        """One line saying where the run diverged, or None."""
+        if self.stopped is None:
+            return None
+        s = self.stopped
+        return (f"the loss became {s['loss']} at epoch {s['epoch']}, batch {s['batch']} "
+                f"(optimizer step {s['step']})")
+
+
+class LearningRateLogger(keras.callbacks.Callback):
+    """Adds the optimizer's current learning rate to each epoch's logs.
+
+    Put it first in the callback list so that the history, checkpoints and
+    backups that follow see `logs["learning_rate"]`.
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = float(
+                ops.convert_to_numpy(self.model.optimizer.learning_rate)
+            )
