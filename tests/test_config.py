@@ -3,7 +3,9 @@ import os
 
 import pytest
 
-from vlm.config import Config, ConfigError, apply_overrides, load_config
+from vlm.config import (
+    Config, ConfigError, DataConfig, ModelConfig, TrainConfig, apply_overrides, load_config,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -46,11 +48,89 @@ def test_overrides_are_parsed_to_the_field_type():
         ("data.dataset=imagenet", r"data.dataset must be one of .* Received: 'imagenet'"),
         ("train.mixed_precision=fp8", r"train.mixed_precision must be one of"),
         ("epochs", r"must look like section.key=value. Received: 'epochs'"),
+        # Unknown keys, wrong types, zero and negative sizes, non-finite numbers.
+        ("train.epoch=3", r"\(did you mean 'train.epochs'\?\)\. Received: train.epoch=3$"),
+        ("model.hidden_dim=64", r"Unknown config key 'model.hidden_dim' .*"
+                                r"Received: model.hidden_dim=64$"),
+        ("train.batch_size=1.5", r"^train.batch_size expects int. Received: '1.5'$"),
+        ("train.learning_rate=fast", r"^train.learning_rate expects float. Received: 'fast'$"),
+        ("train.epochs=0", r"^train.epochs must be positive. Received: 0$"),
+        ("train.batch_size=-8", r"^train.batch_size must be positive. Received: -8$"),
+        ("data.train_size=0", r"^data.train_size must be positive. Received: 0$"),
+        ("train.steps_per_epoch=0", r"^train.steps_per_epoch must be positive. Received: 0$"),
+        ("model.decoder_mlp_dim=-1", r"^model.decoder_mlp_dim must be positive. Received: -1$"),
+        ("train.weight_decay=-0.1", r"^train.weight_decay must be >= 0. Received: -0.1$"),
+        ("train.learning_rate=nan", r"^train.learning_rate must be a finite number. "
+                                    r"Received: nan$"),
+        ("train.learning_rate=inf", r"^train.learning_rate must be a finite number. "
+                                    r"Received: inf$"),
+        ("train.name=", r"^train.name must be a file name .* Received: ''$"),
+        ("train.name=runs/a", r"^train.name must be a file name .* Received: 'runs/a'$"),
+        # Head counts that do not divide the widths.
+        ("model.encoder_dim=102", r"^model.encoder_heads must divide model.encoder_dim. "
+                                  r"Received: encoder_heads=4, encoder_dim=102$"),
+        ("model.decoder_dim=250", r"^model.decoder_heads must divide model.decoder_dim. "
+                                  r"Received: decoder_heads=4, decoder_dim=250$"),
+        ("model.encoder_heads=3", r"^model.encoder_heads must divide model.encoder_dim. "
+                                  r"Received: encoder_heads=3, encoder_dim=256$"),
+        ("model.num_key_value_heads=3",
+         r"^model.num_key_value_heads must divide model.decoder_heads. "
+         r"Received: num_key_value_heads=3, decoder_heads=4$"),
+        ("model.num_key_value_heads=0", r"^model.num_key_value_heads must be positive. "
+                                        r"Received: 0$"),
     ],
 )
 def test_bad_overrides_name_the_key_and_value(override, message):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=message) as error:
         apply_overrides(Config(), [override])
+    assert "\n" not in str(error.value)  # one line
+
+
+def test_sections_validate_themselves():
+    assert ModelConfig(encoder_dim=64, encoder_heads=4).validate() is None
+    with pytest.raises(ConfigError, match=r"^model.decoder_heads must divide model.decoder_dim. "
+                                          r"Received: decoder_heads=4, decoder_dim=30$"):
+        ModelConfig(decoder_dim=30).validate()
+    with pytest.raises(ConfigError, match=r"^data.max_references must be positive"):
+        DataConfig(max_references=0).validate()
+    with pytest.raises(ConfigError, match=r"^train.epochs must be int. Received: 2.5 \(float\)$"):
+        TrainConfig(epochs=2.5).validate()
+    with pytest.raises(ConfigError, match=r"^model must be a ModelConfig. Received: dict$"):
+        Config(model={"image_size": 64}).validate()
+    assert Config().validate().train.epochs == 10
+
+
+BAD_CONFIG_FILES = [
+    ("return Config(model=ModelConfig(hidden_dim=128))",
+     r"bad.py: Unknown config key 'model.hidden_dim' .*Received: ModelConfig\(hidden_dim=...\)$"),
+    ("c = Config(); c.model.hiden_dim = 128; return c",
+     r"bad.py: Unknown config key 'model.hiden_dim' .*Received: model.hiden_dim=128$"),
+    ("return Config(train=TrainConfig(batch_size='64'))",
+     r"bad.py: train.batch_size must be int. Received: '64' \(str\)$"),
+    ("return Config(train=TrainConfig(epochs=0))",
+     r"bad.py: train.epochs must be positive. Received: 0$"),
+    ("return Config(data=DataConfig(validation_size=-5))",
+     r"bad.py: data.validation_size must be positive. Received: -5$"),
+    ("return Config(model=ModelConfig(decoder_dim=100, decoder_heads=8))",
+     r"bad.py: model.decoder_heads must divide model.decoder_dim. "
+     r"Received: decoder_heads=8, decoder_dim=100$"),
+    ("return Config(model=ModelConfig(encoder_dim=96, encoder_heads=5))",
+     r"bad.py: model.encoder_heads must divide model.encoder_dim. "
+     r"Received: encoder_heads=5, encoder_dim=96$"),
+    ("return Config(model=ModelConfig(decoder_heads=4, num_key_value_heads=3))",
+     r"bad.py: model.num_key_value_heads must divide model.decoder_heads. "
+     r"Received: num_key_value_heads=3, decoder_heads=4$"),
+]
+
+
+@pytest.mark.parametrize("body, message", BAD_CONFIG_FILES)
+def test_bad_config_files_name_the_file_key_and_value(tmp_path, body, message):
+    path = tmp_path / "bad.py"
+    path.write_text("from vlm.config import Config, DataConfig, ModelConfig, TrainConfig\n"
+                    f"def get_config():\n    {body}\n")
+    with pytest.raises(ConfigError, match=message) as error:
+        load_config(str(path))
+    assert "\n" not in str(error.value)
 
 
 def test_config_file_errors(tmp_path):

@@ -1,5 +1,7 @@
 import json
 import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -51,3 +53,34 @@ def test_tiny_run_writes_a_loadable_model(tmp_path, capsys):
 def test_bad_command_lines_say_what_is_wrong(args, message, capsys):
     assert train.main(args) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, line", [
+    (["--set", "train.epoch=3"], "Unknown config key 'train.epoch' (did you mean "
+                                 "'train.epochs'?). Received: train.epoch=3"),
+    (["--set", "train.batch_size=big"], "train.batch_size expects int. Received: 'big'"),
+    (["--set", "train.epochs=0"], "train.epochs must be positive. Received: 0"),
+    (["--set", "model.image_size=-64"], "model.image_size must be positive. Received: -64"),
+    (["--set", "model.encoder_dim=102"], "model.encoder_heads must divide model.encoder_dim. "
+                                         "Received: encoder_heads=4, encoder_dim=102"),
+    (["--set", "model.decoder_dim=250"], "model.decoder_heads must divide model.decoder_dim. "
+                                         "Received: decoder_heads=4, decoder_dim=250"),
+    (["--set", "model.num_key_value_heads=3"],
+     "model.num_key_value_heads must divide model.decoder_heads. "
+     "Received: num_key_value_heads=3, decoder_heads=4"),
+    (["--config", "BAD", "--set", "train.epochs=2"],
+     "BAD: Unknown config key 'model.hidden_dim' (did you mean 'model.encoder_dim'?). "
+     "Received: ModelConfig(hidden_dim=...)"),
+])
+def test_train_py_rejects_bad_configs_in_one_line(args, line, tmp_path):
+    """`python train.py`: exit code 2, one line on stderr, no traceback, nothing trained."""
+    bad = tmp_path / "bad.py"
+    bad.write_text("from vlm.config import Config, ModelConfig\n"
+                   "def get_config():\n    return Config(model=ModelConfig(hidden_dim=128))\n")
+    args = [str(bad) if a == "BAD" else a for a in args]
+    line = line.replace("BAD", str(bad))
+    result = subprocess.run([sys.executable, "train.py", *args], cwd=REPO, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [f"train.py: error: {line}"]
+    assert result.stdout == ""

@@ -10,7 +10,9 @@ import dataclasses
 import difflib
 import importlib.util
 import json
+import math
 import os
+import re
 import typing
 from typing import Optional
 
@@ -44,6 +46,29 @@ class ModelConfig:
     dropout: float = 0.1
     tie_embeddings: bool = True
 
+    def validate(self, prefix="model"):
+        """Raises `ConfigError` naming the first bad key and the value received."""
+        _check_fields(self, prefix)
+        for dim, heads in [("encoder_dim", "encoder_heads"), ("decoder_dim", "decoder_heads")]:
+            if getattr(self, dim) % getattr(self, heads):
+                raise ConfigError(
+                    f"{prefix}.{heads} must divide {prefix}.{dim}. Received: "
+                    f"{heads}={getattr(self, heads)}, {dim}={getattr(self, dim)}"
+                )
+        if self.num_key_value_heads and self.decoder_heads % self.num_key_value_heads:
+            raise ConfigError(
+                f"{prefix}.num_key_value_heads must divide {prefix}.decoder_heads. Received: "
+                f"num_key_value_heads={self.num_key_value_heads}, "
+                f"decoder_heads={self.decoder_heads}"
+            )
+        if self.image_size % self.patch_size:
+            raise ConfigError(
+                f"{prefix}.patch_size must divide {prefix}.image_size. Received: "
+                f"patch_size={self.patch_size}, image_size={self.image_size}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"{prefix}.dropout must be in [0, 1). Received: {self.dropout!r}")
+
 
 @dataclasses.dataclass
 class DataConfig:
@@ -59,6 +84,18 @@ class DataConfig:
     data_dir: Optional[str] = None  # TFDS data; defaults to the vlm cache
     shuffle_buffer: int = 20000
     max_references: int = 5
+
+    def validate(self, prefix="data"):
+        """Raises `ConfigError` naming the first bad key and the value received."""
+        _check_fields(self, prefix)
+        if self.dataset not in DATASETS:
+            raise ConfigError(
+                f"{prefix}.dataset must be one of {DATASETS}. Received: {self.dataset!r}"
+            )
+        if self.dataset == "folder" and not self.captions_file:
+            raise ConfigError(
+                f"{prefix}.dataset='folder' needs {prefix}.captions_file. Received: None"
+            )
 
 
 @dataclasses.dataclass
@@ -90,12 +127,49 @@ class TrainConfig:
     # Epochs at the start that train the decoder only (the encoder frozen).
     freeze_encoder_epochs: int = 0
 
+    def validate(self, prefix="train"):
+        """Raises `ConfigError` naming the first bad key and the value received."""
+        _check_fields(self, prefix)
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise ConfigError(
+                f"{prefix}.warmup_fraction must be in [0, 1). "
+                f"Received: {self.warmup_fraction!r}"
+            )
+        if self.mixed_precision not in PRECISIONS:
+            raise ConfigError(
+                f"{prefix}.mixed_precision must be one of {PRECISIONS}. "
+                f"Received: {self.mixed_precision!r}"
+            )
+        if self.distribute not in DISTRIBUTE_MODES:
+            raise ConfigError(
+                f"{prefix}.distribute must be one of {DISTRIBUTE_MODES}. "
+                f"Received: {self.distribute!r}"
+            )
+        if not self.name or os.sep in self.name or self.name in (".", ".."):
+            raise ConfigError(
+                f"{prefix}.name must be a file name (it names the run's files). "
+                f"Received: {self.name!r}"
+            )
+
 
 @dataclasses.dataclass
 class Config:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+    def validate(self):
+        """Checks every section; raises `ConfigError` naming the key and value."""
+        for field in dataclasses.fields(self):
+            section = getattr(self, field.name)
+            expected = typing.get_type_hints(type(self))[field.name]
+            if not isinstance(section, expected):
+                raise ConfigError(
+                    f"{field.name} must be a {expected.__name__}. "
+                    f"Received: {type(section).__name__}"
+                )
+            section.validate(field.name)
+        return self
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -107,6 +181,7 @@ class Config:
 DATASETS = ("shapes", "coco", "folder")
 PRECISIONS = (None, "mixed_float16", "mixed_bfloat16")
 DISTRIBUTE_MODES = ("none", "data_parallel", "model_parallel", "auto")
+_SECTION_NAMES = {"ModelConfig": "model", "DataConfig": "data", "TrainConfig": "train"}
 
 
 def load_config(path):
@@ -123,13 +198,30 @@ def load_config(path):
     spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
         raise ConfigError(f"{path} defines no `get_config()` function.")
-    config = module.get_config()
+    try:
+        config = module.get_config()
+    except TypeError as error:  # ModelConfig(hidden_dim=...): name the key
+        unknown = re.search(r"(\w+)\.__init__\(\) got an unexpected keyword argument "
+                            r"'(\w+)'", str(error))
+        section = unknown and _SECTION_NAMES.get(unknown[1])
+        if not section:
+            raise
+        key = f"{section}.{unknown[2]}"
+        fields = dataclasses.fields(globals()[unknown[1]])
+        valid = [f"{section}.{f.name}" for f in fields]
+        raise ConfigError(
+            f"{path}: Unknown config key {key!r}{_suggest(key, valid)}. "
+            f"Received: {unknown[1]}({unknown[2]}=...)"
+        ) from None
     if not isinstance(config, Config):
         raise ConfigError(
             f"{path}: get_config() must return a vlm.config.Config. "
             f"Received: {type(config).__name__}"
         )
-    validate(config)
+    try:
+        config.validate()
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
     return config
 
 
@@ -154,14 +246,15 @@ def apply_overrides(config, overrides):
         if len(parts) != 2 or parts[0] not in sections:
             raise ConfigError(
                 f"Unknown config key {path!r}{_suggest(parts[0], sections)}. "
-                f"Keys look like {'/'.join(sections)}.<field>."
+                f"Keys look like {'/'.join(sections)}.<field>. Received: {override.strip()}"
             )
         section = sections[parts[0]]
         fields = {f.name: f for f in dataclasses.fields(section)}
         if parts[1] not in fields:
             valid = [f"{parts[0]}.{name}" for name in fields]
             raise ConfigError(
-                f"Unknown config key {path!r}{_suggest(path, valid)}."
+                f"Unknown config key {path!r}{_suggest(path, valid)}. "
+                f"Received: {override.strip()}"
             )
         hints = typing.get_type_hints(type(section))
         setattr(section, parts[1], _parse_value(path, raw.strip(), hints[parts[1]]))
@@ -200,58 +293,30 @@ def _parse_value(key, raw, annotation):
 
 def validate(config):
     """Checks types and ranges of every field; raises `ConfigError` naming the key."""
-    for section_field in dataclasses.fields(config):
-        section = getattr(config, section_field.name)
-        hints = typing.get_type_hints(type(section))
-        for field in dataclasses.fields(section):
-            key = f"{section_field.name}.{field.name}"
-            value = getattr(section, field.name)
-            _check_type(key, value, hints[field.name])
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                if field.name in _NON_NEGATIVE and value < 0:
-                    raise ConfigError(f"{key} must be >= 0. Received: {value!r}")
-                if field.name not in _NON_NEGATIVE and value <= 0:
-                    raise ConfigError(f"{key} must be positive. Received: {value!r}")
-    model, data, train = config.model, config.data, config.train
-    for dim, heads in [("encoder_dim", "encoder_heads"), ("decoder_dim", "decoder_heads")]:
-        if getattr(model, dim) % getattr(model, heads):
+    return config.validate()
+
+
+def _check_fields(section, prefix):
+    """Types and ranges of a section's fields, and no attributes beyond them."""
+    fields = [f.name for f in dataclasses.fields(section)]
+    for name, value in vars(section).items():
+        if name not in fields:  # e.g. `config.model.hidden_dim = 128` in a config file
+            valid = [f"{prefix}.{field}" for field in fields]
+            key = f"{prefix}.{name}"
             raise ConfigError(
-                f"model.{heads} must divide model.{dim}. Received: "
-                f"{heads}={getattr(model, heads)}, {dim}={getattr(model, dim)}"
+                f"Unknown config key {key!r}{_suggest(key, valid)}. Received: {key}={value!r}"
             )
-    if model.num_key_value_heads and model.decoder_heads % model.num_key_value_heads:
-        raise ConfigError(
-            "model.num_key_value_heads must divide model.decoder_heads. Received: "
-            f"num_key_value_heads={model.num_key_value_heads}, "
-            f"decoder_heads={model.decoder_heads}"
-        )
-    if model.image_size % model.patch_size:
-        raise ConfigError(
-            "model.patch_size must divide model.image_size. Received: "
-            f"patch_size={model.patch_size}, image_size={model.image_size}"
-        )
-    if not 0.0 <= model.dropout < 1.0:
-        raise ConfigError(f"model.dropout must be in [0, 1). Received: {model.dropout!r}")
-    if not 0.0 <= train.warmup_fraction < 1.0:
-        raise ConfigError(
-            f"train.warmup_fraction must be in [0, 1). Received: {train.warmup_fraction!r}"
-        )
-    if data.dataset not in DATASETS:
-        raise ConfigError(
-            f"data.dataset must be one of {DATASETS}. Received: {data.dataset!r}"
-        )
-    if data.dataset == "folder" and not data.captions_file:
-        raise ConfigError("data.dataset='folder' needs data.captions_file. Received: None")
-    if train.mixed_precision not in PRECISIONS:
-        raise ConfigError(
-            f"train.mixed_precision must be one of {PRECISIONS}. "
-            f"Received: {train.mixed_precision!r}"
-        )
-    if train.distribute not in DISTRIBUTE_MODES:
-        raise ConfigError(
-            f"train.distribute must be one of {DISTRIBUTE_MODES}. "
-            f"Received: {train.distribute!r}"
-        )
+    hints = typing.get_type_hints(type(section))
+    for name in fields:
+        key, value = f"{prefix}.{name}", getattr(section, name)
+        _check_type(key, value, hints[name])
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"{key} must be a finite number. Received: {value!r}")
+            if name in _NON_NEGATIVE and value < 0:
+                raise ConfigError(f"{key} must be >= 0. Received: {value!r}")
+            if name not in _NON_NEGATIVE and value <= 0:
+                raise ConfigError(f"{key} must be positive. Received: {value!r}")
 
 
 # Fields where 0 is meaningful; every other number must be positive.
