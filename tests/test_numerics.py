@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import train
+from vlm.backend import xla_has_float16_attention
 from vlm.config import load_config
 from vlm.models.captioner import build_captioner
 
@@ -46,6 +47,12 @@ def test_the_captioner_trains_under_mixed_precision(policy, restore_dtype_policy
     images = rng.uniform(0, 255, (8, 16, 16, 3)).astype("float32")
     tokens = rng.randint(1, 20, (8, 9)).astype("int32")
     inputs, labels = {"images": images, "tokens": tokens[:, :-1]}, tokens[:, 1:]
+    if policy == "mixed_float16" and JIT and not xla_has_float16_attention():
+        # JAX on CPU: XLA refuses the float16 attention Keras asks for, so
+        # train() trains without jit_compile there (the plumbing test below).
+        with pytest.raises(ValueError, match="'F16_F16_F32' is not supported"):
+            model.fit(inputs, labels, batch_size=4, epochs=1, verbose=0)
+        return
     history = model.fit(inputs, labels, batch_size=4, epochs=4, verbose=0)
 
     losses = history.history["loss"]
@@ -65,10 +72,10 @@ def test_the_captioner_trains_under_mixed_precision(policy, restore_dtype_policy
 @pytest.mark.parametrize("policy", POLICIES)
 def test_train_py_mixed_precision_plumbing(policy, tmp_path, restore_dtype_policy):
     code = train.main(tiny_args(tmp_path, f"train.mixed_precision={policy}",
-                                "train.epochs=1", "train.steps_per_epoch=3"))
+                                "train.epochs=1", "train.steps_per_epoch=2"))
     assert code == 0
     history = json.loads((tmp_path / "tiny.history.json").read_text())
-    assert history["optimizer_steps"] == 3
+    assert history["optimizer_steps"] == 2
     assert all(math.isfinite(v) for v in history["history"]["loss"])
     model = keras.saving.load_model(tmp_path / "tiny.keras")
     assert model.decoder.dtype_policy.name == policy

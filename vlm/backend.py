@@ -109,3 +109,18 @@ def set_global_rng_state(state):
     torch.set_rng_state(decode(state["cpu"]))
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([decode(s) for s in state["cuda"]])
+
+
+def xla_has_float16_attention():
+    """Whether `jit_compile` can train under `mixed_float16` on this backend.
+
+    False on JAX's CPU backend: under `jax.jit`, Keras' attention in the
+    keras-hub ViT asks for a float16 x float16 -> float32 matmul, which
+    XLA:CPU refuses ("The precision 'F16_F16_F32' is not supported by
+    dot_general on CPU"). Eager JAX, `mixed_bfloat16` and GPUs are fine.
+    """
+    if keras.config.backend() != "jax":
+        return True
+    import jax
+
+    return jax.default_backend() != "cpu"
