@@ -15,8 +15,13 @@ import numpy as np
 import pytest
 
 import vlm
+from vlm.callbacks import AtomicBackupAndRestore
+from vlm.callbacks import AtomicModelCheckpoint
+from vlm.callbacks import write_json_atomically
 from vlm.config import load_config
 from vlm.data.datasets import load_examples
+from vlm.training import make_callbacks
+from vlm.training import output_paths
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPOCHS, STEPS = 3, 12
@@ -141,3 +146,22 @@ def test_sigkill_mid_epoch_then_rerun_equals_an_uninterrupted_run(tmp_path):
         assert len(a) == len(b)
         for x, y in zip(a, b):
             np.testing.assert_allclose(x, y, rtol=0, atol=1e-6, err_msg=name)
+
+
+def test_a_resumed_run_keeps_its_best_checkpoint_unless_beaten(tmp_path):
+    """The best-model checkpoint starts from the best epoch before the kill, not from None."""
+    config = load_config(os.path.join(REPO, "configs", "tiny.py"))
+    config.train.output_dir, config.train.log_dir = str(tmp_path), str(tmp_path / "logs")
+    paths = output_paths(config)
+
+    def checkpoint():
+        callbacks = make_callbacks(config, paths, has_validation=True)
+        return next(c for c in callbacks if isinstance(c, AtomicModelCheckpoint))
+
+    assert checkpoint().best is None  # a fresh run saves its first epoch
+    write_json_atomically(os.path.join(paths["backup"], AtomicBackupAndRestore.METADATA), {
+        "epoch": 3, "weights": "epoch-3.weights.h5", "seed_states": [],
+        "history": {"loss": [3.1, 2.6, 2.4], "val_loss": [2.9, 2.7, 2.8]},
+    })
+    resumed = checkpoint()
+    assert resumed.monitor == "val_loss" and resumed.best == 2.7
