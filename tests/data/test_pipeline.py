@@ -11,6 +11,7 @@ import tensorflow as tf
 from PIL import Image
 
 from tests.data.image_files import bad_images
+from tests.data.image_files import encode
 from tests.data.image_files import odd_images
 from tests.data.image_files import scene
 from vlm.data.images import decode_image
@@ -39,13 +40,6 @@ VOCABULARY = [PAD, UNK, START, END, "a", "dog", "runs", "on", "the", "grass", "c
 @pytest.fixture(scope="module")
 def tokenizer():
     return CaptionTokenizer(vocabulary=VOCABULARY)
-
-
-def encode(array, fmt, **kwargs):
-    buffer = io.BytesIO()
-    image = array if isinstance(array, Image.Image) else Image.fromarray(array)
-    image.save(buffer, fmt, **kwargs)
-    return buffer.getvalue()
 
 
 def pil_resize(image, size):
