@@ -112,9 +112,7 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
         else:
             atomic_write(filepath, lambda p: self.model.save(p, overwrite=True))
         if self.verbose > 0:
-            print(
-                f"\nEpoch {epoch + 1}: finished saving model to {filepath}"
-            )
+            print(f"\nEpoch {epoch + 1}: finished saving model to {filepath}")
 
 
 def read_backup(backup_dir):
@@ -124,13 +122,17 @@ def read_backup(backup_dir):
         None when `backup_dir` holds no committed backup, else a dict with
         `epoch` (epochs finished), `weights` (file name in `backup_dir`),
         `history` (per-epoch logs of the finished epochs), `seed_states`
-        and `global_rng_state`.
+        and `global_rng_state`. A backup Keras' `BackupAndRestore` wrote
+        (`{"epoch": N, "batch": 0}` beside `latest.weights.h5`) reads as one
+        with no logs and no random state.
     """
     path = os.path.join(backup_dir, AtomicBackupAndRestore.METADATA)
     if not os.path.exists(path):
         return None
     with open(path) as f:
-        return json.load(f)
+        state = json.load(f)
+    return {"weights": "latest.weights.h5", "history": {}, "seed_states": [],
+            "global_rng_state": None, **state}
 
 
 class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
@@ -251,6 +253,10 @@ class TerminateOnNaNWithReason(keras.callbacks.TerminateOnNaN):
 
     Prints one line (`message()`) and stops `fit` after the batch whose
     running loss is NaN or infinite.
+
+    Args:
+        raise_error: raise a `RuntimeError` with that line instead of
+            stopping `fit` (as `keras.callbacks.TerminateOnNaN`).
 
     Attributes:
         stopped: None while the loss is finite; then a dict with `epoch` and
