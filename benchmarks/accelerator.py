@@ -16,12 +16,12 @@ import argparse
 import json
 import statistics
 import sys
-import time
 import types
 
 from benchmarks.run import GENERATION_BATCHES
 from benchmarks.run import NEW_TOKENS
 from benchmarks.run import TRAIN_BATCH
+from benchmarks.run import best_seconds
 from benchmarks.run import build_trainer
 from benchmarks.run import ref_config
 from benchmarks.run import step_timer
@@ -114,15 +114,8 @@ def measure_generation(c, vocabulary_size, repeats):
             "ours_cached": lambda: synchronize(ours_loop(images, noise)[0]),
             "baseline_cached": lambda: synchronize(baseline_loop(images)),
         }
-        for fn in candidates.values():
-            fn()  # compile and warm up
-        times = {name: [] for name in candidates}
-        for _ in range(repeats):
-            for name, fn in candidates.items():
-                start = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - start)
-        entry = {f"{name}_ms": round(min(t) / batch * 1000.0, 3) for name, t in times.items()}
+        seconds = best_seconds(candidates, repeats)
+        entry = {f"{name}_ms": round(t / batch * 1000.0, 3) for name, t in seconds.items()}
         entry["vs_baseline"] = round(entry["baseline_cached_ms"] / entry["ours_cached_ms"], 2)
         results[f"batch_{batch}"] = entry
         print(batch, json.dumps(entry), file=sys.stderr, flush=True)

@@ -210,6 +210,23 @@ def measure_training(c, vocabulary_size, steps, rounds, modes):
     return results
 
 
+def best_seconds(candidates, repeats):
+    """`{name: fastest seconds}` of no-argument functions, timed in alternation.
+
+    Each runs once first (compile and warm-up); then every round times each
+    of them once, so drift on a shared machine hits all alike.
+    """
+    for fn in candidates.values():
+        fn()
+    times = {name: [] for name in candidates}
+    for _ in range(repeats):
+        for name, fn in candidates.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: min(t) for name, t in times.items()}
+
+
 def measure_generation(c, vocabulary_size, repeats):
     import keras
     import numpy as np
@@ -234,15 +251,9 @@ def measure_generation(c, vocabulary_size, repeats):
     results = {}
     for batch in GENERATION_BATCHES:
         images = (rng.random((batch, c.image_size, c.image_size, 3)) * 255).astype("float32")
-        for fn in candidates.values():
-            fn(images)  # compile and warm up
-        times = {name: [] for name in candidates}
-        for _ in range(repeats):
-            for name, fn in candidates.items():
-                start = time.perf_counter()
-                fn(images)
-                times[name].append(time.perf_counter() - start)
-        entry = {f"{name}_ms": round(min(t) / batch * 1000.0, 2) for name, t in times.items()}
+        seconds = best_seconds({k: (lambda f=f: f(images)) for k, f in candidates.items()},
+                               repeats)
+        entry = {f"{name}_ms": round(t / batch * 1000.0, 2) for name, t in seconds.items()}
         entry["vs_baseline"] = round(entry["baseline_cached_ms"] / entry["ours_cached_ms"], 2)
         entry["vs_naive"] = round(entry["ours_naive_ms"] / entry["ours_cached_ms"], 2)
         results[f"batch_{batch}"] = entry
