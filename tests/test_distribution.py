@@ -268,6 +268,15 @@ def test_data_parallel_step_equals_the_one_device_step(two_devices):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(BACKEND == "torch", reason=NO_TORCH_ENGINE)
+def test_data_parallel_with_captions_sharing_images_equals_one_device(two_devices):
+    """4 images with 2 captions each: each device gets 2 images and their 4 captions."""
+    result = two_devices["grouped"]
+    assert result["max_update"] > 1e-2
+    assert result["max_weight_diff"] < TOLERANCE, result
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(BACKEND != "jax", reason=JAX_ONLY)
 def test_model_parallel_places_kernels_as_the_layout_map_says(two_devices):
     result = two_devices["parity"]["model_parallel"]
@@ -317,6 +326,10 @@ def test_settings_that_cannot_split_evenly_are_refused(two_devices):
     assert errors["uneven_batch"] == (
         "DistributionError: train.batch_size must be a multiple of the 2 batch shards "
         "of data_parallel. Received: batch_size=7")
+    assert errors["uneven_images"] == (
+        "DistributionError: The 1 images of a batch (train.batch_size=8 / "
+        "train.captions_per_image=8) must split evenly over the 2 batch shards of "
+        "data_parallel.")
     if BACKEND == "tensorflow":
         assert errors["model_parallel"].startswith(
             "DistributionError: --distribute model_parallel needs the JAX backend")
@@ -383,6 +396,31 @@ def _parity(modes):
     return results
 
 
+def _grouped_parity():
+    """Data parallel with 2 captions per image (4 images, 8 captions) vs one device."""
+    from vlm.models.captioner import build_captioner
+
+    model_config = tiny_model_config()
+    inputs, labels = caption_batch()
+    inputs = dict(inputs, images=inputs["images"][::2])
+    vocabulary = model_config.vocabulary_size
+    reference = build_captioner(model_config, vocabulary)
+    initial = reference.get_weights()
+    _one_step(reference, inputs, labels)
+    expected = reference.get_weights()
+    plan = plan_distribution("data_parallel", GLOBAL_BATCH, model_config,
+                             captions_per_image=2)
+    with plan.scope():
+        model = build_captioner(model_config, vocabulary)
+        model.set_weights(initial)
+        _one_step(model, inputs, labels, xla=plan.xla)
+    return {
+        "max_weight_diff": max(float(np.abs(a - e).max())
+                               for a, e in zip(model.get_weights(), expected)),
+        "max_update": max(float(np.abs(e - i).max()) for e, i in zip(expected, initial)),
+    }
+
+
 def _errors():
     """The messages of settings that cannot run on two devices of this backend."""
     model_config = tiny_model_config()
@@ -390,6 +428,8 @@ def _errors():
                                     num_key_value_heads=None)
     cases = {
         "uneven_batch": lambda: plan_distribution("data_parallel", 7),
+        "uneven_images": lambda: plan_distribution("data_parallel", 8,
+                                                   captions_per_image=8),
         "model_parallel": lambda: plan_distribution("model_parallel", 8, model_config),
         "uneven_heads": lambda: plan_distribution("model_parallel", 8, odd_heads),
     }
@@ -441,7 +481,7 @@ def _worker(out_path, tmp_dir):
         )
     keras.utils.set_random_seed(0)
     modes = ["data_parallel", "model_parallel"] if BACKEND == "jax" else ["data_parallel"]
-    result = {"parity": _parity(modes), "errors": _errors(),
+    result = {"parity": _parity(modes), "grouped": _grouped_parity(), "errors": _errors(),
               "coco": _coco(tmp_dir)}
     with open(out_path, "w") as f:
         json.dump(result, f, indent=1)

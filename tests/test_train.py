@@ -23,6 +23,7 @@ def test_tiny_run_writes_a_loadable_model(tmp_path, capsys):
         "--set", f"train.output_dir={out}",
         "--set", f"train.log_dir={tmp_path / 'logs'}",
         "--set", "train.report_images=8",
+        "--set", "train.captions_per_image=2",  # 8 images x 2 captions per batch
     ])
     assert code == 0
     model = keras.saving.load_model(out / "tiny.keras")
@@ -42,7 +43,9 @@ def test_tiny_run_writes_a_loadable_model(tmp_path, capsys):
     assert report["num_images"] == 8 and set(report["grounded"]) == GROUNDED_KEYS
     assert all(0.0 <= v <= 1.0 for v in report["grounded"].values())
     assert (out / "tiny.best.keras").exists()
-    assert "Report:" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "Report:" in printed
+    assert ", 2 captions per image in a batch" in printed
 
 
 @pytest.mark.parametrize("args, message", [
@@ -61,6 +64,8 @@ def test_bad_command_lines_say_what_is_wrong(args, message, capsys):
     (["--set", "train.batch_size=big"], "train.batch_size expects int. Received: 'big'"),
     (["--set", "train.epochs=0"], "train.epochs must be positive. Received: 0"),
     (["--set", "model.image_size=-64"], "model.image_size must be positive. Received: -64"),
+    (["--set", "train.captions_per_image=3"], "train.captions_per_image must divide "
+     "train.batch_size. Received: captions_per_image=3, batch_size=64"),
     (["--set", "model.encoder_dim=102"], "model.encoder_heads must divide model.encoder_dim. "
                                          "Received: encoder_heads=4, encoder_dim=102"),
     (["--set", "model.decoder_dim=250"], "model.decoder_heads must divide model.decoder_dim. "

@@ -104,7 +104,10 @@ class TrainConfig:
 
     name: str = "shapes"
     epochs: int = 10
-    batch_size: int = 64
+    batch_size: int = 64  # captions per batch
+    # Captions read with each image in a batch (k): the batch holds
+    # batch_size / k images, each encoded once for its k captions.
+    captions_per_image: int = 1
     learning_rate: float = 1e-3
     weight_decay: float = 0.01
     warmup_fraction: float = 0.05
@@ -134,6 +137,12 @@ class TrainConfig:
             raise ConfigError(
                 f"{prefix}.warmup_fraction must be in [0, 1). "
                 f"Received: {self.warmup_fraction!r}"
+            )
+        if self.batch_size % self.captions_per_image:
+            raise ConfigError(
+                f"{prefix}.captions_per_image must divide {prefix}.batch_size. "
+                f"Received: captions_per_image={self.captions_per_image!r}, "
+                f"batch_size={self.batch_size!r}"
             )
         if self.mixed_precision not in PRECISIONS:
             raise ConfigError(

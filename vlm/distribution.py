@@ -139,7 +139,8 @@ def local_devices():
     return ["cpu:0"]
 
 
-def plan_distribution(mode, batch_size, model_config=None, model_shards=2):
+def plan_distribution(mode, batch_size, model_config=None, model_shards=2,
+                      captions_per_image=1):
     """Picks the engine for `mode` on the current backend and devices.
 
     Args:
@@ -149,6 +150,8 @@ def plan_distribution(mode, batch_size, model_config=None, model_shards=2):
         model_config: a `vlm.config.ModelConfig`; with "model_parallel" its
             head counts and widths are checked against `model_shards`.
         model_shards: the size of the mesh's "model" axis ("model_parallel").
+        captions_per_image: captions per image in a batch; the batch's
+            `batch_size // captions_per_image` images must split evenly too.
 
     Returns:
         A `DistributionPlan`.
@@ -157,6 +160,18 @@ def plan_distribution(mode, batch_size, model_config=None, model_shards=2):
         DistributionError: the mode is unknown, unavailable on this backend,
             or the batch or model does not split evenly over the devices.
     """
+    plan = _plan(mode, batch_size, model_config, model_shards)
+    images = batch_size // captions_per_image
+    if images % plan.replicas:
+        raise DistributionError(
+            f"The {images} images of a batch (train.batch_size={batch_size} / "
+            f"train.captions_per_image={captions_per_image}) must split evenly over "
+            f"the {plan.replicas} batch shards of {plan.mode}."
+        )
+    return plan
+
+
+def _plan(mode, batch_size, model_config, model_shards):
     if mode not in MODES:
         raise DistributionError(f"--distribute must be one of {MODES}. Received: {mode!r}")
     backend = keras.config.backend()

@@ -235,14 +235,18 @@ def train(config):
         keras.config.set_dtype_policy(train_config.mixed_precision)
     print(f"Backend: {keras.config.backend()}; run '{train_config.name}'")
     plan = plan_distribution(train_config.distribute, train_config.batch_size,
-                             model_config, train_config.model_shards)
+                             model_config, train_config.model_shards,
+                             train_config.captions_per_image)
     print(f"Devices: {plan.description}")
 
     train_examples = cached(load_examples(data_config, "train", model_config.image_size),
                             data_config)
     validation_examples = load_examples(data_config, "validation", model_config.image_size)
-    num_pairs = count_pairs(train_examples)
-    print(f"Training pairs (image, caption): {num_pairs}")
+    captions_per_image = train_config.captions_per_image
+    num_pairs = count_pairs(train_examples, captions_per_image)
+    print(f"Training pairs (image, caption): {num_pairs}"
+          + (f", {captions_per_image} captions per image in a batch"
+             if captions_per_image > 1 else ""))
     tokenizer = train_tokenizer(
         train_examples.map(lambda e: e["captions"]), model_config.vocabulary_size
     )
@@ -280,7 +284,8 @@ def train(config):
     )
     train_data = train_batches(
         train_examples, tokenizer, shuffle_buffer=data_config.shuffle_buffer,
-        seed=train_config.seed, repeat=True, **batch_args,
+        seed=train_config.seed, repeat=True, captions_per_image=captions_per_image,
+        **batch_args,
     )
     resumed = read_backup(paths["backup"])
     if resumed:

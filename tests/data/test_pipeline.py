@@ -23,6 +23,7 @@ from vlm.data.pipeline import SkippedInputWarning
 from vlm.data.pipeline import coco_examples
 from vlm.data.pipeline import eval_batches
 from vlm.data.pipeline import folder_examples
+from vlm.data.pipeline import count_pairs
 from vlm.data.pipeline import train_batches
 from vlm.data.tokenizer import END
 from vlm.data.tokenizer import PAD
@@ -218,6 +219,41 @@ def test_train_batches_one_pair_per_caption_with_shuffling(tokenizer):
     assert got == expected
 
 
+def test_train_batches_with_captions_per_image_group_each_image_once(tokenizer):
+    """k=2: each image once per group of 2 of its captions, in consecutive rows."""
+    batches = train_batches(make_examples(), tokenizer, image_size=S, sequence_length=T,
+                            batch_size=4, captions_per_image=2, shuffle_buffer=0)
+    assert batches.element_spec[0]["images"].shape == (2, S, S, 3)
+    assert batches.element_spec[0]["tokens"].shape == (4, T)
+    assert batches.element_spec[1].shape == (4, T)
+    (x0, y0), (x1, y1) = list(batches.as_numpy_iterator())
+    # Image 0 keeps 2 captions, image 1 has 4 (two groups), image 2 has one,
+    # repeated to fill its group: 4 groups, 8 pairs, 2 batches.
+    groups = [["A dog runs.", "the dog on the grass"], ["A cat sits", "two cats"],
+              ["a red ball", "the cat"], ["Two dogs", "Two dogs"]]
+    packed = pack_captions(tokenizer, [c for g in groups for c in g], T).numpy()
+    np.testing.assert_array_equal(np.concatenate([x0["tokens"], x1["tokens"]]), packed[:, :-1])
+    np.testing.assert_array_equal(np.concatenate([y0, y1]), packed[:, 1:])
+    image_values = [40, 80, 80, 120]
+    np.testing.assert_allclose(np.concatenate([x0["images"], x1["images"]]),
+                               np.array(image_values, np.float32)[:, None, None, None]
+                               * np.ones((1, S, S, 3)), atol=1e-4)
+    assert count_pairs(make_examples(), captions_per_image=2) == 8
+    assert count_pairs(make_examples()) == PAIRS
+
+
+def test_train_batches_with_captions_per_image_shuffle_whole_groups(tokenizer):
+    batches = train_batches(make_examples(), tokenizer, image_size=S, sequence_length=T,
+                            batch_size=3, captions_per_image=3, seed=2, repeat=True)
+    for x, _ in batches.take(6).as_numpy_iterator():
+        assert x["images"].shape == (1, S, S, 3) and x["tokens"].shape == (3, T)
+        # The three captions of a group belong to the group's image.
+        color = round(float(x["images"].mean()))
+        allowed = {tuple(r[:-1]) for r in pack_captions(
+            tokenizer, [c for c in CAPTIONS[color // 40 - 1] if c != "..."], T).numpy()}
+        assert {tuple(r) for r in x["tokens"]} <= allowed
+
+
 def test_train_batches_are_deterministic_given_a_seed(tokenizer):
     def order(seed):
         batches = train_batches(
@@ -255,6 +291,9 @@ def test_train_batches_repeat_is_one_stream_that_skip_resumes(tokenizer):
 def test_train_batches_rejects_bad_arguments(tokenizer):
     with pytest.raises(ValueError, match="batch_size=0"):
         train_batches(make_examples(), tokenizer, image_size=S, sequence_length=T, batch_size=0)
+    with pytest.raises(ValueError, match="batch_size=6, captions_per_image=4"):
+        train_batches(make_examples(), tokenizer, image_size=S, sequence_length=T, batch_size=6,
+                      captions_per_image=4)
     images_only = tf.data.Dataset.from_tensors({"image": tf.zeros((4, 4, 3), tf.uint8)})
     with pytest.raises(ValueError, match="missing key 'captions'"):
         train_batches(images_only, tokenizer, image_size=S, sequence_length=T, batch_size=1)

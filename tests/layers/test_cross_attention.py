@@ -226,6 +226,80 @@ def test_context_cache_gives_identical_outputs():
     assert tuple(scores.shape) == (2, 4, 5, 7)
 
 
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"num_heads": 4, "key_dim": 8},  # the fused path
+        {"num_heads": 4, "key_dim": 8, "value_dim": 6},  # written out
+        {"num_heads": 6, "key_dim": 4, "num_key_value_heads": 2},
+    ],
+)
+def test_context_shared_by_consecutive_rows_equals_repeated_context(kwargs):
+    """3 captions per image: 6 query rows over 2 contexts, rows 0-2 read context 0."""
+    query, _ = random_inputs(batch=6, seed=4)
+    _, context = random_inputs(batch=2, seed=5)
+    mask = random_mask(batch=2)
+    layer = built_layer(query, context, **kwargs)
+    randomize_biases(layer)
+    repeated = np.repeat(context, 3, axis=0)
+    repeated_mask = np.repeat(mask, 3, axis=0)
+    shared = layer(query, context, context_mask=mask)
+    expected = layer(query, repeated, context_mask=repeated_mask)
+    assert tuple(shared.shape) == (6, 5, 16)
+    assert_close(shared, expected, atol=1e-5)
+    reference, reference_scores = numpy_cross_attention(
+        layer, query, repeated, repeated_mask
+    )
+    assert_close(shared, reference, atol=1e-5)
+    # Scores come back per query row, and a cached context works the same.
+    cache = layer.compute_context_cache(context)
+    out, scores = layer(query, None, context_mask=mask, context_cache=cache,
+                        return_attention_scores=True)
+    assert tuple(scores.shape) == (6, kwargs["num_heads"], 5, 7)
+    assert_close(out, reference, atol=1e-5)
+    assert_close(scores, reference_scores, atol=1e-6)
+
+
+def test_shared_context_honours_the_query_mask():
+    query, _ = random_inputs(batch=4, seed=6)
+    _, context = random_inputs(batch=2, seed=7)
+    layer = built_layer(query, context, num_heads=2)
+    randomize_biases(layer)
+    query_mask = np.ones((4, 5), bool)
+    query_mask[1, 3:] = False
+    query_mask[2, :] = False
+    shared = to_numpy(layer(query, context, query_mask=query_mask))
+    expected = to_numpy(
+        layer(query, np.repeat(context, 2, axis=0), query_mask=query_mask)
+    )
+    np.testing.assert_allclose(shared, expected, atol=1e-5)
+    assert np.all(shared[1, 3:] == 0.0) and np.all(shared[2] == 0.0)
+    assert np.abs(shared[0]).min() > 0.0
+
+
+def test_context_batch_must_divide_the_query_batch():
+    query, _ = random_inputs(batch=5)
+    _, context = random_inputs(batch=2)
+    layer = CrossAttention(num_heads=2)
+    with pytest.raises(ValueError, match="query batch=5, context batch=2"):
+        layer(query, context)
+
+
+@pytest.mark.skipif(backend() != "tensorflow", reason="TF graphs with unknown batch")
+def test_shared_context_with_unknown_batch_sizes_in_a_tf_graph():
+    import tensorflow as tf
+
+    query, _ = random_inputs(batch=6, seed=8)
+    _, context = random_inputs(batch=3, seed=9)
+    layer = built_layer(query, context, num_heads=2)
+    spec = lambda x: tf.TensorSpec((None,) + x.shape[1:], tf.float32)  # noqa: E731
+    graph = tf.function(layer.__call__, input_signature=[spec(query), spec(context)])
+    expected = layer(query, np.repeat(context, 2, axis=0))
+    assert_close(graph(query, context), expected, atol=1e-5)
+    # No rows at all: empty in, empty out (a serving batch of zero images).
+    assert tuple(graph(query[:0], context[:0]).shape) == (0, 5, 16)
+
+
 # ----------------------------------------------------------------------------
 # Masks
 # ----------------------------------------------------------------------------

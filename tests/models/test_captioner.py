@@ -40,6 +40,36 @@ def test_build_and_two_compiled_fit_steps():
     assert not np.array_equal(before, after)
 
 
+def test_captions_sharing_an_image_train_like_repeated_images():
+    """4 images x 2 captions: one SGD step equals the step on the 8 images repeated.
+
+    The encoder runs on 4 images and each cross-attention reads an image's
+    keys and values for both its captions; the gradients reaching the encoder
+    are the sums over the pairs, as with the images repeated.
+    """
+    x, y = batch(n=8, seed=2)
+    images = x["images"][:4]
+    grouped = {"images": images, "tokens": x["tokens"]}
+    repeated = {"images": np.repeat(images, 2, axis=0), "tokens": x["tokens"]}
+    keras.utils.set_random_seed(1)
+    model = build_captioner(TINY, VOCAB)
+    assert_close(model(grouped), model(repeated), atol=1e-5)
+    initial = model.get_weights()
+    weights = []
+    for inputs in (grouped, repeated):
+        model.set_weights(initial)
+        model.compile(optimizer=keras.optimizers.SGD(0.5), jit_compile=jit_compile_for_backend())
+        model.train_on_batch(inputs, y)
+        weights.append(model.get_weights())
+    paths = [v.path for v in model.weights]
+    moved = {p: np.abs(w - i).max() for p, w, i in zip(paths, weights[1], initial)}
+    assert max(moved.values()) > 1e-2
+    # The encoder learns through the shared keys and values too.
+    assert max(m for p, m in moved.items() if p.startswith("vit_encoder")) > 1e-4
+    for g, r in zip(*weights):
+        np.testing.assert_allclose(g, r, atol=2e-6)
+
+
 def test_overfits_32_examples():
     keras.utils.set_random_seed(0)
     config = ModelConfig(**{**TINY.__dict__, "decoder_dim": 32, "decoder_mlp_dim": 64})

@@ -72,6 +72,7 @@ def train_batches(
     image_size,
     sequence_length,
     batch_size,
+    captions_per_image=1,
     shuffle_buffer=1024,
     seed=0,
     repeat=False,
@@ -84,14 +85,24 @@ def train_batches(
     batched with `drop_remainder=True` so every batch has the static shape XLA
     wants, and tokenized per batch with `pack_captions`.
 
+    With `captions_per_image=k > 1`, an image goes into a batch once with `k`
+    of its captions, in consecutive rows of "tokens": the batch has
+    `batch_size // k` images, and the `Captioner` encodes each image (and
+    projects its cross-attention keys and values) once for its `k` captions.
+    An image with `n` captions gives `ceil(n / k)` such groups per pass, so
+    every caption is seen; the last group is filled up with the image's
+    first captions again.
+
     Args:
         examples: an examples dataset (see the module docstring).
         tokenizer: a `CaptionTokenizer` ([PAD] must be id 0).
         image_size: int. Square image side S.
         sequence_length: int. Token sequence length T.
-        batch_size: int. Batch size B.
-        shuffle_buffer: int. Shuffle buffer size in pairs; 0 or None keeps
-            the input order. A pair's image is shared with its image's other
+        batch_size: int. Batch size B, in captions.
+        captions_per_image: int. Captions read with each image in a batch,
+            k; must divide `batch_size`.
+        shuffle_buffer: int. Shuffle buffer size in pairs (in groups of `k`
+            captions when `k > 1`); 0 or None keeps the input order. A pair's image is shared with its image's other
             pairs, so the buffer costs about `shuffle_buffer / captions per
             image` images of `S * S * 3` float32.
         seed: int or None. Shuffle seed; None reshuffles differently each run.
@@ -103,7 +114,7 @@ def train_batches(
     Returns:
         A `tf.data.Dataset` of `(inputs, labels)`:
 
-            inputs = {"images": float32 (B, S, S, 3) in [0, 255],
+            inputs = {"images": float32 (B // k, S, S, 3) in [0, 255],
                       "tokens": int32 (B, T)}   # [START] w1 w2 ... [END] [PAD]...[:-1]
             labels = int32 (B, T)               # w1 w2 ... [END] [PAD]...
 
@@ -120,27 +131,40 @@ def train_batches(
     _check_int("image_size", image_size, 1)
     _check_int("sequence_length", sequence_length, 1)
     _check_int("batch_size", batch_size, 1)
+    _check_int("captions_per_image", captions_per_image, 1)
+    if batch_size % captions_per_image:
+        raise ValueError(
+            "`captions_per_image` must divide `batch_size`. Received: "
+            f"batch_size={batch_size}, captions_per_image={captions_per_image}"
+        )
     if shuffle_buffer is not None:
         _check_int("shuffle_buffer", shuffle_buffer, 0)
+    k = captions_per_image
 
     def resize_and_keep_captions(example):
         captions = example["captions"]
         captions = tf.boolean_mask(captions, tf.strings.length(tf_normalize_caption(captions)) > 0)
         return preprocess_image(example["image"], image_size), captions
 
-    def one_pair_per_caption(image, captions):
+    def groups_of_captions(image, captions):
+        # (ceil(n / k), k) captions, cycling; k = 1 gives each caption once.
+        count = tf.shape(captions)[0]
+        groups = (count + k - 1) // k
+        index = tf.range(groups * k) % tf.maximum(count, 1)
+        grouped = tf.reshape(tf.gather(captions, index), (groups, k))
         return tf.data.Dataset.zip(
             tf.data.Dataset.from_tensors(image).repeat(),
-            tf.data.Dataset.from_tensor_slices(captions),
+            tf.data.Dataset.from_tensor_slices(grouped),
         )
 
     def to_model_inputs(images, captions):
+        captions = tf.reshape(captions, (-1,))  # (B // k, k) -> (B,), per image
         packed = pack_captions(tokenizer, captions, sequence_length)  # (B, T + 1)
         inputs = {"images": images, "tokens": packed[:, :-1]}
         return inputs, packed[:, 1:]
 
     pairs = examples.map(resize_and_keep_captions, num_parallel_calls=AUTOTUNE)
-    pairs = pairs.flat_map(one_pair_per_caption)
+    pairs = pairs.flat_map(groups_of_captions)
     if shuffle_buffer and repeat and seed is not None:
         # Built inside flat_map, the shuffle's seed state is new for each
         # iterator, so every iterator reads the same stream and `skip(n)`
@@ -156,14 +180,26 @@ def train_batches(
             pairs = pairs.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
         if repeat:
             pairs = pairs.repeat()
-    batches = pairs.batch(batch_size, drop_remainder=True)
+    batches = pairs.batch(batch_size // k, drop_remainder=True)
     batches = batches.map(to_model_inputs, num_parallel_calls=AUTOTUNE)
     return batches.prefetch(AUTOTUNE)
 
 
-def count_pairs(examples):
-    """Number of (image, caption) pairs in an examples dataset (one pass)."""
-    counts = examples.map(lambda e: tf.shape(e["captions"])[0])
+def count_pairs(examples, captions_per_image=1):
+    """Number of (image, caption) pairs `train_batches` makes of an examples dataset.
+
+    Captions that normalise to "" are not counted (`train_batches` skips
+    them). With `captions_per_image=k`, each image's count is rounded up to a
+    multiple of k, as `train_batches` fills its last group.
+    """
+    _check_int("captions_per_image", captions_per_image, 1)
+    k = captions_per_image
+
+    def count(example):
+        kept = tf.strings.length(tf_normalize_caption(example["captions"])) > 0
+        return (tf.reduce_sum(tf.cast(kept, tf.int32)) + k - 1) // k * k
+
+    counts = examples.map(count)
     return int(counts.reduce(np.int64(0), lambda total, n: total + tf.cast(n, tf.int64)))
 
 

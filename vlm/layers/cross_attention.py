@@ -51,11 +51,15 @@ class CrossAttention(keras.layers.Layer):
 
     Call arguments:
         query: `(batch, q_len, query_dim)` tensor.
-        context: `(batch, k_len, context_dim)` tensor. May be None when
-            `context_cache` is given.
-        context_mask: optional `(batch, k_len)` boolean tensor, True where the
-            context position may be attended to. Defaults to the context's
-            Keras mask.
+        context: `(contexts, k_len, context_dim)` tensor. May be None when
+            `context_cache` is given. Usually `contexts == batch`; when
+            `contexts` divides `batch`, each context is shared by
+            `batch // contexts` consecutive query rows (several captions of
+            one image): their queries read it as one longer sequence, so the
+            keys and values are projected once per context, never copied.
+        context_mask: optional `(contexts, k_len)` boolean tensor, True where
+            the context position may be attended to. Defaults to the
+            context's Keras mask.
         context_cache: optional `(key, value)` tuple from
             `compute_context_cache(context)`. Skips the key/value projections.
         return_attention_scores: bool. Also return the attention
@@ -234,10 +238,32 @@ class CrossAttention(keras.layers.Layer):
             key, value = self.compute_context_cache(context)
         else:
             key, value = context_cache
-        # key: (batch, k_len, kv_heads, key_dim); value: (..., value_dim)
+        # key: (contexts, k_len, kv_heads, key_dim); value: (..., value_dim)
         query_heads = self.query_dense(query)  # (batch, q_len, heads, key_dim)
+        _check_groups(query, key)
+        batch, q_len = ops.shape(query)[0], ops.shape(query)[1]
+        contexts = ops.shape(key)[0]
+        # The queries of the `batch // contexts` consecutive rows that share a
+        # context read it as one longer query sequence: the keys and values
+        # are not copied, and their gradients sum over the group.
+        grouped = not (
+            isinstance(batch, int) and isinstance(contexts, int) and batch == contexts
+        )
+        if grouped:
+            if isinstance(batch, int) and isinstance(contexts, int):
+                group = batch // max(contexts, 1)
+            else:
+                group = batch // ops.maximum(contexts, 1)
+            query_heads = ops.reshape(
+                query_heads,
+                (contexts, group * q_len, self.num_heads, self._key_dim),
+            )
+            if query_mask is not None:
+                query_mask = ops.convert_to_tensor(query_mask)
+                _check_mask("query_mask", query_mask, query, "q_len")
+                query_mask = ops.reshape(query_mask, (contexts, group * q_len))
 
-        mask = _attention_mask(query_mask, context_mask, query, key)
+        mask = _attention_mask(query_mask, context_mask, query_heads, key)
         # Attention runs in float32 whatever the compute dtype: fp16 logits
         # overflow, and the softmax needs the range (keras#17571).
         attention_dtype = core_dtype(self.compute_dtype)
@@ -260,13 +286,27 @@ class CrossAttention(keras.layers.Layer):
             attended, scores = self._explicit_attention(
                 query_heads, key, value, mask, scale, training
             )
-        # attended: (batch, q_len, heads, value_dim)
+        if grouped:
+            # (contexts, group * q_len, heads, value_dim) -> (batch, q_len, ...)
+            attended = ops.reshape(
+                attended, (batch, q_len, self.num_heads, self._value_dim)
+            )
         output = self.output_dense(ops.cast(attended, self.compute_dtype))
         if mask is not None:
             # Rows that see nothing return zeros (not the output bias).
-            row_visible = ops.any(mask, axis=(1, 3))  # (batch, q_len)
+            row_visible = ops.reshape(ops.any(mask, axis=(1, 3)), (batch, q_len))
             output = output * ops.cast(
                 ops.expand_dims(row_visible, -1), output.dtype
+            )
+        if return_attention_scores and grouped:
+            # (contexts, heads, group * q_len, k_len) -> (batch, heads, q_len, k_len)
+            k_len = ops.shape(key)[1]
+            scores = ops.reshape(
+                scores, (contexts, self.num_heads, group, q_len, k_len)
+            )
+            scores = ops.reshape(
+                ops.transpose(scores, (0, 2, 1, 3, 4)),
+                (batch, self.num_heads, q_len, k_len),
             )
         if self.gated:
             output = output * ops.tanh(ops.cast(self.gate, output.dtype))
@@ -393,6 +433,19 @@ def _check_rank(name, shape):
         raise ValueError(
             f"`{name}` must have rank 3, (batch, length, features). "
             f"Received: {name}.shape={tuple(shape)}"
+        )
+
+
+def _check_groups(query, key):
+    """Checks, where both are known, that the context batch divides the query batch."""
+    batch, contexts = query.shape[0], key.shape[0]
+    if batch is None or contexts is None:
+        return
+    if batch % max(contexts, 1) or (contexts == 0 and batch):
+        raise ValueError(
+            "The context batch must divide the query batch: each context is "
+            "read by `batch // contexts` consecutive query rows. Received: "
+            f"query batch={batch}, context batch={contexts}"
         )
 
 
