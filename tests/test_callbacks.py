@@ -10,6 +10,7 @@ import pytest
 from vlm import callbacks as vlm_callbacks
 from vlm.callbacks import AtomicBackupAndRestore
 from vlm.callbacks import AtomicModelCheckpoint
+from vlm.callbacks import ResumableEarlyStopping
 from vlm.callbacks import TerminateOnNaNWithReason
 from vlm.callbacks import atomic_write
 from vlm.callbacks import read_backup
@@ -181,3 +182,41 @@ def test_nan_stop_says_where_and_nothing_diverged_is_saved(tmp_path):
     assert read_backup(backup_dir)["epoch"] == 1  # the diverged epoch is not backed up
     assert not os.path.exists(best)  # a NaN loss is never "best"
     assert TerminateOnNaNWithReason().message() is None
+
+
+def _stop_epoch(callback, model, values, first_epoch=0):
+    """Feeds `values` as epoch-end val_loss; the epoch the callback stops at, or None."""
+    callback.set_model(model)
+    model.stop_training = False
+    callback.on_train_begin()
+    for epoch, value in enumerate(values, start=first_epoch):
+        callback.on_epoch_end(epoch, {"val_loss": value})
+        if model.stop_training:
+            callback.on_train_end()
+            return epoch
+    callback.on_train_end()
+    return None
+
+
+def test_early_stopping_counts_on_across_a_resume():
+    """Resumed after epoch 3, it stops at the epoch the uninterrupted run stops at."""
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    values = [1.0, 0.5, 0.6, 0.7, 0.8, 0.9]
+    kwargs = dict(monitor="val_loss", patience=3, restore_best_weights=True)
+    straight = _stop_epoch(keras.callbacks.EarlyStopping(**kwargs), model, values)
+    assert straight == 4  # 3 epochs without beating 0.5
+    resumed = ResumableEarlyStopping(previous_values=values[:3], **kwargs)
+    weights = [w.copy() for w in model.get_weights()]
+    assert _stop_epoch(resumed, model, values[3:], first_epoch=3) == straight
+    assert resumed.best == 0.5 and resumed.best_epoch == 1
+    # The best epoch's weights are not in memory: the last ones are kept,
+    # not those of the first epoch after the resume.
+    for before, after in zip(weights, model.get_weights()):
+        np.testing.assert_array_equal(before, after)
+    # Keras' own callback starts over: it would run 2 epochs longer.
+    assert _stop_epoch(keras.callbacks.EarlyStopping(**kwargs), model, values[3:] + [1.0, 1.1],
+                       first_epoch=3) == 6
+    # An improvement after the resume is restored as usual.
+    improving = ResumableEarlyStopping(previous_values=values[:3], **kwargs)
+    assert _stop_epoch(improving, model, [0.4, 0.6, 0.7, 0.8], first_epoch=3) == 6
+    assert improving.best == 0.4 and improving.best_epoch == 3

@@ -18,14 +18,6 @@ COMPUTE = {"mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}
 JIT = keras.config.backend() != "torch"  # torch.compile takes minutes on two cores
 
 
-@pytest.fixture
-def restore_dtype_policy():
-    """`train()` sets the global policy, as Keras' mixed-precision guide does."""
-    previous = keras.config.dtype_policy()
-    yield
-    keras.config.set_dtype_policy(previous)
-
-
 def tiny_args(tmp_path, *overrides):
     args = ["--config", TINY, "--set", f"train.output_dir={tmp_path}",
             "--set", f"train.log_dir={tmp_path / 'logs'}", "--set", "train.report_images=0",
@@ -37,10 +29,12 @@ def tiny_args(tmp_path, *overrides):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("policy", POLICIES)
-def test_train_py_trains_under_mixed_precision(policy, tmp_path, capsys, restore_dtype_policy):
+def test_train_py_trains_under_mixed_precision(policy, tmp_path, capsys):
     code = train.main(tiny_args(tmp_path, f"train.mixed_precision={policy}",
                                 "train.epochs=2", "train.steps_per_epoch=3"))
     assert code == 0
+    # train() sets the global policy while it runs, and puts it back.
+    assert keras.config.dtype_policy().name == "float32"
     history = json.loads((tmp_path / "tiny.history.json").read_text())
     losses = history["history"]["loss"]
     assert history["optimizer_steps"] == 6
@@ -55,8 +49,14 @@ def test_train_py_trains_under_mixed_precision(policy, tmp_path, capsys, restore
         assert part.compute_dtype == COMPUTE[policy] and part.variable_dtype == "float32"
     inputs = {"images": np.zeros((2, 16, 16, 3), "float32"), "tokens": np.ones((2, 5), "int32")}
     assert keras.backend.standardize_dtype(model(inputs).dtype) == "float32"  # the logits
-    # float16 needs loss scaling (its small gradients underflow); bfloat16 does not.
-    best = keras.saving.load_model(tmp_path / "tiny.best.keras")  # with its optimizer
+    # float16 needs loss scaling (its small gradients underflow); bfloat16 does
+    # not. Keras wraps the optimizer of a model compiled under the global
+    # mixed_float16 policy, so that is how one goes on training it.
+    keras.config.set_dtype_policy(policy)
+    try:
+        best = keras.saving.load_model(tmp_path / "tiny.best.keras")  # with its optimizer
+    finally:
+        keras.config.set_dtype_policy("float32")
     assert isinstance(best.optimizer, keras.optimizers.LossScaleOptimizer) == (
         policy == "mixed_float16")
     # XLA:CPU refuses the float16 attention Keras asks for under JAX: train()

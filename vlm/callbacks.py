@@ -248,6 +248,52 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         pass  # the caller deletes the backup once the final model is written
 
 
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """`EarlyStopping` that goes on counting after a resumed run.
+
+    Keras' callback starts from scratch at every `fit`, so a run resumed
+    after epoch N would wait `patience` more epochs whatever happened before.
+    Given the monitored values of the epochs already done, this one starts
+    with the best value and the epochs waited since, as the uninterrupted
+    run had them. (The best weights of those epochs are not in memory: with
+    `restore_best_weights`, a best epoch from before the resume is not
+    restored; the best-model checkpoint file has it.)
+
+    Args:
+        previous_values: the monitored value of each epoch already done, in
+            order (for example the backup's history), or None.
+        **kwargs: `keras.callbacks.EarlyStopping` arguments.
+    """
+
+    def __init__(self, previous_values=None, **kwargs):
+        super().__init__(**kwargs)
+        self.previous_values = list(previous_values or [])
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if not self.previous_values:
+            return
+        if self.monitor_op is None:
+            self._set_monitor_op()
+        for epoch, value in enumerate(self.previous_values):
+            self.wait += 1
+            if self._is_improvement(value, self.best):
+                self.best, self.best_epoch = value, epoch
+                if self.baseline is None or self._is_improvement(value, self.baseline):
+                    self.wait = 0
+        if self.restore_best_weights:
+            # Not the current weights (Keras' default at the first epoch end).
+            self.best_weights = _NOT_IN_MEMORY
+
+    def on_train_end(self, logs=None):
+        if self.best_weights is _NOT_IN_MEMORY:
+            self.best_weights = None  # nothing better since the resume
+        super().on_train_end(logs)
+
+
+_NOT_IN_MEMORY = object()  # the best weights are from before the resume
+
+
 class TerminateOnNaNWithReason(keras.callbacks.TerminateOnNaN):
     """`TerminateOnNaN` that says, and records, where the loss stopped being finite.
 

@@ -15,6 +15,7 @@ from vlm.backend import xla_has_float16_attention
 from vlm.callbacks import AtomicBackupAndRestore
 from vlm.callbacks import AtomicModelCheckpoint
 from vlm.callbacks import LearningRateLogger
+from vlm.callbacks import ResumableEarlyStopping
 from vlm.callbacks import TerminateOnNaNWithReason
 from vlm.callbacks import atomic_write
 from vlm.callbacks import read_backup
@@ -92,10 +93,11 @@ def make_callbacks(config, paths, has_validation):
     ]
     if config.train.early_stopping_patience:
         callbacks.append(
-            keras.callbacks.EarlyStopping(
+            ResumableEarlyStopping(
                 monitor=monitor,
                 patience=config.train.early_stopping_patience,
                 restore_best_weights=True,
+                previous_values=done,
             )
         )
     return callbacks
@@ -228,6 +230,15 @@ def train(config):
         TrainingDiverged: the loss became NaN or infinite; the history file
             records where (`stopped_on_nan`) and the final model is not written.
     """
+    previous_policy = keras.config.dtype_policy()
+    try:
+        return _train(config)
+    finally:
+        # The policy is global: leave it as the caller had it.
+        keras.config.set_dtype_policy(previous_policy)
+
+
+def _train(config):
     model_config, data_config, train_config = config.model, config.data, config.train
     paths = output_paths(config)
     keras.utils.set_random_seed(train_config.seed)
