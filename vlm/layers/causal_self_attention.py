@@ -5,6 +5,7 @@ import math
 import keras
 from keras import ops
 
+from vlm.layers.attention_utils import OUTPUT_EQUATION
 from vlm.layers.attention_utils import check_dropout
 from vlm.layers.attention_utils import check_positive_int
 from vlm.layers.attention_utils import core_dtype
@@ -92,7 +93,7 @@ class CausalSelfAttention(keras.layers.Layer):
         )
         self.qkv_dense.build(inputs_shape)
         self.output_dense = keras.layers.EinsumDense(
-            "btnh,nho->bto",
+            OUTPUT_EQUATION,
             output_shape=(None, hidden_dim),
             bias_axes="o" if self.use_bias else None,
             name="output",
