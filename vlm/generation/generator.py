@@ -164,7 +164,7 @@ def _empty_state(model, batch, max_length):
     # One cache per block: a stacked array would be sliced and restacked
     # (copied) at every step.
     caches = [
-        ops.zeros((batch, 2, max_length, decoder.num_heads, head_dim),
+        ops.zeros((batch, 2, decoder.num_heads, max_length, head_dim),
                   dtype=decoder.compute_dtype)
         for _ in range(decoder.num_layers)
     ]

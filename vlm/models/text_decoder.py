@@ -32,9 +32,9 @@ class TextDecoder(keras.layers.Layer):
             None when `context_caches` is given.
         context_caches: optional list, per block, of `(key, value)` from
             `compute_context_caches`.
-        self_attention_caches: optional `(layers, batch, 2, max_len, heads,
+        self_attention_caches: optional `(layers, batch, 2, heads, max_len,
             dim)` self-attention caches, or a list of one `(batch, 2,
-            max_len, heads, dim)` cache per block; `cache_index` is then
+            heads, max_len, dim)` cache per block; `cache_index` is then
             required. A list comes back as a list, which spares a decoding
             loop slicing and restacking every cache at every step.
         cache_index: position of `tokens[:, 0]` in the sequence.
