@@ -77,12 +77,12 @@ def test_cache_decoding_equals_full_attention(chunk):
     x = inputs(length=6)
     layer = make_layer(x)
     full = to_numpy(layer(x))
-    cache = np.zeros((2, 2, 8, 2, 8), "float32")  # room for 8 positions
+    cache = np.zeros((2, 2, 2, 8, 8), "float32")  # 2 heads, room for 8 positions
     outputs = []
     for start in range(0, 6, chunk):
         out, cache = layer(x[:, start:start + chunk], cache=cache, cache_index=start)
         outputs.append(to_numpy(out))
-    assert tuple(cache.shape) == (2, 2, 8, 2, 8)
+    assert tuple(cache.shape) == (2, 2, 2, 8, 8)
     assert_close(np.concatenate(outputs, axis=1), full, atol=1e-5)
 
 

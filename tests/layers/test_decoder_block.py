@@ -46,7 +46,7 @@ def test_cached_step_by_step_equals_full():
     block, x, context = _block_and_inputs()
     full = to_numpy(block(x, context))
     context_cache = block.cross_attention.compute_context_cache(context)
-    cache = np.zeros((2, 2, 5, 2, 8), "float32")
+    cache = np.zeros((2, 2, 2, 5, 8), "float32")  # (batch, k/v, heads, length, dim)
     steps = []
     for t in range(5):
         out, cache = block(x[:, t:t + 1], None, context_cache=context_cache,

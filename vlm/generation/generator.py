@@ -161,10 +161,13 @@ def _start(model, images, repeats=1):
 def _empty_state(model, batch, max_length):
     decoder, tokenizer = model.decoder, model.tokenizer
     head_dim = decoder.hidden_dim // decoder.num_heads
-    caches = ops.zeros(
-        (decoder.num_layers, batch, 2, max_length, decoder.num_heads, head_dim),
-        dtype=decoder.compute_dtype,
-    )
+    # One cache per block: a stacked array would be sliced and restacked
+    # (copied) at every step.
+    caches = [
+        ops.zeros((batch, 2, decoder.num_heads, max_length, head_dim),
+                  dtype=decoder.compute_dtype)
+        for _ in range(decoder.num_layers)
+    ]
     tokens = ops.concatenate(
         [ops.full((batch, 1), tokenizer.start_token_id, "int32"),
          ops.full((batch, max_length), tokenizer.pad_token_id, "int32")],
@@ -269,7 +272,7 @@ def beam_search(model, images, max_length, num_beams):
         token = ops.reshape(ops.cast(flat_choice % vocabulary, "int32"), (-1, 1))
         rows = ops.reshape(parent + ops.arange(batch)[:, None] * num_beams, (-1,))
         tokens = ops.take(tokens, rows, axis=0)
-        caches = ops.take(caches, rows, axis=1)
+        caches = [ops.take(cache, rows, axis=0) for cache in caches]
         done = ops.take(done, rows, axis=0)
         tokens = ops.slice_update(tokens, [0, index + 1], token)
         done = ops.logical_or(done, ops.equal(token[:, 0], tokenizer.end_token_id))

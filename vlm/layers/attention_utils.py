@@ -3,6 +3,13 @@
 import keras
 import numpy as np
 
+# The output projection of attention heads, (batch, length, heads, head_dim)
+# x (heads, head_dim, output) -> (batch, length, output). The letters matter
+# on JAX: jnp.einsum contracts the summed letters in sorted order, so heads
+# must sort before head dims ("h" < "v") for XLA to read the kernel as
+# stored; "btnh,nho->bto" makes it copy a transposed kernel at every call.
+OUTPUT_EQUATION = "bthv,hvo->bto"
+
 
 def check_positive_int(name, value, allow_none=False):
     if value is None and allow_none:

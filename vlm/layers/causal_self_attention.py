@@ -5,6 +5,7 @@ import math
 import keras
 from keras import ops
 
+from vlm.layers.attention_utils import OUTPUT_EQUATION
 from vlm.layers.attention_utils import check_dropout
 from vlm.layers.attention_utils import check_positive_int
 from vlm.layers.attention_utils import core_dtype
@@ -31,8 +32,10 @@ class CausalSelfAttention(keras.layers.Layer):
 
     Call arguments:
         inputs: `(batch, length, hidden_dim)` tensor.
-        cache: optional `(batch, 2, max_length, num_heads, key_dim)` tensor of
-            cached keys (index 0) and values (index 1).
+        cache: optional `(batch, 2, num_heads, max_length, key_dim)` tensor
+            of cached keys (index 0) and values (index 1), heads first: the
+            layout the attention matmuls read, so a decoding loop does not
+            transpose the cache at every step.
         cache_index: int or scalar tensor, the position of `inputs[:, 0]` in
             the sequence; required with `cache`.
         training: bool. Whether attention dropout is active.
@@ -92,7 +95,7 @@ class CausalSelfAttention(keras.layers.Layer):
         )
         self.qkv_dense.build(inputs_shape)
         self.output_dense = keras.layers.EinsumDense(
-            "btnh,nho->bto",
+            OUTPUT_EQUATION,
             output_shape=(None, hidden_dim),
             bias_axes="o" if self.use_bias else None,
             name="output",
@@ -114,13 +117,13 @@ class CausalSelfAttention(keras.layers.Layer):
         if cache is not None:
             if cache_index is None:
                 raise ValueError("`cache_index` is required with `cache`.")
-            start = [0, 0, cache_index, 0, 0]
-            cache = ops.slice_update(
-                cache, start, ops.cast(ops.stack([key, value], axis=1), cache.dtype)
-            )
-            key, value = cache[:, 0], cache[:, 1]
+            # (batch, 2, heads, length, key_dim)
+            new = ops.transpose(ops.stack([key, value], axis=1), (0, 1, 3, 2, 4))
+            start = [0, 0, 0, cache_index, 0]
+            cache = ops.slice_update(cache, start, ops.cast(new, cache.dtype))
+            key, value = cache[:, 0], cache[:, 1]  # (batch, heads, max_length, key_dim)
             # Query i sits at position cache_index + i; it sees keys <= that.
-            key_positions = ops.arange(ops.shape(cache)[2])
+            key_positions = ops.arange(ops.shape(cache)[3])
             query_positions = ops.arange(length) + cache_index
             mask = key_positions[None, :] <= query_positions[:, None]
             mask = mask[None, None]  # (1, 1, length, max_length)
@@ -130,30 +133,33 @@ class CausalSelfAttention(keras.layers.Layer):
         attention_dtype = core_dtype(self.compute_dtype)
         query, key, value = (ops.cast(t, attention_dtype) for t in (query, key, value))
         scale = 1.0 / math.sqrt(self._key_dim)
-        if bool(training) and self.dropout > 0.0:
-            attended = self._explicit_attention(query, key, value, mask, scale)
+        if cache is not None:
+            attended = self._explicit_attention(query, key, value, mask, scale, training)
+        elif bool(training) and self.dropout > 0.0:
+            key, value = (ops.transpose(t, (0, 2, 1, 3)) for t in (key, value))
+            attended = self._explicit_attention(query, key, value, mask, scale, training)
         elif mask is None:
             attended = ops.dot_product_attention(
                 query, key, value, scale=scale, is_causal=True
-            )
-        else:
-            attended = ops.dot_product_attention(
-                query, key, value, mask=mask, scale=scale
             )
         output = self.output_dense(ops.cast(attended, self.compute_dtype))
         if cache is not None:
             return output, cache
         return output
 
-    def _explicit_attention(self, query, key, value, mask, scale):
-        """Written-out causal softmax attention, for attention dropout."""
-        logits = ops.einsum("bqnh,bknh->bnqk", query * scale, key)
+    def _explicit_attention(self, query, key, value, mask, scale, training):
+        """Written-out causal softmax attention, for the cache and dropout.
+
+        query: `(batch, q_len, heads, key_dim)`; key and value heads first,
+        `(batch, heads, k_len, key_dim)`.
+        """
+        logits = ops.einsum("bqnh,bnkh->bnqk", query * scale, key)
         if mask is None:
-            q_len, k_len = ops.shape(query)[1], ops.shape(key)[1]
+            q_len, k_len = ops.shape(query)[1], ops.shape(key)[2]
             mask = ops.tril(ops.ones((q_len, k_len), dtype="bool"))[None, None]
         logits = ops.where(mask, logits, finfo_min(logits.dtype))
-        probs = self.dropout_layer(ops.softmax(logits, axis=-1), training=True)
-        return ops.einsum("bnqk,bknh->bqnh", probs, value)
+        probs = self.dropout_layer(ops.softmax(logits, axis=-1), training=training)
+        return ops.einsum("bnqk,bnkh->bqnh", probs, value)
 
     def compute_output_shape(self, inputs_shape):
         return tuple(inputs_shape)

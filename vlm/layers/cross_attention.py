@@ -5,6 +5,7 @@ import math
 import keras
 from keras import ops
 
+from vlm.layers.attention_utils import OUTPUT_EQUATION
 from vlm.layers.attention_utils import check_dropout
 from vlm.layers.attention_utils import check_positive_int
 from vlm.layers.attention_utils import core_dtype
@@ -182,7 +183,7 @@ class CrossAttention(keras.layers.Layer):
         )
         self.value_dense.build(context_shape)
         self.output_dense = self._dense(
-            "output", "btnh,nho->bto", (None, self._output_dim), "o"
+            "output", OUTPUT_EQUATION, (None, self._output_dim), "o"
         )
         self.output_dense.build(
             (query_shape[0], query_shape[1], heads, self._value_dim)

@@ -30,7 +30,7 @@ class DecoderBlock(keras.layers.Layer):
         context: `(batch, patches, context_dim)` image patch embeddings, or
             None with `context_cache`.
         context_cache: optional `(key, value)` from `compute_context_cache`.
-        self_attention_cache: optional `(batch, 2, max_length, heads, dim)`
+        self_attention_cache: optional `(batch, 2, heads, max_length, dim)`
             self-attention cache; `cache_index` is then required.
         cache_index: position of `inputs[:, 0]` in the sequence.
         return_attention_scores: bool. Also return the cross-attention

@@ -32,8 +32,11 @@ class TextDecoder(keras.layers.Layer):
             None when `context_caches` is given.
         context_caches: optional list, per block, of `(key, value)` from
             `compute_context_caches`.
-        self_attention_caches: optional `(layers, batch, 2, max_len, heads,
-            dim)` self-attention caches; `cache_index` is then required.
+        self_attention_caches: optional `(layers, batch, 2, heads, max_len,
+            dim)` self-attention caches, or a list of one `(batch, 2,
+            heads, max_len, dim)` cache per block; `cache_index` is then
+            required. A list comes back as a list, which spares a decoding
+            loop slicing and restacking every cache at every step.
         cache_index: position of `tokens[:, 0]` in the sequence.
         return_attention_scores: bool. Also return every block's
             cross-attention probabilities, a list of
@@ -169,7 +172,9 @@ class TextDecoder(keras.layers.Layer):
         logits = self.token_embedding(self.final_norm(x), reverse=True)
         outputs = (logits,)
         if self_attention_caches is not None:
-            outputs += (ops.stack(updated_caches),)
+            if not isinstance(self_attention_caches, (list, tuple)):
+                updated_caches = ops.stack(updated_caches)
+            outputs += (updated_caches,)
         if return_attention_scores:
             outputs += (scores,)
         return outputs[0] if len(outputs) == 1 else outputs
