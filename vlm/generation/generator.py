@@ -151,10 +151,10 @@ def _start(model, images, repeats=1):
     """Encodes the images once; returns per-block context caches and start state."""
     patches = model.encoder(images, training=False)
     context_caches = model.decoder.compute_context_caches(patches)  # once per image
-    if repeats > 1:  # beams share their image's keys and values
-        context_caches = [tuple(ops.repeat(t, repeats, axis=0) for t in kv)
-                          for kv in context_caches]
-    batch = ops.shape(context_caches[0][0])[0]
+    # With `repeats` beams per image, rows i * repeats ... of the decoding
+    # batch read image i's keys and values, not a copy of them per beam
+    # (`CrossAttention` shares a context between consecutive rows).
+    batch = ops.shape(context_caches[0][0])[0] * repeats
     return context_caches, batch
 
 

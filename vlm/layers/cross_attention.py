@@ -203,13 +203,20 @@ class CrossAttention(keras.layers.Layer):
         """Projects `context` to this layer's keys and values, once.
 
         Args:
-            context: `(batch, k_len, context_dim)` tensor.
+            context: `(contexts, k_len, context_dim)` tensor.
 
         Returns:
-            `(key, value)`: `(batch, k_len, num_key_value_heads, key_dim)` and
-            `(batch, k_len, num_key_value_heads, value_dim)` tensors, to pass
-            as `context_cache=` to every later call over the same context.
+            `(key, value)`: `(contexts, num_key_value_heads, k_len, key_dim)`
+            and `(contexts, num_key_value_heads, k_len, value_dim)` tensors,
+            heads first (the layout a one-token decoding step reads without a
+            transpose), to pass as `context_cache=` to every later call over
+            the same context.
         """
+        key, value = self._project_context(context)
+        return ops.transpose(key, (0, 2, 1, 3)), ops.transpose(value, (0, 2, 1, 3))
+
+    def _project_context(self, context):
+        """Keys and values `(contexts, k_len, kv_heads, dim)` of `context`."""
         if not self.built:
             raise ValueError(
                 f"Layer '{self.name}' is not built. Call it once (or call "
@@ -236,14 +243,17 @@ class CrossAttention(keras.layers.Layer):
                     "CrossAttention needs a `context` or a `context_cache`. "
                     "Received neither."
                 )
-            key, value = self.compute_context_cache(context)
+            # (contexts, k_len, kv_heads, key_dim), (..., value_dim)
+            key, value = self._project_context(context)
+            heads_first = False
         else:
+            # (contexts, kv_heads, k_len, key_dim), (..., value_dim)
             key, value = context_cache
-        # key: (contexts, k_len, kv_heads, key_dim); value: (..., value_dim)
+            heads_first = True
         query_heads = self.query_dense(query)  # (batch, q_len, heads, key_dim)
         _check_groups(query, key)
         batch, q_len = ops.shape(query)[0], ops.shape(query)[1]
-        contexts = ops.shape(key)[0]
+        contexts, k_len = ops.shape(key)[0], ops.shape(key)[2 if heads_first else 1]
         # The queries of the `batch // contexts` consecutive rows that share a
         # context read it as one longer query sequence: the keys and values
         # are not copied, and their gradients sum over the group.
@@ -261,10 +271,10 @@ class CrossAttention(keras.layers.Layer):
             )
             if query_mask is not None:
                 query_mask = ops.convert_to_tensor(query_mask)
-                _check_mask("query_mask", query_mask, query, "q_len")
+                _check_mask("query_mask", query_mask, tuple(query.shape[:2]), "q_len")
                 query_mask = ops.reshape(query_mask, (contexts, group * q_len))
 
-        mask = _attention_mask(query_mask, context_mask, query_heads, key)
+        mask = _attention_mask(query_mask, context_mask, query_heads, (contexts, k_len))
         # Attention runs in float32 whatever the compute dtype: fp16 logits
         # overflow, and the softmax needs the range (keras#17571).
         attention_dtype = core_dtype(self.compute_dtype)
@@ -275,9 +285,11 @@ class CrossAttention(keras.layers.Layer):
 
         use_dropout = bool(training) and self.dropout > 0.0
         # The fused kernels (jax.nn.dot_product_attention among them) need
-        # value heads as wide as key heads.
+        # value heads as wide as key heads, and take keys and values sequence
+        # first; a heads-first cache is read by the written-out einsums.
         fused = (
-            not return_attention_scores
+            not heads_first
+            and not return_attention_scores
             and not use_dropout
             and self._value_dim == self._key_dim
         )
@@ -285,7 +297,7 @@ class CrossAttention(keras.layers.Layer):
             attended = self._fused_attention(query_heads, key, value, mask, scale)
         else:
             attended, scores = self._explicit_attention(
-                query_heads, key, value, mask, scale, training
+                query_heads, key, value, mask, scale, training, heads_first
             )
         if grouped:
             # (contexts, group * q_len, heads, value_dim) -> (batch, q_len, ...)
@@ -301,7 +313,6 @@ class CrossAttention(keras.layers.Layer):
             )
         if return_attention_scores and grouped:
             # (contexts, heads, group * q_len, k_len) -> (batch, heads, q_len, k_len)
-            k_len = ops.shape(key)[1]
             scores = ops.reshape(
                 scores, (contexts, self.num_heads, group, q_len, k_len)
             )
@@ -332,14 +343,21 @@ class CrossAttention(keras.layers.Layer):
             query, key, value, mask=mask, scale=scale
         )
 
-    def _explicit_attention(self, query, key, value, mask, scale, training):
-        """Softmax attention written out, for scores and attention dropout."""
+    def _explicit_attention(
+        self, query, key, value, mask, scale, training, heads_first=False
+    ):
+        """Softmax attention written out: scores, attention dropout, cached keys.
+
+        `key` and `value` are `(batch, k_len, kv_heads, dim)`, or with
+        `heads_first` `(batch, kv_heads, k_len, dim)`.
+        """
         heads, kv_heads = self.num_heads, self._kv_heads
         groups = heads // kv_heads
-        q_len, k_len = ops.shape(query)[1], ops.shape(key)[1]
+        kv = "bnkd" if heads_first else "bknd"
+        q_len, k_len = ops.shape(query)[1], ops.shape(key)[2 if heads_first else 1]
         # Query head h reads key/value head h // groups.
         query = ops.reshape(query, (-1, q_len, kv_heads, groups, self._key_dim))
-        logits = ops.einsum("bqngd,bknd->bngqk", query * scale, key)
+        logits = ops.einsum(f"bqngd,{kv}->bngqk", query * scale, key)
         logits = ops.reshape(logits, (-1, heads, q_len, k_len))
         if mask is not None:
             # mask: (batch, 1, q_len, k_len)
@@ -351,7 +369,7 @@ class CrossAttention(keras.layers.Layer):
             probs = ops.where(mask, probs, ops.zeros_like(probs))
         dropped = self.dropout_layer(probs, training=training)
         dropped = ops.reshape(dropped, (-1, kv_heads, groups, q_len, k_len))
-        attended = ops.einsum("bngqk,bknd->bqngd", dropped, value)
+        attended = ops.einsum(f"bngqk,{kv}->bqngd", dropped, value)
         attended = ops.reshape(
             attended, (-1, q_len, heads, ops.shape(value)[-1])
         )
@@ -372,7 +390,7 @@ class CrossAttention(keras.layers.Layer):
         if context_shape is not None:
             k_len = context_shape[1]
         else:
-            k_len = context_cache_shape[0][1]
+            k_len = context_cache_shape[0][2]  # heads first
         return output_shape, (
             query_shape[0],
             self.num_heads,
@@ -450,34 +468,37 @@ def _check_groups(query, key):
         )
 
 
-def _attention_mask(query_mask, context_mask, query, key):
-    """Combines the query and context masks into `(batch, 1, q_len, k_len)`."""
+def _attention_mask(query_mask, context_mask, query, context_shape):
+    """Combines the query and context masks into `(contexts, 1, q_len, k_len)`.
+
+    `context_shape` is `(contexts, k_len)`.
+    """
     if query_mask is None and context_mask is None:
         return None
+    contexts, k_len = context_shape
     if context_mask is not None:
         context_mask = ops.convert_to_tensor(context_mask)
-        _check_mask("context_mask", context_mask, key, "k_len")
+        _check_mask("context_mask", context_mask, context_shape, "k_len")
         context_mask = ops.cast(context_mask, "bool")
     if query_mask is not None:
         query_mask = ops.convert_to_tensor(query_mask)
-        _check_mask("query_mask", query_mask, query, "q_len")
+        _check_mask("query_mask", query_mask, tuple(query.shape[:2]), "q_len")
         query_mask = ops.cast(query_mask, "bool")
-    batch = ops.shape(query)[0]
-    q_len, k_len = ops.shape(query)[1], ops.shape(key)[1]
+    q_len = ops.shape(query)[1]
     if context_mask is None:
-        context_mask = ops.ones((batch, k_len), dtype="bool")
+        context_mask = ops.ones((contexts, k_len), dtype="bool")
     if query_mask is None:
-        query_mask = ops.ones((batch, q_len), dtype="bool")
+        query_mask = ops.ones((contexts, q_len), dtype="bool")
     mask = ops.logical_and(
         query_mask[:, None, :, None], context_mask[:, None, None, :]
     )
     return mask
 
 
-def _check_mask(name, mask, sequence, length_name):
-    """Checks a (batch, length) mask against its sequence, where shapes are known."""
+def _check_mask(name, mask, expected, length_name):
+    """Checks a (batch, length) mask against the expected shape, where known."""
     mask_shape = tuple(mask.shape)
-    expected = tuple(sequence.shape[:2])
+    expected = tuple(e if isinstance(e, int) else None for e in expected)
     compatible = len(mask_shape) == 2 and all(
         m is None or e is None or m == e for m, e in zip(mask_shape, expected)
     )
