@@ -138,7 +138,7 @@ class CausalSelfAttention(keras.layers.Layer):
         elif bool(training) and self.dropout > 0.0:
             key, value = (ops.transpose(t, (0, 2, 1, 3)) for t in (key, value))
             attended = self._explicit_attention(query, key, value, mask, scale, training)
-        elif mask is None:
+        else:
             attended = ops.dot_product_attention(
                 query, key, value, scale=scale, is_causal=True
             )
