@@ -148,7 +148,17 @@ def test_layout_map_splits_every_attention_and_feed_forward_kernel(tmp_path):
     assert len(attention) == 4 * layers[0] + 6 * layers[1]
     heads = {config.model.encoder_heads, config.model.decoder_heads,
              config.model.num_key_value_heads}
-    assert {split[path] for path in attention} <= heads  # split by head
+    # 2-D kernels, heads outermost: (hidden, heads * 3 * key_dim) and
+    # (hidden, heads * key_dim); whole heads go to each shard.
+    flat = [path for path in attention
+            if path.endswith(("self_attention/qkv/kernel", "cross_attention/query/kernel"))]
+    assert len(flat) == 2 * layers[1]
+    key_dim = config.model.decoder_dim // config.model.decoder_heads
+    for path in flat:
+        assert split[path] == config.model.decoder_heads * key_dim * (3 if "qkv" in path else 1)
+    assert config.model.decoder_heads % shards == 0
+    # The other attention kernels are per head: split on their heads axis.
+    assert {split[path] for path in attention if path not in flat} <= heads
     assert len([path for path in kernels if "mlp" in path]) == 2 * sum(layers)
     assert split["decoder/token_embedding/embeddings"] == config.model.decoder_dim
     whole = [v.path for v in model.variables
@@ -293,8 +303,9 @@ def test_model_parallel_places_kernels_as_the_layout_map_says(two_devices):
     assert len(split) == 10 + 13 + 1  # per encoder layer, per decoder block, embedding
     assert shardings["vit_encoder/transformer_block_1/mha/query/kernel"] == [
         None, "model", None]  # (hidden, heads, head_dim): by head
-    assert shardings["decoder/block_0/self_attention/qkv/kernel"] == [
-        None, None, "model", None]
+    # 2-D, heads outermost: splitting the last axis splits whole heads.
+    assert shardings["decoder/block_0/self_attention/qkv/kernel"] == [None, "model"]
+    assert shardings["decoder/block_0/cross_attention/query/kernel"] == [None, "model"]
     assert shardings["decoder/block_0/cross_attention/key/kernel"] == [None, "model", None]
     assert shardings["decoder/block_0/cross_attention/output/kernel"] == [
         "model", None, None]

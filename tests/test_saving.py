@@ -8,6 +8,7 @@ import shutil
 import zipfile
 
 import keras
+import numpy as np
 import pytest
 
 from tests.generation.test_generator import MODEL
@@ -204,3 +205,51 @@ def test_no_pickle_or_unsafe_load_in_the_sources():
     found = {str(path.relative_to(REPO)): unsafe_calls(path.read_text(), str(path))
              for path in files}
     assert {path: calls for path, calls in found.items() if calls} == {}
+
+
+def downgrade(source, target):
+    """Writes `source` with the kernel layouts of files saved before they became 2-D."""
+    import io
+
+    import h5py
+
+    with zipfile.ZipFile(source) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    buffer = io.BytesIO(members["model.weights.h5"])
+    with h5py.File(buffer, "r+") as weights:
+        names = []
+        weights.visititems(lambda name, node: names.append(name)
+                           if isinstance(node, h5py.Dataset) else None)
+        heads, dim = 4, 32  # the shipped model's decoder
+        for name in names:
+            value = weights[name][()]
+            if name.endswith("qkv_dense/vars/0"):
+                old = value.reshape(len(value), heads, 3, dim).transpose(0, 2, 1, 3)
+            elif name.endswith("qkv_dense/vars/1"):
+                old = value.reshape(heads, 3, dim).transpose(1, 0, 2)
+            elif "cross_attention/query_dense/vars/" in name:
+                old = value.reshape(value.shape[:-1] + (heads, dim))
+            else:
+                continue
+            del weights[name]
+            weights.create_dataset(name, data=old)
+    members["model.weights.h5"] = buffer.getvalue()
+    with zipfile.ZipFile(target, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+
+
+def test_a_file_with_the_old_kernel_layouts_is_named_and_upgrades_to_the_same_model(tmp_path):
+    from vlm.saving import upgrade_keras_file
+
+    old = tmp_path / "old.keras"
+    downgrade(MODEL, old)
+    with pytest.raises(ValueError, match=r"old\.keras was saved before .*upgrade_keras_file"):
+        load_keras_file(old)
+    new = tmp_path / "new.keras"
+    assert upgrade_keras_file(old, new) == 3 * 4  # 3 blocks x (qkv, query) x (kernel, bias)
+    assert upgrade_keras_file(new, tmp_path / "again.keras") == 0
+    upgraded, shipped = load_captioner(new), load_captioner(MODEL)
+    for a, b in zip(upgraded.weights, shipped.weights):
+        assert a.path == b.path
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))

@@ -44,11 +44,12 @@ from vlm.config import DISTRIBUTE_MODES as MODES
 # token embedding by its hidden width. Everything else is replicated.
 LAYOUT_RULES = {
     # (hidden, heads, head_dim) and (heads, head_dim)
-    r".*(mha|cross_attention)/(query|key|value)/kernel": (None, "model", None),
-    r".*(mha|cross_attention)/(query|key|value)/bias": ("model", None),
-    # (hidden, 3, heads, head_dim) and (3, heads, head_dim)
-    r".*self_attention/qkv/kernel": (None, None, "model", None),
-    r".*self_attention/qkv/bias": (None, "model", None),
+    r".*(mha/(query|key|value)|cross_attention/(key|value))/kernel": (None, "model", None),
+    r".*(mha/(query|key|value)|cross_attention/(key|value))/bias": ("model", None),
+    # 2-D, heads outermost: (hidden, heads * head_dim) and (hidden, heads * 3 *
+    # head_dim), and their biases; splitting the last axis splits whole heads.
+    r".*(cross_attention/query|self_attention/qkv)/kernel": (None, "model"),
+    r".*(cross_attention/query|self_attention/qkv)/bias": ("model",),
     # (heads, head_dim, hidden)
     r".*(mha/attention_output|self_attention/output|cross_attention/output)/kernel": (
         "model", None, None),

@@ -8,8 +8,12 @@ members that escape the archive (`../x`), and references in the model config
 to Python objects outside `keras`, `keras_hub` and `vlm` (such as
 `os.system` or a `__main__` function). Errors are `ValueError`s that name
 the file.
+
+`upgrade_keras_file` rewrites a file saved before the decoder's per-token
+projections got 2-D kernels; `load_keras_file` says so when it meets one.
 """
 
+import io
 import json
 import os
 import zipfile
@@ -98,6 +102,91 @@ def _walk(node, where):
             yield from _walk(value, f"{where}[{i}]")
 
 
+# Weights of files saved before the per-token projections became 2-D
+# (`CausalSelfAttention`'s fused qkv, `CrossAttention`'s query): the h5 path
+# suffix, its old rank, and how the old array becomes the new one.
+_LEGACY_LAYOUTS = {
+    # (hidden, 3, heads, dim) -> (hidden, heads * 3 * dim), heads outermost
+    "self_attention/qkv_dense/vars/0": (4, lambda w: w.transpose(0, 2, 1, 3).reshape(len(w), -1)),
+    "self_attention/qkv_dense/vars/1": (3, lambda b: b.transpose(1, 0, 2).reshape(-1)),
+    # (hidden, heads, dim) -> (hidden, heads * dim)
+    "cross_attention/query_dense/vars/0": (3, lambda w: w.reshape(len(w), -1)),
+    "cross_attention/query_dense/vars/1": (2, lambda b: b.reshape(-1)),
+}
+
+
+def _legacy_weights(weights):
+    """Paths in an open h5 weights file that hold the old layouts."""
+    found = []
+
+    def visit(name, node):
+        for suffix, (rank, _) in _LEGACY_LAYOUTS.items():
+            if name.endswith(suffix) and getattr(node, "ndim", None) == rank:
+                found.append((name, suffix))
+
+    weights.visititems(visit)
+    return found
+
+
+def upgrade_keras_file(path, output):
+    """Rewrites a `.keras` file saved before the 2-D projection kernels.
+
+    The decoder's fused query/key/value kernel `(hidden, 3, heads, dim)`
+    becomes `(hidden, heads * 3 * dim)` and cross-attention's query kernel
+    `(hidden, heads, dim)` becomes `(hidden, heads * dim)`, with their
+    biases: the same model, giving the same outputs. Other members are
+    copied as they are.
+
+    Args:
+        path: the old `.keras` file.
+        output: where to write the upgraded file (may be `path`).
+
+    Returns:
+        The number of arrays rewritten (0 for a file that needs nothing).
+    """
+    import h5py
+
+    check_keras_file(path)
+    with zipfile.ZipFile(path) as archive:
+        infos = archive.infolist()
+        members = {info.filename: archive.read(info.filename) for info in infos}
+    buffer = io.BytesIO(members["model.weights.h5"])
+    with h5py.File(buffer, "r+") as weights:
+        legacy = _legacy_weights(weights)
+        for name, suffix in legacy:
+            value = _LEGACY_LAYOUTS[suffix][1](weights[name][()])
+            del weights[name]
+            weights.create_dataset(name, data=value)
+    members["model.weights.h5"] = buffer.getvalue()
+    partial = f"{output}.partial"
+    with zipfile.ZipFile(partial, "w") as archive:
+        for info in infos:
+            archive.writestr(info, members[info.filename])
+    os.replace(partial, output)
+    return len(legacy)
+
+
+def _check_layouts(path):
+    """Raises a `ValueError` naming `path` if it holds the old kernel layouts."""
+    import h5py
+
+    with zipfile.ZipFile(path) as archive:
+        if "model.weights.h5" not in archive.namelist():
+            return
+        # Read in place: only the array headers, not the whole weights file.
+        try:
+            with archive.open("model.weights.h5") as member, h5py.File(member, "r") as weights:
+                legacy = _legacy_weights(weights)
+        except OSError:  # not HDF5: Keras' own error, with the file named, says more
+            return
+    if legacy:
+        raise ValueError(
+            f"{path} was saved before the decoder's query/key/value kernels became "
+            f"2-D ({legacy[0][0]} has the old layout). Upgrade it once, to the same "
+            "model: python -c \"from vlm.saving import upgrade_keras_file; "
+            f"upgrade_keras_file('{path}', '{path}')\"")
+
+
 def load_keras_file(path):
     """Loads a `.keras` file with safe mode on, after `check_keras_file`.
 
@@ -114,6 +203,7 @@ def load_keras_file(path):
     import keras
 
     check_keras_file(path)
+    _check_layouts(path)
     try:
         return keras.saving.load_model(path, safe_mode=True)
     except Exception as error:  # noqa: BLE001  (Keras raises several kinds)

@@ -8,10 +8,12 @@ from vlm.layers import CausalSelfAttention
 
 def numpy_causal_attention(layer, x):
     """Reference: per-head softmax(QK^T/sqrt(d)) V with a lower-triangular mask."""
-    kernel = to_numpy(layer.qkv_dense.kernel)
-    bias = to_numpy(layer.qkv_dense.bias)
-    qkv = np.einsum("btd,dcnh->btcnh", x, kernel) + bias
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    heads = layer.num_heads
+    # The fused kernel is (hidden, heads * 3 * key_dim), heads outermost.
+    kernel = to_numpy(layer.qkv_dense.kernel).reshape(x.shape[-1], heads, 3, -1)
+    bias = to_numpy(layer.qkv_dense.bias).reshape(heads, 3, -1)
+    qkv = np.einsum("btd,dnch->btnch", x, kernel) + bias
+    q, k, v = qkv[:, :, :, 0], qkv[:, :, :, 1], qkv[:, :, :, 2]
     logits = np.einsum("bqnh,bknh->bnqk", q, k) / np.sqrt(q.shape[-1])
     length = x.shape[1]
     logits = np.where(np.tril(np.ones((length, length), bool)), logits, -np.inf)
@@ -33,6 +35,23 @@ def make_layer(x, **kwargs):
 
 def inputs(batch=2, length=6, dim=16, seed=0):
     return np.random.default_rng(seed).standard_normal((batch, length, dim)).astype("float32")
+
+
+def test_fused_projection_kernel_is_2d_heads_outermost_with_keras_scale():
+    # 2-D so that XLA:CPU keeps a one-token step a real matrix-vector product
+    # (tests/generation checks the compiled step); heads outermost so that a
+    # split of the last axis is a split by head. The reference above reads the
+    # layout as (hidden, heads, 3, key_dim), so the numbers check it too.
+    layer = CausalSelfAttention(num_heads=2, key_dim=4,
+                                kernel_initializer=keras.initializers.GlorotUniform(seed=7))
+    layer.build((None, 5, 8))
+    kernel = to_numpy(layer.qkv_dense.kernel)
+    assert kernel.shape == (8, 2 * 3 * 4)
+    assert to_numpy(layer.qkv_dense.bias).shape == (24,)
+    # Glorot over hidden in, heads * 3 * key_dim out: the scale a per-head
+    # (hidden, 3, heads, key_dim) Keras EinsumDense kernel also gets.
+    limit = np.sqrt(6.0 / (8 + 24))
+    assert 0.8 * limit < np.abs(kernel).max() <= limit
 
 
 def test_layer_basics():

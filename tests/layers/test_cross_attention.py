@@ -24,6 +24,10 @@ def projections(layer):
         kernel = to_numpy(dense.kernel)
         bias = to_numpy(dense.bias) if dense.bias is not None else 0.0
         weights[name] = (kernel, bias)
+    # The query kernel is 2-D, (query_dim, heads * key_dim), heads outermost.
+    kernel, bias = weights["query"]
+    weights["query"] = (kernel.reshape(kernel.shape[0], layer.num_heads, -1),
+                        np.reshape(bias, (layer.num_heads, -1)) if layer.use_bias else 0.0)
     return weights
 
 
@@ -177,11 +181,29 @@ def test_matches_keras_multi_head_attention(masked):
         (ours.value_dense, mha._value_dense),
         (ours.output_dense, mha._output_dense),
     ]:
-        theirs_dense.set_weights(ours_dense.get_weights())
+        # Same values; our query kernel is the 2-D form of Keras' (16, 4, 8).
+        theirs_dense.set_weights([np.reshape(w, v.shape) for w, v in
+                                  zip(ours_dense.get_weights(), theirs_dense.weights)])
     mask = random_mask() if masked else None
     expected = mha(query, context, value_mask=mask)
     actual = ours(query, context, context_mask=mask)
     assert np.max(np.abs(to_numpy(actual) - to_numpy(expected))) < 1e-5
+
+
+def test_query_kernel_is_2d_heads_outermost_and_initialised_as_keras_would():
+    # 2-D because the query projection runs at every decoding step (see
+    # tests/generation); keys and values keep Keras' per-head layout.
+    layer = CrossAttention(num_heads=2, key_dim=4,
+                           kernel_initializer=keras.initializers.GlorotUniform(seed=7))
+    layer.build((None, 5, 8), (None, 9, 6))
+    assert tuple(layer.query_dense.kernel.shape) == (8, 2 * 4)
+    assert tuple(layer.key_dense.kernel.shape) == (6, 2, 4)
+    # The same values Keras gives its (8, 2, 4) query kernel, in 2-D.
+    mha = keras.layers.MultiHeadAttention(
+        num_heads=2, key_dim=4, kernel_initializer=keras.initializers.GlorotUniform(seed=7))
+    mha.build((None, 5, 8), (None, 9, 6))
+    np.testing.assert_array_equal(to_numpy(layer.query_dense.kernel),
+                                  to_numpy(mha._query_dense.kernel).reshape(8, 8))
 
 
 def test_grouped_query_attention_equals_full_layer_with_repeated_heads():

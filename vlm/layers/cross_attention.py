@@ -170,8 +170,14 @@ class CrossAttention(keras.layers.Layer):
         self._output_dim = self.output_dim or query_dim
         heads, kv_heads = self.num_heads, self._kv_heads
 
+        # The query projection runs at every decoding step, so its kernel is
+        # 2-D, (query_dim, heads * key_dim), heads outermost: at batch 1, XLA
+        # on the CPU compiles a matrix-vector product whose kernel is first
+        # reshaped from 3-D into an unvectorised loop (see
+        # `CausalSelfAttention`). Keys and values are projected once per
+        # context and keep Keras' (context_dim, heads, dim) layout.
         self.query_dense = self._dense(
-            "query", "btd,dnh->btnh", (None, heads, self._key_dim), "nh"
+            "query", "btd,de->bte", (None, heads * self._key_dim), "e"
         )
         self.query_dense.build(query_shape)
         self.key_dense = self._dense(
@@ -250,9 +256,11 @@ class CrossAttention(keras.layers.Layer):
             # (contexts, kv_heads, k_len, key_dim), (..., value_dim)
             key, value = context_cache
             heads_first = True
-        query_heads = self.query_dense(query)  # (batch, q_len, heads, key_dim)
         _check_groups(query, key)
         batch, q_len = ops.shape(query)[0], ops.shape(query)[1]
+        query_heads = ops.reshape(
+            self.query_dense(query), (batch, q_len, self.num_heads, self._key_dim)
+        )
         contexts, k_len = ops.shape(key)[0], ops.shape(key)[2 if heads_first else 1]
         # The queries of the `batch // contexts` consecutive rows that share a
         # context read it as one longer query sequence: the keys and values

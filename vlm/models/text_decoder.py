@@ -169,7 +169,7 @@ class TextDecoder(keras.layers.Layer):
                 updated_caches.append(outputs[1])
             if return_attention_scores:
                 scores.append(outputs[-1])
-        logits = self.token_embedding(self.final_norm(x), reverse=True)
+        logits = self._logits(self.final_norm(x))
         outputs = (logits,)
         if self_attention_caches is not None:
             if not isinstance(self_attention_caches, (list, tuple)):
@@ -178,6 +178,17 @@ class TextDecoder(keras.layers.Layer):
         if return_attention_scores:
             outputs += (scores,)
         return outputs[0] if len(outputs) == 1 else outputs
+
+    def _logits(self, x):
+        """float32 logits `(batch, length, vocabulary_size)` of final states `x`."""
+        if not self.tie_embeddings:
+            return self.token_embedding(x, reverse=True)
+        # `x @ embeddings^T` with the embedding read as stored, `(vocab,
+        # hidden)`, and first. (`reverse=True` transposes it, and at batch 1
+        # XLA:CPU fuses that transpose into the matrix-vector product as an
+        # unvectorised loop.)
+        embeddings = ops.cast(self.token_embedding.embeddings, "float32")
+        return ops.einsum("vd,btd->btv", embeddings, ops.cast(x, "float32"))
 
     def compute_output_shape(self, tokens_shape, context_shape=None):
         return tuple(tokens_shape) + (self.vocabulary_size,)
