@@ -160,12 +160,14 @@ def loop_fused_dots(hlo):
             name = None
         elif name:
             computations[name].append(line)
+    lines = [x for body in computations.values() for x in body]
     has_dot = {n for n, body in computations.items() if any(" dot(" in x for x in body)}
-    dots = sum(" dot(" in x for body in computations.values() for x in body)
-    in_loops = [x.strip()[:120] for body in computations.values() for x in body
-                if "kind=kLoop" in x and re.search(r"calls=%?([\w.\-]+)", x)
-                and re.search(r"calls=%?([\w.\-]+)", x).group(1) in has_dot]
-    return dots, in_loops
+    in_loops = []
+    for line in lines:
+        called = re.search(r"calls=%?([\w.\-]+)", line)
+        if "kind=kLoop" in line and called and called.group(1) in has_dot:
+            in_loops.append(line.strip()[:120])
+    return sum(" dot(" in x for x in lines), in_loops
 
 
 @pytest.mark.skipif(keras.config.backend() != "tensorflow",
