@@ -18,6 +18,8 @@ import subprocess
 import sys
 import time
 
+from benchmarks.report import markdown
+
 NEW_TOKENS = 24
 BATCHES = (1, 32)
 
@@ -85,20 +87,9 @@ def main(argv=None):
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
     with open(args.output, "w") as f:
         json.dump(results, f, indent=2)
-    print(markdown_table(results))
+    print(markdown(results))
     print(f"\nWrote {args.output}")
     return 0
-
-
-def markdown_table(results):
-    lines = ["| backend | batch | cached ms/caption | naive ms/caption | speed-up |",
-             "|---|---|---|---|---|"]
-    for r in results:
-        for batch in BATCHES:
-            b = r[f"batch_{batch}"]
-            lines.append(f"| {r['backend']} | {batch} | {b['cached_ms_per_caption']} | "
-                         f"{b['naive_ms_per_caption']} | {b['speedup']}x |")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ import subprocess
 import sys
 import time
 
+from benchmarks.report import markdown
+
 BACKENDS = ("tensorflow", "jax", "torch")
 NEW_TOKENS = 20
 TRAIN_BATCH = 64
@@ -363,50 +365,6 @@ def machine():
     except OSError:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
-
-
-def markdown(results):
-    k = CAPTIONS_PER_IMAGE
-    lines = [f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores. "
-             f"Command: `{results['command']}`.", "",
-             "| backend | jit | dtype policy | ours ex/s | baseline ex/s | ratio "
-             f"| ours, {k} captions per image: ex/s | ratio "
-             "| ours GFLOP/s (of peak) | baseline GFLOP/s (of peak) "
-             f"| ours, {k} per image, GFLOP/s (of peak) | fp32 matmul peak |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in results["backends"]:
-        for mode, e in r["training"].items():
-            o, b, g = e["ours"], e["baseline"], e[f"ours_{k}_per_image"]
-            jit, dtype = mode.split(":")
-            lines.append(
-                f"| {r['backend']} | {'on' if jit == 'jit' else 'off'} | {dtype} | "
-                f"{o['examples_per_s']} | {b['examples_per_s']} | {e['speedup']}x | "
-                f"{g['examples_per_s']} | {e[f'speedup_{k}_per_image']}x | "
-                f"{o['gflops']} ({o['fraction_of_peak']:.0%}) | "
-                f"{b['gflops']} ({b['fraction_of_peak']:.0%}) | "
-                f"{g['gflops']} ({g['fraction_of_peak']:.0%}) | {r['matmul_peak_gflops']} |")
-    lines += ["", f"Generation, ms per caption ({NEW_TOKENS} new tokens, greedy):", "",
-              "| backend | batch | ours cached | baseline cached | ours vs baseline "
-              "| ours naive | cached vs naive |",
-              "|---|---|---|---|---|---|---|"]
-    for r in results["backends"]:
-        for batch in GENERATION_BATCHES:
-            g = r["generation"][f"batch_{batch}"]
-            lines.append(
-                f"| {r['backend']} | {batch} | {g['ours_cached_ms']} | "
-                f"{g['baseline_cached_ms']} | {g['vs_baseline']}x | {g['ours_naive_ms']} | "
-                f"{g['vs_naive']}x |")
-    lines += ["", "Peak resident memory, ours (MB):", "",
-              "| backend | training (batch 64) | generation (batch 32) |", "|---|---|---|"]
-    for r in results["backends"]:
-        lines.append(f"| {r['backend']} | {r['memory']['train_peak_rss_mb']} | "
-                     f"{r['memory']['generate_peak_rss_mb']} |")
-    if results.get("serving"):
-        s = results["serving"]
-        lines += ["", "Serving (exported SavedModel, shipped model, PNG bytes in, captions out): "
-                  f"{s['batch_1_ms_per_image']} ms/image at batch 1, "
-                  f"{s['batch_32_ms_per_image']} ms/image at batch 32."]
-    return "\n".join(lines)
 
 
 def main(argv=None):

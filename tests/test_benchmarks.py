@@ -4,6 +4,8 @@ Nothing here is timed; `python -m benchmarks` does the timing.
 """
 
 import dataclasses
+import json
+import os
 
 import keras
 import numpy as np
@@ -12,6 +14,10 @@ import pytest
 from benchmarks.baseline import build_baseline
 from benchmarks.baseline import compile_baseline
 from benchmarks.baseline import make_greedy_generate
+from benchmarks.report import RESULTS_DIR
+from benchmarks.report import RESULTS_MD
+from benchmarks.report import markdown as report_markdown
+from benchmarks.report import report
 from benchmarks.run import markdown
 from benchmarks.run import ref_config
 from benchmarks.run import training_flops_per_example
@@ -114,3 +120,50 @@ def test_markdown_table_has_every_row():
     assert "| jax | on | float32 | 10.0 | 10.0 | 1.0x | 17.0 | 1.7x | 20.7 (5%)" in table
     assert "| jax | 32 | 5.0 | 10.0 | 2.0x | 50.0 | 10.0x |" in table
     assert "11.0 ms/image at batch 1" in table
+
+
+def test_results_md_is_generated_from_the_results_files():
+    """benchmarks/RESULTS.md is `python -m benchmarks.report`'s output, never hand-edited."""
+    text = report(RESULTS_DIR)
+    with open(RESULTS_MD) as f:
+        assert f.read() == text, (
+            "benchmarks/RESULTS.md differs from its generator: run python -m benchmarks.report")
+    # Real figures from one file: TensorFlow's decoding at batch 1 after the
+    # 2-D projection kernels, 2.03x the keras-hub baseline.
+    with open(os.path.join(RESULTS_DIR, "cpu_tf_2026-11-28c.json")) as f:
+        tf_run = json.load(f)
+    g = tf_run["backends"][0]["generation"]["batch_1"]
+    assert (g["ours_cached_ms"], g["baseline_cached_ms"], g["vs_baseline"]) == (21.3, 43.3, 2.03)
+    section = text[text.index("## cpu_tf_2026-11-28c.json"):]
+    section = section[: section.index("\n## ")]
+    assert "| tensorflow | 1 | 21.3 | 43.3 | 2.03x | 237.14 | 11.13x |" in section
+    assert "| tensorflow | on | float32 | 52.5 | 56.1 | 0.94x | 114.6 | 2.04x |" in section
+    # Newest first: the run after the 2-D kernels before the one before them.
+    assert text.index("## cpu_tf_2026-11-28c.json") < text.index("## cpu_tf_2026-11-28b.json")
+
+
+def test_report_reads_every_results_shape():
+    # benchmarks/accelerator.py: one backend at the top, TFLOP/s, no naive decoding.
+    accelerator = {"backend": "jax", "device": "GPU", "date": "2026-01-01",
+                   "training": {"jit:float32": {"ours": {"examples_per_s": 9.0, "tflops": 1.5},
+                                                "baseline": {"examples_per_s": 3.0,
+                                                             "tflops": 0.5},
+                                                "speedup": 3.0}},
+                   "generation": {"batch_1": {"ours_cached_ms": 2.0,
+                                              "baseline_cached_ms": 4.0, "vs_baseline": 2.0}}}
+    text = report_markdown(accelerator)
+    assert "Machine: GPU. Date: 2026-01-01." in text
+    assert "| jax | on | float32 | 9.0 | 3.0 | 3.0x | 1.5 | 0.5 |" in text
+    assert "| jax | 1 | 2.0 | 4.0 | 2.0x |" in text
+    # benchmarks/generation.py: a list of backends, batches at the top.
+    generation = [{"backend": "torch", "new_tokens": 24,
+                   "batch_32": {"cached_ms_per_caption": 5.0, "naive_ms_per_caption": 40.0,
+                                "speedup": 8.0}}]
+    text = report_markdown(generation)
+    assert "(24 new tokens, greedy)" in text
+    assert "| torch | 32 | 5.0 | 40.0 | 8.0x |" in text
+    # benchmarks/serving.py, plus a key the report does not know: shown, not dropped.
+    text = report_markdown({"batch_1_ms_per_image": 11.0, "batch_32_ms_per_image": 2.7,
+                            "extra": {"a": 1}})
+    assert "11.0 ms/image at batch 1, 2.7 ms/image at batch 32" in text
+    assert "| a | 1 |" in text

@@ -1,4 +1,4 @@
-"""The shared checks every `vlm` layer test runs (STYLE.md: one test helper)."""
+"""The shared checks every `vlm` layer test runs: one helper for all of them."""
 
 import inspect
 import os

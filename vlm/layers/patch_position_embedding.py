@@ -32,7 +32,8 @@ class PatchPositionEmbedding(keras.layers.Layer):
 
     A ViT's learned 1D position embedding leaves "left of" and "above" for
     the decoder to work out; an explicit 2D code lets cross attention read
-    where each patch is (FIELD_NOTES: relations went from chance to 82%).
+    where each patch is (with it, relation accuracy on the shapes dataset
+    went from chance to 82%).
 
     Args:
         grid_size: int. Patches per side; the input has `grid_size**2` tokens.
