@@ -66,7 +66,7 @@ def test_predictions_mode_needs_no_backend(prediction_files, tmp_path):
 
 
 @pytest.mark.parametrize("content, message", [
-    ('{"image_id": 1, "caption": "a"}\nnot json\n', "preds.jsonl, line 2: not JSON"),
+    ('{"image_id": 1, "caption": "a"}\nnot json\n', "preds.jsonl, line 2: bad JSON"),
     ('{"image_id": 1}\n', "preds.jsonl, line 1: expected keys 'image_id' and 'caption'"),
     ('{"image_id": 1, "caption": 5}\n', "preds.jsonl, line 1: 'caption' must be a string"),
     ('{"image_id": 9, "caption": "a"}\n', "no references for 1 predicted image(s), e.g. image_id '9'"),
@@ -104,7 +104,7 @@ def test_evaluating_a_folder_skips_bad_images_and_names_them(tmp_path, capfd):
     from tests.generation.test_generator import golden_images
     from vlm.data.datasets import load_examples
     from vlm.data.images import decode_image
-    from vlm.data.pipeline import SkippedInputWarning
+    from vlm.data.folder import SkippedInputWarning
     from vlm.evaluation import caption_split
 
     images = golden_images(3)

@@ -8,47 +8,31 @@ import json
 import math
 import os
 
+from vlm.data.jsonl import line_error
+from vlm.data.jsonl import read_jsonl
 from vlm.metrics.coco import score_captions
 from vlm.metrics.grounded import grounded_scores
 
 METRIC_KEYS = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "rouge_l", "cider_d")
 
 
-def read_jsonl(path, key):
+def read_captions_jsonl(path, key):
     """`{image_id: value of key}` from a JSONL file; errors name the file and line.
 
     Args:
         path: a JSONL file of `{"image_id": ..., key: ...}` lines.
-        key: "caption" (a string) or "captions" (a list of strings).
+        key: "caption" (a string) or "captions" (a non-empty list of strings).
+
+    Returns:
+        A dict from each line's `image_id` (as str) to its `key`'s value.
     """
-    if not os.path.isfile(path):
-        raise ValueError(f"{path}: file not found")
     rows = {}
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}, line {number}: not JSON ({error.msg})") from None
-            if not isinstance(row, dict) or "image_id" not in row or key not in row:
-                raise ValueError(
-                    f"{path}, line {number}: expected keys 'image_id' and {key!r}. "
-                    f"Received: {line.strip()[:120]}"
-                )
-            value = row[key]
-            ok = isinstance(value, str) if key == "caption" else (
-                isinstance(value, list) and value and all(isinstance(v, str) for v in value))
-            if not ok:
-                expected = "a string" if key == "caption" else "a non-empty list of strings"
-                raise ValueError(
-                    f"{path}, line {number}: {key!r} must be {expected}. Received: {value!r}"
-                )
-            image_id = str(row["image_id"])
-            if image_id in rows:
-                raise ValueError(f"{path}, line {number}: image_id {image_id!r} repeated")
-            rows[image_id] = value
+    kind = "string" if key == "caption" else "strings"
+    for line, record in read_jsonl(path, fields={"image_id": None, key: kind}):
+        image_id = str(record["image_id"])
+        if image_id in rows:
+            raise line_error(path, line, f"image_id {image_id!r} repeated")
+        rows[image_id] = record[key]
     if not rows:
         raise ValueError(f"{path}: no rows")
     return rows
@@ -61,8 +45,8 @@ def evaluate_predictions(predictions_path, references_path):
         `(metrics, per_image)`: the corpus metrics dict and, per image,
         `{"image_id", "caption", "references", **scores}`.
     """
-    predictions = read_jsonl(predictions_path, "caption")
-    references = read_jsonl(references_path, "captions")
+    predictions = read_captions_jsonl(predictions_path, "caption")
+    references = read_captions_jsonl(references_path, "captions")
     missing = sorted(set(predictions) - set(references))
     if missing:
         raise ValueError(
@@ -159,7 +143,7 @@ def caption_split(model, examples, batch_size, strategy="greedy", num_beams=4,
     """
     import keras
 
-    from vlm.data.pipeline import eval_batches
+    from vlm.data.batching import eval_batches
     from vlm.data.shapes import scene_from_features
 
     cardinality = int(examples.cardinality())
@@ -203,7 +187,9 @@ def evaluate_model(model, data_config, split="test", strategy="greedy", num_beam
         `(metrics, per_image, gallery_entries)`.
     """
     from vlm.data.datasets import load_examples
-    from vlm.data.pipeline import count_pairs, eval_batches, train_batches
+    from vlm.data.batching import count_pairs
+    from vlm.data.batching import eval_batches
+    from vlm.data.batching import train_batches
 
     examples = load_examples(data_config, split, model.image_size)
     if examples is None:

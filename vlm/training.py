@@ -20,9 +20,9 @@ from vlm.callbacks import TerminateOnNaNWithReason
 from vlm.callbacks import atomic_write
 from vlm.callbacks import read_backup
 from vlm.callbacks import write_json_atomically
+from vlm.data.batching import count_pairs
+from vlm.data.batching import train_batches
 from vlm.data.datasets import load_examples
-from vlm.data.pipeline import count_pairs
-from vlm.data.pipeline import train_batches
 from vlm.data.tokenizer import train_tokenizer
 from vlm.distribution import plan_distribution
 from vlm.evaluation import caption_split

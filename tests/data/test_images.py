@@ -1,4 +1,6 @@
-"""Image headers and the decompression-bomb limit: Python and TensorFlow readers agree."""
+"""Image headers and the decompression-bomb limit: Python and TensorFlow readers agree; decoding and resizing."""
+
+import io
 
 import numpy as np
 import pytest
@@ -15,6 +17,8 @@ from vlm.data.images import ImageError
 from vlm.data.images import ImageTooLargeError
 from vlm.data.images import decode_image
 from vlm.data.images import image_dimensions
+from vlm.data.images import load_image
+from vlm.data.images import preprocess_image
 from vlm.data.images import read_image_header
 
 W, H = 37, 23  # odd sizes, so that swapped or off-by-one fields show
@@ -143,3 +147,90 @@ def test_a_truncated_jpeg_has_a_good_header_but_fails_to_decode():
     assert read_image_header(data) == ("JPEG", 64, 64)
     with pytest.raises(tf.errors.InvalidArgumentError, match="JPEG"):
         decode_image(data)
+
+
+# ---------------------------------------------------------------- decoding and resizing
+
+
+def pil_resize(image, size):
+    """Reference for preprocess_image: PIL's antialiased bilinear filter, per channel in float."""
+    channels = [
+        np.asarray(Image.fromarray(image[..., c].astype(np.float32)).resize((size, size), Image.BILINEAR))
+        for c in range(3)
+    ]
+    return np.stack(channels, axis=-1)
+
+
+
+
+@pytest.fixture(scope="module")
+def rgb():
+    return np.random.default_rng(0).integers(0, 256, (6, 7, 3), dtype=np.uint8)
+
+
+def test_decode_png_gray_rgba_16bit_and_palette(rgb):
+    gray = rgb[..., 0]
+    np.testing.assert_array_equal(decode_image(encode(gray, "PNG")), np.repeat(gray[..., None], 3, -1))
+    rgba = np.dstack([rgb, np.full(rgb.shape[:2], 7, np.uint8)])
+    np.testing.assert_array_equal(decode_image(encode(rgba, "PNG")), rgb)  # alpha dropped
+    sixteen = gray.astype(np.uint16) * 257  # exact 8 -> 16 bit scaling
+    png16 = encode(sixteen, "PNG")
+    assert Image.open(io.BytesIO(png16)).mode == "I;16"
+    np.testing.assert_array_equal(decode_image(png16), np.repeat(gray[..., None], 3, -1))
+    palette = Image.fromarray(rgb).convert("P")
+    np.testing.assert_array_equal(decode_image(encode(palette, "PNG")), np.asarray(palette.convert("RGB")))
+
+
+def test_decode_gif_first_frame_bmp_jpeg_webp(rgb):
+    frames = [Image.fromarray(rgb).convert("P"), Image.fromarray(255 - rgb).convert("P")]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:])
+    gif = decode_image(buffer.getvalue())
+    np.testing.assert_array_equal(gif, np.asarray(frames[0].convert("RGB")))
+
+    np.testing.assert_array_equal(decode_image(encode(rgb, "BMP")), rgb)
+    np.testing.assert_array_equal(decode_image(encode(rgb[..., 1], "BMP")), np.repeat(rgb[..., 1:2], 3, -1))
+    np.testing.assert_array_equal(decode_image(encode(rgb, "WEBP", lossless=True)), rgb)
+
+    # TensorFlow's JPEG decoder uses a faster inverse DCT than PIL's: a few levels apart.
+    smooth = np.broadcast_to(np.linspace(60, 180, 16, dtype=np.uint8)[None, :, None], (16, 16, 3)).copy()
+    jpeg = encode(smooth, "JPEG", quality=95)
+    decoded = decode_image(jpeg)
+    assert decoded.dtype == tf.uint8 and decoded.shape == (16, 16, 3)
+    reference = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB")).astype(int)
+    assert np.abs(decoded.numpy().astype(int) - reference).max() <= 3
+    gray_jpeg = decode_image(encode(smooth[..., 0], "JPEG", quality=95))
+    assert gray_jpeg.shape == (16, 16, 3)
+
+
+def test_decode_image_inside_tf_data(rgb):
+    dataset = tf.data.Dataset.from_tensor_slices([encode(rgb, "PNG"), encode(rgb[..., 0], "PNG")])
+    dataset = dataset.map(decode_image)
+    assert dataset.element_spec.shape.as_list() == [None, None, 3]
+    shapes = [image.shape for image in dataset.as_numpy_iterator()]
+    assert shapes == [(6, 7, 3), (6, 7, 3)]
+
+
+@pytest.mark.parametrize("size", [4, 5, 16])
+def test_preprocess_image_matches_pil_bilinear(size):
+    image = np.random.default_rng(size).integers(0, 256, (12, 20, 3), dtype=np.uint8)
+    out = preprocess_image(image, size)
+    assert out.dtype == tf.float32 and out.shape == (size, size, 3)
+    np.testing.assert_allclose(out, pil_resize(image, size), atol=1e-3)
+    assert 0.0 <= out.numpy().min() and out.numpy().max() <= 255.0
+
+
+def test_preprocess_image_clips_and_validates():
+    out = preprocess_image(np.full((4, 4, 3), 300.0, np.float32), 2)
+    np.testing.assert_array_equal(out, np.full((2, 2, 3), 255.0))
+    with pytest.raises(ValueError, match="image_size=0"):
+        preprocess_image(np.zeros((4, 4, 3), np.uint8), 0)
+    with pytest.raises(ValueError, match=r"Received: shape=\(4, 4\)"):
+        preprocess_image(np.zeros((4, 4), np.uint8), 2)
+
+
+def test_load_image(tmp_path, rgb):
+    path = tmp_path / "x.png"
+    path.write_bytes(encode(rgb, "PNG"))
+    np.testing.assert_array_equal(load_image(path), rgb)
+    np.testing.assert_allclose(load_image(str(path), 4), pil_resize(rgb, 4), atol=1e-3)

@@ -1,7 +1,7 @@
 """One entry point from a data config to an examples dataset."""
 
-from vlm.data.pipeline import coco_examples
-from vlm.data.pipeline import folder_examples
+from vlm.data.coco import coco_examples
+from vlm.data.folder import folder_examples
 from vlm.data.shapes import load_shapes
 
 SPLITS = ("train", "validation", "test")

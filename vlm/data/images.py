@@ -18,6 +18,8 @@ import struct
 
 import tensorflow as tf
 
+from vlm.validation import check_positive_int
+
 # 50 megapixels decode to 150 MB of uint8 RGB (600 MB as float32); a larger
 # image is refused before decoding. A 8000x6000 photo is 48 megapixels.
 MAX_IMAGE_PIXELS = 50_000_000
@@ -357,8 +359,7 @@ def preprocess_image(image, image_size):
     >>> preprocess_image(tf.zeros((480, 640, 3), tf.uint8), 224).shape
     TensorShape([224, 224, 3])
     """
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-        raise ValueError(f"`image_size` must be a positive integer. Received: image_size={image_size!r}")
+    image_size = check_positive_int("image_size", image_size)
     image = tf.convert_to_tensor(image)
     if image.shape.rank not in (3, 4) or image.shape[-1] != 3:
         raise ValueError(

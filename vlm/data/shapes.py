@@ -42,6 +42,7 @@ from vlm.scene_vocab import (
     SHAPES,
     SIZES,
 )
+from vlm.validation import check_positive_int
 
 __all__ = [
     "COLORS", "SHAPES", "SIZES", "RELATIONS", "RELATION_PHRASES", "CAPTION_PREFIXES",
@@ -318,13 +319,8 @@ class ShapesCaptionsConfig(tfds.core.BuilderConfig):
 
     def __post_init__(self):
         for field in ("image_size", "train_size", "validation_size", "test_size"):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(
-                    f"`{field}` must be a positive integer. Received: {field}={value!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(
-                f"`seed` must be a non-negative integer. Received: seed={self.seed!r}")
+            check_positive_int(field, getattr(self, field))
+        check_positive_int("seed", self.seed, minimum=0)
         if self.image_size < 16:
             raise ValueError(
                 f"`image_size` must be at least 16. Received: image_size={self.image_size}")

@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from vlm.text import normalize_caption  # noqa: F401  (part of this module's API)
+from vlm.validation import check_positive_int
 
 PAD = "[PAD]"
 UNK = "[UNK]"
@@ -36,14 +37,6 @@ SPECIAL_TOKENS = (PAD, UNK, START, END)
 # separators (spaces), `\p{Cc}` control characters (tab, newline, ...).
 _TF_APOSTROPHES = "['`\u2018\u2019]"
 _TF_TO_SPACE = r"[!-/:-@\[-`{-~]|\p{P}|\p{Z}|\p{Cc}"
-
-
-def _check_int(name, value, minimum=1):
-    """Raises a ValueError naming `name` and the value unless it is an int >= minimum."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(
-            f"`{name}` must be an integer >= {minimum}. Received: {name}={value!r}"
-        )
 
 
 def tf_normalize_caption(text):
@@ -218,7 +211,7 @@ def train_tokenizer(captions, vocabulary_size, *, sequence_length=None, name="ca
     >>> tokenizer.get_vocabulary()[:6]
     ['[PAD]', '[UNK]', '[START]', '[END]', 'a', 'c']
     """
-    _check_int("vocabulary_size", vocabulary_size, minimum=len(SPECIAL_TOKENS) + 1)
+    check_positive_int("vocabulary_size", vocabulary_size, minimum=len(SPECIAL_TOKENS) + 1)
     data = _caption_dataset(captions)
     data = data.map(tf_normalize_caption, num_parallel_calls=tf.data.AUTOTUNE).batch(1024)
     try:
@@ -295,7 +288,7 @@ def pack_captions(tokenizer, captions, sequence_length):
     >>> pack_captions(tokenizer, ["A dog."], sequence_length=4).numpy()
     array([[2, 4, 5, 3, 0]], dtype=int32)
     """
-    _check_int("sequence_length", sequence_length)
+    check_positive_int("sequence_length", sequence_length)
     ids = tuple(tokenizer.token_to_id(token) for token in (START, END, PAD))
     if not tf.executing_eagerly():
         return _pack_graph(tokenizer, captions, sequence_length, ids)

@@ -3,23 +3,14 @@
 import keras
 import numpy as np
 
+from vlm.validation import check_positive_int  # noqa: F401  (vlm.models.text_decoder imports it from here)
+
 # The output projection of attention heads, (batch, length, heads, head_dim)
 # x (heads, head_dim, output) -> (batch, length, output). The letters matter
 # on JAX: jnp.einsum contracts the summed letters in sorted order, so heads
 # must sort before head dims ("h" < "v") for XLA to read the kernel as
 # stored; "btnh,nho->bto" makes it copy a transposed kernel at every call.
 OUTPUT_EQUATION = "bthv,hvo->bto"
-
-
-def check_positive_int(name, value, allow_none=False):
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(
-            f"`{name}` must be a positive integer"
-            + (" or None" if allow_none else "")
-            + f". Received: {name}={value!r}"
-        )
 
 
 def check_dropout(dropout):

@@ -3,9 +3,9 @@
 import keras
 
 from vlm.layers.attention_utils import check_dropout
-from vlm.layers.attention_utils import check_positive_int
 from vlm.layers.causal_self_attention import CausalSelfAttention
 from vlm.layers.cross_attention import CrossAttention
+from vlm.validation import check_positive_int
 
 
 @keras.saving.register_keras_serializable(package="vlm")

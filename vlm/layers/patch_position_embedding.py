@@ -4,6 +4,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from vlm.validation import check_positive_int
+
 
 def sincos_2d(grid_height, grid_width, dim):
     """The MAE/ViT 2D sine-cosine table, `(grid_height * grid_width, dim)`.
@@ -54,11 +56,7 @@ class PatchPositionEmbedding(keras.layers.Layer):
 
     def __init__(self, grid_size, **kwargs):
         super().__init__(**kwargs)
-        if isinstance(grid_size, bool) or not isinstance(grid_size, int) or grid_size <= 0:
-            raise ValueError(
-                f"`grid_size` must be a positive integer. Received: grid_size={grid_size!r}"
-            )
-        self.grid_size = grid_size
+        self.grid_size = check_positive_int("grid_size", grid_size)
 
     def build(self, inputs_shape):
         if inputs_shape[1] is not None and inputs_shape[1] != self.grid_size**2:

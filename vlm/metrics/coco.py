@@ -33,6 +33,7 @@ from collections import Counter
 import numpy as np
 
 from vlm.text import caption_words
+from vlm.validation import check_positive_int
 
 # pycocoevalcap's BLEU smoothing: every modified precision is
 # (correct + 1e-15) / (guess + 1e-9), so a candidate with no n-grams of some
@@ -196,9 +197,8 @@ def bleu(candidates, references, max_n=4):
     >>> round(corpus["bleu_1"], 6)  # precision 1, brevity penalty exp(1 - 6/3)
     0.367879
     """
-    if isinstance(max_n, bool) or not isinstance(max_n, (int, np.integer)) or max_n < 1:
-        raise ValueError(f"`max_n` must be an integer >= 1. Received: max_n={max_n!r}")
-    return _bleu_tokens(*_tokenize_inputs(candidates, references), int(max_n))
+    max_n = check_positive_int("max_n", max_n)
+    return _bleu_tokens(*_tokenize_inputs(candidates, references), max_n)
 
 
 # ---------------------------------------------------------------------------

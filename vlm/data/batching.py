@@ -1,0 +1,252 @@
+"""Batches of examples for training and evaluation (tf.data).
+
+Every example source (`vlm.data.coco`, `vlm.data.folder`, `vlm.data.shapes`)
+yields an *examples* dataset, one element per image, a dict with:
+
+    "image":    uint8 (height, width, 3), any size
+    "captions": tf.string (num_references,), at least one reference
+    "image_id": scalar (int64 for COCO, the file name for folders)
+
+plus any other keys a source adds (the shapes dataset adds "objects").
+`train_batches` and `eval_batches` turn examples into model inputs; they work
+unchanged under the TensorFlow, JAX and PyTorch Keras backends (Keras converts
+tf.data batches for `fit`).
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from vlm.data.images import preprocess_image
+from vlm.data.tokenizer import pack_captions
+from vlm.data.tokenizer import tf_normalize_caption
+from vlm.validation import check_positive_int
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def _check_examples(examples):
+    """Raises a ValueError naming the element_spec if it is not an examples dataset."""
+    if not isinstance(examples, tf.data.Dataset):
+        raise TypeError(
+            f"`examples` must be a tf.data.Dataset. Received: {type(examples).__name__}"
+        )
+    spec = examples.element_spec
+    problems = []
+    if not isinstance(spec, dict):
+        problems.append("elements must be dicts")
+    else:
+        for key in ("image", "captions", "image_id"):
+            if key not in spec:
+                problems.append(f"missing key {key!r}")
+        image, captions = spec.get("image"), spec.get("captions")
+        if image is not None and (
+            getattr(image, "dtype", None) != tf.uint8 or image.shape.rank != 3 or image.shape[-1] != 3
+        ):
+            problems.append("'image' must be uint8 (height, width, 3)")
+        if captions is not None and (
+            getattr(captions, "dtype", None) != tf.string or captions.shape.rank != 1
+        ):
+            problems.append("'captions' must be a tf.string vector")
+    if problems:
+        raise ValueError(
+            "`examples` is not an examples dataset (" + "; ".join(problems) + "). "
+            f"Received: element_spec={spec}"
+        )
+
+
+def train_batches(
+    examples,
+    tokenizer,
+    *,
+    image_size,
+    sequence_length,
+    batch_size,
+    captions_per_image=1,
+    shuffle_buffer=1024,
+    seed=0,
+    repeat=False,
+):
+    """Builds teacher-forcing batches for `keras.Model.fit`, one per (image, caption) pair.
+
+    Each image is resized once (`preprocess_image`), then paired with each of
+    its captions; captions that normalise to "" are skipped. Pairs are
+    shuffled (`shuffle_buffer` pairs, deterministic for a given `seed`),
+    batched with `drop_remainder=True` so every batch has the static shape XLA
+    wants, and tokenized per batch with `pack_captions`.
+
+    With `captions_per_image=k > 1`, an image goes into a batch once with `k`
+    of its captions, in consecutive rows of "tokens": the batch has
+    `batch_size // k` images, and the `Captioner` encodes each image (and
+    projects its cross-attention keys and values) once for its `k` captions.
+    An image with `n` captions gives `ceil(n / k)` such groups per pass, so
+    every caption is seen; the last group is filled up with the image's
+    first captions again.
+
+    Args:
+        examples: an examples dataset (see the module docstring).
+        tokenizer: a `CaptionTokenizer` ([PAD] must be id 0).
+        image_size: int. Square image side S.
+        sequence_length: int. Token sequence length T.
+        batch_size: int. Batch size B, in captions.
+        captions_per_image: int. Captions read with each image in a batch,
+            k; must divide `batch_size`.
+        shuffle_buffer: int. Shuffle buffer size in pairs (in groups of `k`
+            captions when `k > 1`); 0 or None keeps the input order. A pair's image is shared with its image's other
+            pairs, so the buffer costs about `shuffle_buffer / captions per
+            image` images of `S * S * 3` float32.
+        seed: int or None. Shuffle seed; None reshuffles differently each run.
+        repeat: bool. Repeat forever (reshuffling each pass); then give
+            `fit` a `steps_per_epoch`. With a `seed`, every iterator yields
+            the same stream, so `.skip(n)` gives exactly the batches from
+            position `n` on (resuming a run).
+
+    Returns:
+        A `tf.data.Dataset` of `(inputs, labels)`:
+
+            inputs = {"images": float32 (B // k, S, S, 3) in [0, 255],
+                      "tokens": int32 (B, T)}   # [START] w1 w2 ... [END] [PAD]...[:-1]
+            labels = int32 (B, T)               # w1 w2 ... [END] [PAD]...
+
+        `labels[:, i] == packed[:, i + 1]` where `tokens[:, i] == packed[:, i]`;
+        padded label positions are 0 (ignore them, e.g. `ignore_class=0`).
+
+    Example:
+
+    >>> batches = train_batches(coco_examples("train"), tokenizer,
+    ...                         image_size=224, sequence_length=32, batch_size=64)
+    >>> model.fit(batches, epochs=1)
+    """
+    _check_examples(examples)
+    check_positive_int("image_size", image_size)
+    check_positive_int("sequence_length", sequence_length)
+    check_positive_int("batch_size", batch_size)
+    check_positive_int("captions_per_image", captions_per_image)
+    if batch_size % captions_per_image:
+        raise ValueError(
+            "`captions_per_image` must divide `batch_size`. Received: "
+            f"batch_size={batch_size}, captions_per_image={captions_per_image}"
+        )
+    if shuffle_buffer is not None:
+        check_positive_int("shuffle_buffer", shuffle_buffer, minimum=0)
+    k = captions_per_image
+
+    def resize_and_keep_captions(example):
+        captions = example["captions"]
+        captions = tf.boolean_mask(captions, tf.strings.length(tf_normalize_caption(captions)) > 0)
+        return preprocess_image(example["image"], image_size), captions
+
+    def groups_of_captions(image, captions):
+        # (ceil(n / k), k) captions, cycling; k = 1 gives each caption once.
+        count = tf.shape(captions)[0]
+        groups = (count + k - 1) // k
+        index = tf.range(groups * k) % tf.maximum(count, 1)
+        grouped = tf.reshape(tf.gather(captions, index), (groups, k))
+        return tf.data.Dataset.zip(
+            tf.data.Dataset.from_tensors(image).repeat(),
+            tf.data.Dataset.from_tensor_slices(grouped),
+        )
+
+    def to_model_inputs(images, captions):
+        captions = tf.reshape(captions, (-1,))  # (B // k, k) -> (B,), per image
+        packed = pack_captions(tokenizer, captions, sequence_length)  # (B, T + 1)
+        inputs = {"images": images, "tokens": packed[:, :-1]}
+        return inputs, packed[:, 1:]
+
+    pairs = examples.map(resize_and_keep_captions, num_parallel_calls=AUTOTUNE)
+    pairs = pairs.flat_map(groups_of_captions)
+    if shuffle_buffer and repeat and seed is not None:
+        # Built inside flat_map, the shuffle's seed state is new for each
+        # iterator, so every iterator reads the same stream and `skip(n)`
+        # resumes it exactly (Keras opens a second iterator on JAX and PyTorch).
+        source = pairs
+        pairs = tf.data.Dataset.range(1).flat_map(
+            lambda _: source.shuffle(
+                shuffle_buffer, seed=seed, reshuffle_each_iteration=True
+            ).repeat()
+        )
+    else:
+        if shuffle_buffer:
+            pairs = pairs.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        if repeat:
+            pairs = pairs.repeat()
+    batches = pairs.batch(batch_size // k, drop_remainder=True)
+    batches = batches.map(to_model_inputs, num_parallel_calls=AUTOTUNE)
+    return batches.prefetch(AUTOTUNE)
+
+
+def count_pairs(examples, captions_per_image=1):
+    """Number of (image, caption) pairs `train_batches` makes of an examples dataset.
+
+    Captions that normalise to "" are not counted (`train_batches` skips
+    them). With `captions_per_image=k`, each image's count is rounded up to a
+    multiple of k, as `train_batches` fills its last group.
+    """
+    check_positive_int("captions_per_image", captions_per_image)
+    k = captions_per_image
+
+    def count(example):
+        kept = tf.strings.length(tf_normalize_caption(example["captions"])) > 0
+        return (tf.reduce_sum(tf.cast(kept, tf.int32)) + k - 1) // k * k
+
+    counts = examples.map(count)
+    return int(counts.reduce(np.int64(0), lambda total, n: total + tf.cast(n, tf.int64)))
+
+
+def _padding_value(spec):
+    """-1 for signed ints and floats, 0 for unsigned ints, "" for strings, False for bools."""
+    dtype = spec.dtype
+    if dtype == tf.string:
+        return tf.constant("", tf.string)
+    if dtype == tf.bool:
+        return tf.constant(False)
+    if dtype.is_unsigned:
+        return tf.constant(0, dtype)
+    return tf.constant(-1, dtype)
+
+
+def eval_batches(examples, *, image_size, batch_size, max_references=5):
+    """Builds evaluation batches: each image once, with all its references.
+
+    Keys other than "image" and "captions" pass through unchanged, batched
+    with `padded_batch`: variable-length components (for example the shapes
+    dataset's "objects") are padded with -1 for signed integers and floats,
+    0 for unsigned integers, "" for strings and False for booleans. The last
+    batch may be smaller (no `drop_remainder`).
+
+    Args:
+        examples: an examples dataset (see the module docstring).
+        image_size: int. Square image side S.
+        batch_size: int. Batch size B.
+        max_references: int. References kept per image R; fewer are padded
+            with "" and more are truncated (COCO has 5, a few images 6-7).
+
+    Returns:
+        A `tf.data.Dataset` of dicts:
+
+            {"images":   float32 (B, S, S, 3) in [0, 255],
+             "captions": tf.string (B, R), padded with "",
+             "image_id": (B,) as in the examples,
+             ...other example keys, padded as above}
+
+    Example:
+
+    >>> for batch in eval_batches(coco_examples("val"), image_size=224, batch_size=32):
+    ...     predictions = generate(model, batch["images"])
+    """
+    _check_examples(examples)
+    check_positive_int("image_size", image_size)
+    check_positive_int("batch_size", batch_size)
+    check_positive_int("max_references", max_references)
+
+    def prepare(example):
+        example = dict(example)
+        example["images"] = preprocess_image(example.pop("image"), image_size)
+        captions = example["captions"][:max_references]
+        captions = tf.pad(captions, [[0, max_references - tf.shape(captions)[0]]], constant_values="")
+        example["captions"] = tf.ensure_shape(captions, [max_references])
+        return example
+
+    prepared = examples.map(prepare, num_parallel_calls=AUTOTUNE)
+    padding_values = tf.nest.map_structure(_padding_value, prepared.element_spec)
+    batches = prepared.padded_batch(batch_size, padding_values=padding_values)
+    return batches.prefetch(AUTOTUNE)
