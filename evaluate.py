@@ -36,8 +36,10 @@ def parse_args(argv=None):
     parser.add_argument("--split", default="test", choices=("train", "validation", "test"))
     parser.add_argument("--captions-file", help="for --dataset folder: CSV or JSONL")
     parser.add_argument("--data-dir", help="TFDS data folder (default: the vlm cache)")
-    parser.add_argument("--strategy", default="greedy", choices=("greedy", "beam"))
-    parser.add_argument("--beams", type=int, default=4)
+    parser.add_argument("--sampler", default="greedy",
+                        help="decoding strategy: greedy, beam, top_k or top_p "
+                             "(default: %(default)s)")
+    parser.add_argument("--beams", type=int, help="beams for --sampler beam")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-images", type=int, help="only the first N images")
     parser.add_argument("--output", default="results/results.json",
@@ -72,17 +74,19 @@ def _evaluate_model(args):
     if not os.path.exists(args.model):  # a folder gets load_captioner's clearer error
         raise ValueError(f"model file not found: {args.model}")
     from vlm import load_captioner
+    from vlm.cli import sampler_from_args
     from vlm.config import DataConfig
     from vlm.evaluation import evaluate_model
 
+    sampler = sampler_from_args(args)
     data_config = DataConfig(dataset=args.dataset, captions_file=args.captions_file,
                              data_dir=args.data_dir)
     model = load_captioner(args.model)
     print(f"Captioning the {args.dataset} {args.split} split with {args.model}")
     metrics, per_image, entries = evaluate_model(
-        model, data_config, args.split, strategy=args.strategy, num_beams=args.beams,
-        batch_size=args.batch_size, max_images=args.max_images)
-    title = f"{os.path.basename(args.model)} on {args.dataset}/{args.split} ({args.strategy})"
+        model, data_config, args.split, sampler=sampler, batch_size=args.batch_size,
+        max_images=args.max_images)
+    title = f"{os.path.basename(args.model)} on {args.dataset}/{args.split} ({sampler!r})"
     return metrics, per_image, entries, title
 
 

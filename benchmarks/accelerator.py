@@ -16,7 +16,6 @@ import argparse
 import json
 import statistics
 import sys
-import types
 
 from benchmarks.run import GENERATION_BATCHES
 from benchmarks.run import NEW_TOKENS
@@ -90,20 +89,16 @@ def measure_generation(c, vocabulary_size, repeats):
 
     from benchmarks.baseline import build_baseline
     from benchmarks.baseline import make_greedy_generate
-    from vlm.backend import compiled_inference
-    from vlm.generation.generator import sample_loop
-    from vlm.generation.generator import token_selector
+    from benchmarks.run import vocabulary
+    from vlm.data.tokenizer import CaptionTokenizer
     from vlm.models.captioner import build_captioner
+    from vlm.samplers import GreedySampler
 
     keras.utils.set_random_seed(0)
-    ours = build_captioner(c, vocabulary_size)
-    # The loop reads only the special ids; end_token_id -1: always 20 steps.
-    ours.tokenizer = types.SimpleNamespace(start_token_id=2, end_token_id=-1, pad_token_id=0)
-    select = token_selector("greedy", 1, 1.0, 1.0)
-    ours_loop = compiled_inference(
-        lambda images, noise: sample_loop(ours, images, noise, NEW_TOKENS, select),
-        ours.variables,
-    )
+    tokenizer = CaptionTokenizer(vocabulary=vocabulary(vocabulary_size))
+    ours = build_captioner(c, vocabulary_size, tokenizer=tokenizer)
+    tokenizer.end_token_id = -1  # never stop early: always NEW_TOKENS steps
+    ours_loop = ours.make_generate_function(GreedySampler(), NEW_TOKENS)
     baseline_loop = make_greedy_generate(build_baseline(c, vocabulary_size), NEW_TOKENS)
     rng = np.random.default_rng(0)
     results = {}

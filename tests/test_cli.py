@@ -83,9 +83,16 @@ def test_captions_good_files_and_names_bad_ones(image_files, capsys):
 
 def test_all_good_files_exit_zero_with_beam_search(image_files, capsys):
     code = cli.main(["caption", image_files["scene.png"], "--model", MODEL,
-                     "--strategy", "beam", "--beams", "3"])
+                     "--sampler", "beam", "--beams", "3"])
     assert code == 0
     assert capsys.readouterr().out.startswith(image_files["scene.png"] + "\t")
+
+
+def test_a_sampler_flag_that_does_not_apply_is_named(image_files, capsys):
+    code = cli.main(["caption", image_files["scene.png"], "--model", MODEL,
+                     "--sampler", "beam", "--top-k", "3"])
+    assert code == 2
+    assert "error: --top-k does not apply to --sampler beam" in capsys.readouterr().err
 
 
 def test_missing_model_is_named(image_files, capsys):

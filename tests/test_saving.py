@@ -139,7 +139,7 @@ def test_the_shipped_model_passes_the_checks():
     check_keras_file(MODEL)  # raises if anything in it were refused
     with zipfile.ZipFile(MODEL) as archive:
         assert sorted(archive.namelist()) == [
-            "assets/tokenizer/vocabulary.txt", "config.json", "metadata.json",
+            "assets/preprocessor/tokenizer/vocabulary.txt", "config.json", "metadata.json",
             "model.weights.h5"]
 
 
@@ -253,3 +253,30 @@ def test_a_file_with_the_old_kernel_layouts_is_named_and_upgrades_to_the_same_mo
     for a, b in zip(upgraded.weights, shipped.weights):
         assert a.path == b.path
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+
+
+def test_a_file_from_before_the_preprocessor_loads_as_the_same_model(tmp_path):
+    """Files whose Captioner held its tokenizer directly still load and caption alike."""
+    from tests.generation.test_generator import golden_images
+
+    def to_old_config(config):
+        preprocessor = config["config"].pop("preprocessor")
+        config["config"]["tokenizer"] = preprocessor["config"]["tokenizer"]
+
+    with zipfile.ZipFile(MODEL) as archive:
+        vocabulary = archive.read("assets/preprocessor/tokenizer/vocabulary.txt")
+    source = rewrite(MODEL, tmp_path / "source.keras")
+    with zipfile.ZipFile(source) as archive:
+        members = {n: archive.read(n) for n in archive.namelist() if not n.startswith("assets/")}
+    with zipfile.ZipFile(tmp_path / "no_assets.keras", "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    old = rewrite(tmp_path / "no_assets.keras", tmp_path / "old.keras", to_old_config,
+                  extra_members=[("assets/tokenizer/vocabulary.txt", vocabulary)])
+    with zipfile.ZipFile(old) as archive:
+        assert "tokenizer" in json.loads(archive.read("config.json"))["config"]
+    model, shipped = load_captioner(old), load_captioner(MODEL)
+    assert model.preprocessor.image_size == 64 and model.preprocessor.sequence_length == 32
+    assert model.tokenizer.get_vocabulary() == shipped.tokenizer.get_vocabulary()
+    images = golden_images(4)
+    assert model.generate(images) == shipped.generate(images)

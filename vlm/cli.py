@@ -1,8 +1,8 @@
 """`python -m vlm ...`: command-line tools around a trained captioner.
 
-    python -m vlm caption IMAGE... [--model PATH] [--strategy beam --beams 4]
+    python -m vlm caption IMAGE... [--model PATH] [--sampler beam --beams 4]
                                    [--attention-map out.png [--layer N]]
-    python -m vlm export [--model PATH] --output DIR [--strategy greedy|beam --beams N]
+    python -m vlm export [--model PATH] --output DIR [--sampler greedy|beam --beams N]
                          [--max-length N]
 """
 
@@ -25,13 +25,7 @@ def _caption_parser(subparsers):
     parser.add_argument("images", nargs="+", metavar="IMAGE")
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help="a .keras file from train.py (default: %(default)s)")
-    parser.add_argument("--strategy", default="greedy",
-                        choices=("greedy", "beam", "top_k", "top_p"))
-    parser.add_argument("--beams", type=int, default=4, help="beams for --strategy beam")
-    parser.add_argument("--top-k", type=int, default=10)
-    parser.add_argument("--top-p", type=float, default=0.9)
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed")
+    _sampler_arguments(parser, serving_only=False)
     parser.add_argument("--max-length", type=int, default=None, help="new tokens at most")
     parser.add_argument("--attention-map", metavar="PNG",
                         help="write per-word attention heat-maps (one PNG per image; "
@@ -39,6 +33,45 @@ def _caption_parser(subparsers):
     parser.add_argument("--layer", type=int, default=-1,
                         help="decoder block whose attention is drawn (default: last)")
     parser.set_defaults(run=caption_command)
+
+
+# Sampler flags and the constructor argument each sets; a flag left out keeps
+# the sampler's own default.
+SAMPLER_FLAGS = {"beams": "num_beams", "top_k": "k", "top_p": "p",
+                 "temperature": "temperature", "seed": "seed"}
+
+
+def _sampler_arguments(parser, serving_only):
+    kinds = "greedy or beam" if serving_only else "greedy, beam, top_k or top_p"
+    parser.add_argument("--sampler", default="greedy",
+                        help=f"decoding strategy: {kinds} (default: %(default)s)")
+    parser.add_argument("--beams", type=int, help="beams for --sampler beam")
+    if not serving_only:
+        parser.add_argument("--top-k", type=int, help="candidates for --sampler top_k")
+        parser.add_argument("--top-p", type=float, help="probability mass for --sampler top_p")
+        parser.add_argument("--temperature", type=float, help="for top_k and top_p")
+        parser.add_argument("--seed", type=int, help="sampling seed for top_k and top_p")
+
+
+def sampler_from_args(args):
+    """The `Sampler` the flags ask for; a flag that does not apply is an error."""
+    from vlm import samplers  # imports Keras: not before a command needs it
+
+    if args.sampler not in samplers.ALIASES:
+        raise ValueError(f"--sampler must be one of {', '.join(samplers.ALIASES)}. "
+                         f"Received: {args.sampler!r}")
+    cls = samplers.ALIASES[args.sampler]
+    takes = cls().get_config()
+    given = {}
+    for flag, argument in SAMPLER_FLAGS.items():
+        value = getattr(args, flag, None)
+        if value is None:
+            continue
+        if argument not in takes:
+            raise ValueError(f"--{flag.replace('_', '-')} does not apply to --sampler "
+                             f"{args.sampler}")
+        given[argument] = value
+    return cls(**given)
 
 
 def read_images(paths):
@@ -86,6 +119,11 @@ def caption_command(args):
     if not os.path.exists(args.model):
         print(f"error: model file not found: {args.model}", file=sys.stderr)
         return 2
+    try:
+        sampler = sampler_from_args(args)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     images, errors = read_images(args.images)
     for path, message in errors.items():
         print(f"error: {path}: {message}", file=sys.stderr)
@@ -98,12 +136,9 @@ def caption_command(args):
             print(f"error: {error}", file=sys.stderr)
             return 2
         paths = list(images)
-        pixels = [_resize(images[p], model.image_size) for p in paths]
-        details = model.generate(
-            pixels, max_length=args.max_length, strategy=args.strategy,
-            num_beams=args.beams, top_k=args.top_k, top_p=args.top_p,
-            temperature=args.temperature, seed=args.seed, return_details=True,
-        )
+        pixels = model.preprocessor([images[p] for p in paths])
+        details = model.generate(pixels, sampler=sampler, max_length=args.max_length,
+                                 return_details=True)
         for path, caption in zip(paths, details["captions"]):
             print(f"{path}\t{caption}")
         if args.attention_map:
@@ -111,20 +146,9 @@ def caption_command(args):
     return 1 if errors else 0
 
 
-def _resize(image, size):
-    """float32 (size, size, 3) with the training pipeline's resize (TensorFlow).
-
-    Done here rather than in `generate`: TensorFlow resizes a 24-megapixel
-    photo in a fraction of a second, some backends' resize ops take seconds.
-    """
-    from vlm.data.images import preprocess_image
-
-    if image.shape[:2] == (size, size):
-        return image.astype("float32")
-    return preprocess_image(image, size).numpy()
-
-
 def _write_attention_maps(model, paths, pixels, details, args):
+    import keras
+
     from vlm.viz.attention import plot_attention_grid, word_attention
 
     root, extension = os.path.splitext(args.attention_map)
@@ -132,7 +156,7 @@ def _write_attention_maps(model, paths, pixels, details, args):
         out = args.attention_map
         if len(paths) > 1:
             out = f"{root}_{os.path.splitext(os.path.basename(path))[0]}{extension or '.png'}"
-        image = pixels[i]
+        image = keras.ops.convert_to_numpy(pixels[i])
         words, maps = word_attention(model, image, details["token_ids"][i], layer=args.layer)
         plot_attention_grid(image, words, maps, out, caption=details["captions"][i])
         print(f"attention map: {out}", file=sys.stderr)
@@ -146,8 +170,7 @@ def _export_parser(subparsers):
                     "Runs under the TensorFlow backend, in a subprocess if needed.")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="default: %(default)s")
     parser.add_argument("--output", required=True, help="SavedModel folder to write")
-    parser.add_argument("--strategy", default="greedy", choices=("greedy", "beam"))
-    parser.add_argument("--beams", type=int, default=4)
+    _sampler_arguments(parser, serving_only=True)
     parser.add_argument("--max-length", type=int, default=None)
     parser.add_argument("--no-xla", dest="xla", action="store_false",
                         help="do not XLA-compile the decoding loop (for TF runtimes "
@@ -163,12 +186,13 @@ def export_command(args):
     from vlm.saving import check_keras_file
 
     try:
+        sampler = sampler_from_args(args)
         check_keras_file(args.model)  # before a TensorFlow subprocess is started
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    export(args.model, args.output, strategy=args.strategy, num_beams=args.beams,
-           max_length=args.max_length, xla=args.xla)
+    export(args.model, args.output, sampler=sampler, max_length=args.max_length,
+           xla=args.xla)
     print(f"SavedModel: {args.output}")
     return 0
 

@@ -131,8 +131,7 @@ def perplexity(loss):
     return math.exp(min(loss, 700.0))
 
 
-def caption_split(model, examples, batch_size, strategy="greedy", num_beams=4,
-                  keep_images=0):
+def caption_split(model, examples, batch_size, sampler="greedy", keep_images=0):
     """Captions every image of an examples dataset, with a progress bar.
 
     Returns:
@@ -152,7 +151,7 @@ def caption_split(model, examples, batch_size, strategy="greedy", num_beams=4,
     ids, captions, references, scenes, kept_images = [], [], [], [], {}
     for batch in eval_batches(examples, image_size=model.image_size, batch_size=batch_size):
         images = batch["images"].numpy()
-        captions += model.generate(images, strategy=strategy, num_beams=num_beams)
+        captions += model.generate(images, sampler=sampler)
         batch_ids = [_plain(i) for i in batch["image_id"].numpy()]
         ids += batch_ids
         references += [[c.decode() for c in row if c] for row in batch["captions"].numpy()]
@@ -168,16 +167,15 @@ def caption_split(model, examples, batch_size, strategy="greedy", num_beams=4,
     return ids, captions, references, scenes, kept_images
 
 
-def evaluate_model(model, data_config, split="test", strategy="greedy", num_beams=4,
-                   batch_size=64, max_images=None, gallery_size=8):
+def evaluate_model(model, data_config, split="test", sampler="greedy", batch_size=64,
+                   max_images=None, gallery_size=8):
     """Captions a whole split and scores it.
 
     Args:
         model: a `Captioner` (compiled here for the loss if it is not).
         data_config: a `vlm.config.DataConfig` naming the dataset.
         split: "train", "validation" or "test".
-        strategy: "greedy" or "beam".
-        num_beams: beams for beam search.
+        sampler: a `vlm.samplers` name or `Sampler` ("greedy", "beam", ...).
         batch_size: images per generation batch.
         max_images: evaluate only the first images (None: all).
         gallery_size: sample images drawn in the gallery (plus as many of
@@ -186,6 +184,7 @@ def evaluate_model(model, data_config, split="test", strategy="greedy", num_beam
     Returns:
         `(metrics, per_image, gallery_entries)`.
     """
+    from vlm import samplers
     from vlm.data.datasets import load_examples
     from vlm.data.batching import count_pairs
     from vlm.data.batching import eval_batches
@@ -197,11 +196,9 @@ def evaluate_model(model, data_config, split="test", strategy="greedy", num_beam
     if max_images:
         examples = examples.take(max_images)
     ids, captions, references, scenes, kept_images = caption_split(
-        model, examples, batch_size, strategy=strategy, num_beams=num_beams,
-        keep_images=gallery_size,
-    )
+        model, examples, batch_size, sampler=sampler, keep_images=gallery_size)
     metrics, per_image = score(ids, captions, references, scenes or None)
-    metrics.update(split=split, strategy=strategy, dataset=data_config.dataset)
+    metrics.update(split=split, sampler=repr(samplers.get(sampler)), dataset=data_config.dataset)
 
     if not model.compiled:
         model.compile()  # the masked caption loss and token accuracy

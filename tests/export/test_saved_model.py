@@ -15,6 +15,7 @@ import tensorflow as tf
 from tests.data.image_files import odd_images
 from tests.data.image_files import png_bomb
 from tests.generation.test_generator import MODEL, golden_images
+from vlm.samplers import BeamSampler
 from vlm import load_captioner
 from vlm.data.images import decode_image
 from vlm.export.saved_model import export
@@ -151,7 +152,12 @@ def test_model_trained_on_this_backend_exports_and_serves_its_captions(tmp_path,
     path = str(tmp_path / f"trained_{keras.config.backend()}.keras")
     model.save(path)
     folder = str(tmp_path / "serving")
-    export(path, folder, strategy="beam", num_beams=3)
+    export(path, folder, sampler=BeamSampler(num_beams=3))
     served = serve_in_fresh_process(folder, image_files[:4])
-    expected = model.generate(images, strategy="beam", num_beams=3)
+    expected = model.generate(images, sampler=BeamSampler(num_beams=3))
     assert served["captions"] == expected
+
+
+def test_only_deterministic_samplers_are_served(tmp_path):
+    with pytest.raises(ValueError, match="greedy or beam.*Received: sampler=TopKSampler"):
+        export(MODEL, str(tmp_path / "x"), sampler="top_k")

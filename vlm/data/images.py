@@ -341,9 +341,11 @@ def decode_image(contents, max_pixels=MAX_IMAGE_PIXELS):
 def preprocess_image(image, image_size):
     """Resizes images to a square with antialiased bilinear filtering.
 
-    The aspect ratio is not kept (no crop, no padding), so the whole image is
-    seen. Antialiasing makes downscaling average over the source pixels
-    (like PIL) instead of sampling them.
+    The one resize of vlm: training and evaluation data, generation, the
+    caption command and the SavedModel all call it. The aspect ratio is not
+    kept (no crop, no padding), so the whole image is seen. Antialiasing
+    makes downscaling average over the source pixels (like PIL) instead of
+    sampling them; an image already at the size is returned unresampled.
 
     Args:
         image: `(height, width, 3)` or `(batch, height, width, 3)` tensor,
@@ -367,8 +369,47 @@ def preprocess_image(image, image_size):
             f"Received: shape={image.shape}"
         )
     image = tf.cast(image, tf.float32)
-    image = tf.image.resize(image, (image_size, image_size), method="bilinear", antialias=True)
+    target = tf.TensorShape([image_size, image_size])
+    static = image.shape[-3:-1]
+
+    def resize():
+        return tf.image.resize(image, (image_size, image_size), method="bilinear",
+                               antialias=True)
+
+    # An image already at the size is kept as is (no resampling).
+    if static.is_fully_defined():
+        image = image if static == target else resize()
+    else:
+        same = tf.reduce_all(tf.equal(tf.shape(image)[-3:-1], image_size))
+        image = tf.cond(same, lambda: image, resize)
+        image.set_shape(image.shape[:-3].concatenate([image_size, image_size, 3]))
     return tf.clip_by_value(image, 0.0, 255.0)
+
+
+def to_rgb_float(images):
+    """Images of any dtype and channel count as float32 RGB in [0, 255].
+
+    uint8 and floats (taken to be in [0, 255]) keep their values, uint16 is
+    scaled to 8 bits; grayscale is repeated to RGB and an alpha channel
+    dropped (not composited). The rules `decode_image` applies to files,
+    for arrays.
+
+    Args:
+        images: `(..., height, width, channels)` array or tensor, channels
+            1, 3 or 4.
+
+    Returns:
+        float32 tensor `(..., height, width, 3)`.
+    """
+    images = tf.convert_to_tensor(images)
+    channels = images.shape[-1]
+    if channels not in (1, 3, 4):
+        raise ValueError(f"Images need 1, 3 or 4 channels. Received: shape={tuple(images.shape)}")
+    scale = 257.0 if images.dtype == tf.uint16 else 1.0
+    images = tf.cast(images, tf.float32) / scale if scale != 1.0 else tf.cast(images, tf.float32)
+    if channels == 1:
+        images = tf.repeat(images, 3, axis=-1)
+    return images[..., :3]
 
 
 def load_image(path, image_size=None):

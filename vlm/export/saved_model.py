@@ -1,8 +1,10 @@
 """Exports a `Captioner` as a TF SavedModel: encoded image bytes in, captions out.
 
 Everything runs inside the graph: image decoding (JPEG, PNG, BMP, GIF,
-WebP; grayscale, RGBA and 16-bit PNG become RGB), resizing, the ViT, the cached decoding loop (XLA-compiled, image keys and
-values computed once) and detokenization. The graph uses core TensorFlow ops
+WebP; grayscale, RGBA and 16-bit PNG become RGB) and resizing by the
+model's own `CaptionerPreprocessor`, the ViT, the cached decoding loop of
+`Captioner.generate_step` (XLA-compiled, image keys and values computed
+once) and detokenization. The graph uses core TensorFlow ops
 only, so any TensorFlow runtime (TF Serving, `tf.saved_model.load` without
 keras or vlm) can run it.
 
@@ -27,12 +29,14 @@ import sys
 import keras
 import tensorflow as tf
 
-from vlm.data.images import decode_image
-from vlm.generation.generator import beam_search, sample_loop, token_selector
+from vlm import samplers
+
+# Samplers a SavedModel serves: the deterministic ones (a sampling seed
+# would be baked into the graph).
+SERVING_SAMPLERS = (samplers.GreedySampler, samplers.BeamSampler)
 
 
-def export(model_path, output_dir, strategy="greedy", num_beams=4, max_length=None,
-           xla=True):
+def export(model_path, output_dir, sampler="greedy", max_length=None, xla=True):
     """Exports the `.keras` model at `model_path` to a SavedModel in `output_dir`.
 
     Runs in this process under the TensorFlow backend, else in a
@@ -42,15 +46,15 @@ def export(model_path, output_dir, strategy="greedy", num_beams=4, max_length=No
         model_path: a `.keras` file from `train.py` (any backend trained it).
         output_dir: the SavedModel folder to write (for TF Serving, a
             version folder such as `models/shapes/1`).
-        strategy: "greedy" or "beam".
-        num_beams: beams for "beam".
+        sampler: "greedy", "beam", or a `GreedySampler` / `BeamSampler`.
         max_length: new tokens at most (default: the model's longest).
         xla: compile the decoding loop with XLA (`jit_compile=True`); turn it
             off for a TensorFlow runtime built without XLA.
     """
+    sampler = _serving_sampler(sampler)
     if keras.config.backend() != "tensorflow":
         command = [sys.executable, "-m", "vlm", "export", "--model", model_path,
-                   "--output", output_dir, "--strategy", strategy, "--beams", str(num_beams)]
+                   "--output", output_dir, *_sampler_flags(sampler)]
         if max_length:
             command += ["--max-length", str(max_length)]
         if not xla:
@@ -62,24 +66,16 @@ def export(model_path, output_dir, strategy="greedy", num_beams=4, max_length=No
         return output_dir
     from vlm import load_captioner
 
-    return export_model(load_captioner(model_path), output_dir, strategy, num_beams,
-                        max_length, xla)
+    return export_model(load_captioner(model_path), output_dir, sampler, max_length, xla)
 
 
-def export_model(model, output_dir, strategy="greedy", num_beams=4, max_length=None,
-                 xla=True):
+def export_model(model, output_dir, sampler="greedy", max_length=None, xla=True):
     """Writes the serving SavedModel of an in-memory `Captioner` (TensorFlow backend)."""
     if keras.config.backend() != "tensorflow":
         raise RuntimeError("export_model needs KERAS_BACKEND=tensorflow; use `export`.")
-    if strategy not in ("greedy", "beam"):
-        raise ValueError(f"`strategy` must be 'greedy' or 'beam'. Received: {strategy!r}")
-    max_length = max_length or model.sequence_length - 1
-    if not 1 <= max_length <= model.sequence_length - 1:
-        raise ValueError(
-            f"`max_length` must be in [1, {model.sequence_length - 1}]. "
-            f"Received: max_length={max_length}"
-        )
-    module = _ServingModule(model, strategy, num_beams, max_length, xla)
+    sampler = _serving_sampler(sampler)
+    max_length = model.resolve_max_length(max_length)
+    module = _ServingModule(model, sampler, max_length, xla)
     signatures = {
         "serving_default": module.serve_bytes.get_concrete_function(),
         "serve_pixels": module.serve_pixels.get_concrete_function(),
@@ -89,29 +85,26 @@ def export_model(model, output_dir, strategy="greedy", num_beams=4, max_length=N
 
 
 class _ServingModule(tf.Module):
-    def __init__(self, model, strategy, num_beams, max_length, xla):
+    def __init__(self, model, sampler, max_length, xla):
         super().__init__(name="captioner_serving")
         # The Keras model stays out of tf.Module tracking; its tf.Variables
         # are tracked here so that the SavedModel stores them.
         self._variables = [v.value for v in model.variables]
         tokenizer = model.tokenizer
         size = model.image_size
-        self._size = size
+        preprocessor = model.preprocessor  # a local: kept out of tf.Module tracking
         self._vocabulary = tf.constant(tokenizer.get_vocabulary())
         self._special = tf.constant([tokenizer.pad_token_id, tokenizer.start_token_id,
                                      tokenizer.end_token_id], tf.int32)
         self._end = tokenizer.end_token_id
-        if strategy == "beam":
-            decode = lambda images: beam_search(model, images, max_length, num_beams)
-        else:
-            select = token_selector("greedy", 1, 1.0, 1.0)
-            noise = tf.zeros((max_length, 1, 1))
-            decode = lambda images: sample_loop(model, images, noise, max_length, select)
-        self._decode = tf.function(decode, jit_compile=xla)
+        noise = tf.constant(sampler.noise(max_length, 1, 1))
+        self._decode = tf.function(
+            lambda images: model.generate_step(images, noise, sampler, max_length),
+            jit_compile=xla)
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
         def serve_bytes(images):
-            pixels = tf.map_fn(self._decode_one, images,
+            pixels = tf.map_fn(lambda contents: decode_one(preprocessor, contents), images,
                                fn_output_signature=tf.TensorSpec([size, size, 3],
                                                                  tf.float32))
             return self._caption(pixels)
@@ -119,21 +112,10 @@ class _ServingModule(tf.Module):
         @tf.function(input_signature=[
             tf.TensorSpec([None, None, None, 3], tf.float32, name="images")])
         def serve_pixels(images):
-            return self._caption(self._resize(images))
+            return self._caption(preprocessor.resize(images))
 
         self.serve_bytes = serve_bytes
         self.serve_pixels = serve_pixels
-
-    def _resize(self, images):
-        resized = tf.image.resize(images, (self._size, self._size), antialias=True)
-        same = tf.reduce_all(tf.equal(tf.shape(images)[1:3], self._size))
-        return tf.clip_by_value(tf.cond(same, lambda: images, lambda: resized), 0.0, 255.0)
-
-    def _decode_one(self, contents):
-        # The header is checked first (empty, unknown format, over
-        # MAX_IMAGE_PIXELS): a decompression bomb is refused undecoded.
-        image = tf.cast(decode_image(contents), tf.float32)
-        return self._resize(image[None])[0]
 
     def _caption(self, pixels):
         def run():
@@ -154,3 +136,28 @@ class _ServingModule(tf.Module):
                                        ~(ended | special))
         joined = tf.strings.reduce_join(words, axis=1, separator=" ")
         return tf.strings.regex_replace(joined, " ##", "")
+
+
+def decode_one(preprocessor, contents):
+    """One encoded image to model-ready pixels, with the model's preprocessor.
+
+    The header is checked first (empty, unknown format, over
+    MAX_IMAGE_PIXELS): a decompression bomb is refused undecoded.
+    """
+    return preprocessor.resize(preprocessor.decode_image(contents))
+
+
+def _serving_sampler(sampler):
+    sampler = samplers.get(sampler)
+    if type(sampler) not in SERVING_SAMPLERS:
+        raise ValueError(
+            f"A SavedModel serves a greedy or beam sampler (deterministic). "
+            f"Received: sampler={sampler!r}")
+    return sampler
+
+
+def _sampler_flags(sampler):
+    """The `python -m vlm export` flags that name `sampler`."""
+    if isinstance(sampler, samplers.BeamSampler):
+        return ["--sampler", "beam", "--beams", str(sampler.num_beams)]
+    return ["--sampler", "greedy"]

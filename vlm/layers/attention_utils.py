@@ -3,7 +3,6 @@
 import keras
 import numpy as np
 
-from vlm.validation import check_positive_int  # noqa: F401  (vlm.models.text_decoder imports it from here)
 
 # The output projection of attention heads, (batch, length, heads, head_dim)
 # x (heads, head_dim, output) -> (batch, length, output). The letters matter

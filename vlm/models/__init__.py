@@ -1,1 +1,10 @@
-"""The captioning model: ViT encoder, text decoder, captioner."""
+"""The captioning model: ViT encoder, text decoder, captioner and its preprocessor."""
+
+from vlm.models.captioner import Captioner
+from vlm.models.captioner import build_captioner
+from vlm.models.captioner_preprocessor import CaptionerPreprocessor
+from vlm.models.image_encoder import ImageEncoder
+from vlm.models.text_decoder import TextDecoder
+
+__all__ = ["Captioner", "CaptionerPreprocessor", "ImageEncoder", "TextDecoder",
+           "build_captioner"]

@@ -1,9 +1,13 @@
 """`Captioner`: the image encoder and text decoder, trained with `fit`."""
 
 import keras
+import numpy as np
 from keras import ops
 
+from vlm import samplers
+from vlm.backend import compiled_inference
 from vlm.backend import replica_sum
+from vlm.models.captioner_preprocessor import CaptionerPreprocessor
 from vlm.models.image_encoder import ImageEncoder
 from vlm.models.text_decoder import TextDecoder
 
@@ -84,22 +88,29 @@ class Captioner(keras.Model):
 
     Takes `{"images": (B, H, W, 3) floats in [0, 255], "tokens": (B, T)}` and
     returns next-token logits `(B, T, vocabulary_size)` (float32). The model
-    holds its tokenizer, so a saved `.keras` file alone can caption images.
+    holds its `CaptionerPreprocessor` (image rules and tokenizer), so a saved
+    `.keras` file alone can caption images.
 
     Args:
         encoder: an `ImageEncoder`.
         decoder: a `TextDecoder`.
-        tokenizer: optional keras-hub tokenizer (saved with the model).
+        preprocessor: optional `CaptionerPreprocessor` (saved with the model).
+        tokenizer: optional tokenizer, instead of `preprocessor`: the model
+            then makes its preprocessor from it and its own sizes.
         **kwargs: Base `keras.Model` arguments (`name`, ...).
 
     Example:
 
-    >>> model = Captioner(encoder, decoder, tokenizer)
+    >>> model = Captioner(encoder, decoder, tokenizer=tokenizer)
     >>> model.compile(optimizer="adamw")   # masked loss and accuracy
     >>> model.fit(train_batches, epochs=1)
+    >>> model.generate(images, sampler="beam")
     """
 
-    def __init__(self, encoder, decoder, tokenizer=None, **kwargs):
+    def __init__(self, encoder, decoder, preprocessor=None, tokenizer=None, **kwargs):
+        if preprocessor is not None and tokenizer is not None:
+            raise ValueError("Pass `preprocessor` or `tokenizer`, not both: the "
+                             "preprocessor holds the tokenizer.")
         images = keras.Input(
             (encoder.image_size, encoder.image_size, 3), name="images"
         )
@@ -110,37 +121,29 @@ class Captioner(keras.Model):
         )
         self.encoder = encoder
         self.decoder = decoder
-        self.tokenizer = tokenizer
+        if tokenizer is not None:
+            preprocessor = CaptionerPreprocessor(
+                tokenizer, encoder.image_size, decoder.sequence_length, name="preprocessor")
+        self.preprocessor = preprocessor
 
-    def generate(
-        self,
-        images,
-        max_length=None,
-        strategy="greedy",
-        num_beams=4,
-        top_k=10,
-        top_p=0.9,
-        temperature=1.0,
-        seed=0,
-        return_details=False,
-    ):
+    @property
+    def tokenizer(self):
+        return None if self.preprocessor is None else self.preprocessor.tokenizer
+
+    def generate(self, images, sampler="greedy", max_length=None, return_details=False):
         """Captions a batch of images.
 
         The images are encoded once and every decoder block's cross-attention
         keys and values computed once; the decoding loop runs compiled (XLA on
-        TensorFlow and JAX; eager under no-grad on PyTorch).
+        TensorFlow and JAX; eager under no-grad on PyTorch), once per sampler
+        setting and `max_length` for the model's lifetime.
 
         Args:
             images: a `(batch, H, W, C)` array or tensor, or a list of images
-                of any sizes (uint8, uint16 or floats in [0, 255]; grayscale
-                and RGBA are converted).
+                of any sizes (see `CaptionerPreprocessor`).
+            sampler: "greedy", "beam", "top_k", "top_p" (default settings) or
+                a `vlm.samplers.Sampler`, such as `BeamSampler(num_beams=2)`.
             max_length: new tokens at most (default `sequence_length - 1`).
-            strategy: "greedy", "beam", "top_k" or "top_p".
-            num_beams: beams for "beam".
-            top_k: candidates kept for "top_k".
-            top_p: probability mass kept for "top_p".
-            temperature: softens (>1) or sharpens (<1) sampling.
-            seed: int; the same seed gives the same samples on every backend.
             return_details: also return the token ids and the sequences'
                 log-probabilities.
 
@@ -149,16 +152,83 @@ class Captioner(keras.Model):
             `captions`, `token_ids` (batch, max_length) and `log_probs`
             (batch,).
         """
-        # Generation builds on the model, so it is imported where it is used.
-        from vlm.generation.generator import CaptionGenerator
+        sampler = samplers.get(sampler)
+        max_length = self.resolve_max_length(max_length)
+        if self.preprocessor is None:
+            raise ValueError("This model has no preprocessor: it cannot turn ids into "
+                             "captions.")
+        pixels = self.preprocessor(images)
+        batch = int(ops.shape(pixels)[0])
+        if batch == 0:
+            ids, log_probs = np.zeros((0, max_length), "int32"), np.zeros((0,), "float32")
+        else:
+            noise = sampler.noise(max_length, batch, self.decoder.vocabulary_size)
+            ids, log_probs = self.make_generate_function(sampler, max_length)(pixels, noise)
+            ids = ops.convert_to_numpy(ids).astype("int32")
+            log_probs = ops.convert_to_numpy(log_probs).astype("float32")
+        captions = self.preprocessor.detokenize(ids) if batch else []
+        if return_details:
+            return {"captions": captions, "token_ids": ids, "log_probs": log_probs}
+        return captions
 
-        if getattr(self, "_caption_generator", None) is None:
-            self._caption_generator = CaptionGenerator(self)
-        return self._caption_generator(
-            images, max_length=max_length, strategy=strategy, num_beams=num_beams,
-            top_k=top_k, top_p=top_p, temperature=temperature, seed=seed,
-            return_details=return_details,
-        )
+    def make_generate_function(self, sampler, max_length):
+        """`generate_step` compiled for this setting (`vlm.backend.compiled_inference`).
+
+        Made once per `(sampler.trace_key(), max_length)` and kept: later
+        calls, other seeds and weight updates reuse it.
+        """
+        if getattr(self, "_generate_functions", None) is None:
+            self._generate_functions = {}
+        key = (sampler.trace_key(), max_length)
+        if key not in self._generate_functions:
+            self._generate_functions[key] = compiled_inference(
+                lambda images, noise: self.generate_step(images, noise, sampler, max_length),
+                self.variables)
+        return self._generate_functions[key]
+
+    def generate_step(self, images, noise, sampler, max_length):
+        """Decodes a batch of model-ready images; traceable (`keras.ops` only).
+
+        Args:
+            images: float32 `(batch, S, S, 3)` in [0, 255] (the preprocessor's
+                output).
+            noise: the sampler's `noise(max_length, batch, vocabulary_size)`.
+            sampler: a `vlm.samplers.Sampler`.
+            max_length: int, new tokens at most.
+
+        Returns:
+            `(ids, log_probs)`: int32 `(batch, max_length)` and float32
+            `(batch,)`.
+        """
+        tokenizer = self.tokenizer
+        patches = self.encoder(images, training=False)
+        context_caches = self.decoder.compute_context_caches(patches)  # once per image
+        # With beams, rows i * beams ... read image i's keys and values, not
+        # a copy per beam (`CrossAttention` shares a context between rows).
+        rows = ops.shape(context_caches[0][0])[0] * sampler.rows_per_input
+        caches = self.decoder.empty_caches(rows, max_length)
+        tokens = ops.concatenate(
+            [ops.full((rows, 1), tokenizer.start_token_id, "int32"),
+             ops.full((rows, max_length), tokenizer.pad_token_id, "int32")], axis=1)
+
+        def next(tokens, caches, index):
+            current = ops.take(tokens, ops.expand_dims(index, 0), axis=1)  # (rows, 1)
+            logits, caches = self.decoder.call_with_cache(current, context_caches, caches, index)
+            return ops.log_softmax(ops.cast(logits[:, 0], "float32"), axis=-1), caches
+
+        return sampler(next, tokens, caches, noise, max_length, tokenizer.end_token_id,
+                       tokenizer.pad_token_id)
+
+    def resolve_max_length(self, max_length):
+        """`max_length`, or the longest the model allows when None; checked."""
+        longest = self.sequence_length - 1
+        max_length = longest if max_length is None else max_length
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or not (
+                1 <= max_length <= longest):
+            raise ValueError(
+                f"`max_length` must be an int in [1, {longest}] (the model's "
+                f"sequence_length - 1). Received: max_length={max_length!r}")
+        return max_length
 
     @property
     def image_size(self):
@@ -189,17 +259,17 @@ class Captioner(keras.Model):
             "trainable": self.trainable,
             "encoder": keras.saving.serialize_keras_object(self.encoder),
             "decoder": keras.saving.serialize_keras_object(self.decoder),
-            "tokenizer": (
+            "preprocessor": (
                 None
-                if self.tokenizer is None
-                else keras.saving.serialize_keras_object(self.tokenizer)
+                if self.preprocessor is None
+                else keras.saving.serialize_keras_object(self.preprocessor)
             ),
         }
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        for key in ("encoder", "decoder", "tokenizer"):
+        for key in ("encoder", "decoder", "preprocessor", "tokenizer"):
             if config.get(key) is not None:
                 config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)

@@ -4,7 +4,7 @@ import keras
 import keras_hub
 from keras import ops
 
-from vlm.layers.attention_utils import check_positive_int
+from vlm.validation import check_positive_int
 from vlm.layers.decoder_block import DecoderBlock
 
 
@@ -135,6 +135,36 @@ class TextDecoder(keras.layers.Layer):
         """Every block's cross-attention `(key, value)`, computed once."""
         return [block.cross_attention.compute_context_cache(context)
                 for block in self.blocks]
+
+    def empty_caches(self, batch, max_length):
+        """Zero self-attention caches for `max_length` positions, one per block.
+
+        Each is `(batch, 2, heads, max_length, head_dim)`, heads first as the
+        attention reads it. A list rather than one stacked array, which a
+        decoding loop would slice and restack (copy) at every step.
+        """
+        head_dim = self.hidden_dim // self.num_heads
+        shape = (batch, 2, self.num_heads, max_length, head_dim)
+        return [ops.zeros(shape, dtype=self.compute_dtype) for _ in range(self.num_layers)]
+
+    def call_with_cache(self, tokens, context_caches, self_attention_caches, cache_index):
+        """One cached decoding step: the decoder from position `cache_index` on.
+
+        Args:
+            tokens: int `(batch, length)`, the tokens at positions
+                `cache_index ...` (usually one).
+            context_caches: `compute_context_caches(context)`.
+            self_attention_caches: `empty_caches(...)` or the caches this
+                method returned at the previous step.
+            cache_index: int scalar tensor, the position of `tokens[:, 0]`.
+
+        Returns:
+            `(logits, self_attention_caches)`: float32 `(batch, length,
+            vocabulary_size)` and the caches with these positions written.
+        """
+        return self(tokens, None, context_caches=context_caches,
+                    self_attention_caches=self_attention_caches, cache_index=cache_index,
+                    training=False)
 
     def call(
         self,
