@@ -1,7 +1,6 @@
 """`python -m vlm caption`: files in every accepted format, and bad ones named."""
 
 import io
-import os
 
 import numpy as np
 import PIL.Image

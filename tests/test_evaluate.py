@@ -69,7 +69,8 @@ def test_predictions_mode_needs_no_backend(prediction_files, tmp_path):
     ('{"image_id": 1, "caption": "a"}\nnot json\n', "preds.jsonl, line 2: bad JSON"),
     ('{"image_id": 1}\n', "preds.jsonl, line 1: expected keys 'image_id' and 'caption'"),
     ('{"image_id": 1, "caption": 5}\n', "preds.jsonl, line 1: 'caption' must be a string"),
-    ('{"image_id": 9, "caption": "a"}\n', "no references for 1 predicted image(s), e.g. image_id '9'"),
+    ('{"image_id": 9, "caption": "a"}\n',
+     "no references for 1 predicted image(s), e.g. image_id '9'"),
 ])
 def test_bad_prediction_files_name_the_line(prediction_files, tmp_path, capsys, content, message):
     _, refs = prediction_files
@@ -124,8 +125,8 @@ def test_evaluating_a_folder_skips_bad_images_and_names_them(tmp_path, capfd):
     csv = data.captions_file
     assert [str(w.message) for w in record] == [
         f"{csv}, line 3: skipping image 'empty.png': empty file (0 bytes)",
-        f"{csv}, line 5: skipping image 'bomb.png': the image is 10000x6000 (60.0 megapixels), over "
-        "the limit of 50 megapixels (MAX_IMAGE_PIXELS): refused before decoding as a "
+        f"{csv}, line 5: skipping image 'bomb.png': the image is 10000x6000 (60.0 megapixels), "
+        "over the limit of 50 megapixels (MAX_IMAGE_PIXELS): refused before decoding as a "
         "possible decompression bomb",
     ]
     model = load_captioner(MODEL)

@@ -12,7 +12,9 @@ def test_positive_ints_pass_and_come_back_as_python_ints(value):
     assert result == int(value) and type(result) is int
 
 
-@pytest.mark.parametrize("value", [0, -1, np.int64(0), True, False, np.bool_(True), 1.0, 2.5, "3", None, [1]])
+@pytest.mark.parametrize(
+    "value", [0, -1, np.int64(0), True, False, np.bool_(True), 1.0, 2.5, "3", None, [1]]
+)
 def test_everything_else_is_refused_with_name_and_value(value):
     with pytest.raises(ValueError) as error:
         check_positive_int("batch_size", value)
@@ -35,7 +37,9 @@ def test_minimum_zero_accepts_zero_and_says_non_negative():
     for value in (-1, False, 0.0):
         with pytest.raises(ValueError) as error:
             check_positive_int("seed", value, minimum=0)
-        assert str(error.value) == f"`seed` must be a non-negative integer. Received: seed={value!r}"
+        assert str(error.value) == (
+            f"`seed` must be a non-negative integer. Received: seed={value!r}"
+        )
 
 
 def test_a_larger_minimum_is_named_in_the_message():

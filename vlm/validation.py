@@ -28,7 +28,11 @@ def check_positive_int(name, value, allow_none=False, minimum=1):
     """
     if value is None and allow_none:
         return None
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
+    if (
+        isinstance(value, (bool, np.bool_))
+        or not isinstance(value, (int, np.integer))
+        or value < minimum
+    ):
         if minimum == 1:
             kind = "a positive integer"
         elif minimum == 0:

@@ -1,4 +1,5 @@
-"""Shared by the batching, COCO and folder tests: sizes, a vocabulary, tiny examples, a tiny model."""
+"""Shared by the batching, COCO and folder tests: sizes, a vocabulary, tiny examples, a tiny
+model."""
 
 import keras
 import numpy as np

@@ -55,7 +55,9 @@ def test_train_batches_one_pair_per_caption_with_shuffling(tokenizer):
     for i, caps in enumerate(CAPTIONS):
         for row in pack_captions(tokenizer, [c for c in caps if c != "..."], T).numpy():
             expected[(40 * (i + 1), tuple(row[:-1]))] += 1
-    got = collections.Counter((round(float(img.mean())), tuple(tok)) for img, tok in zip(images, tokens))
+    got = collections.Counter(
+        (round(float(img.mean())), tuple(tok)) for img, tok in zip(images, tokens)
+    )
     assert got == expected
 
 

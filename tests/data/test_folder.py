@@ -76,7 +76,8 @@ def test_folder_examples_jsonl_both_forms_default_image_dir(image_folder):
         ("image,caption\nb.png,a cat, sitting\n", 2, r"found 3.*quote captions"),
         ("image,caption\n,a dog\n", 2, r"image name must be a non-empty string"),
         ("img,text\na.jpg,a dog\n", 1, r"header must name the columns"),
-        ("image,caption\na.jpg,a dog\nb.png,caf\xe9\n", 3, r"not UTF-8 text \(byte 0xe9 at offset 35\)"),
+        ("image,caption\na.jpg,a dog\nb.png,caf\xe9\n", 3,
+         r"not UTF-8 text \(byte 0xe9 at offset 35\)"),
     ],
 )
 def test_folder_examples_csv_errors(tmp_path, image_folder, text, line, match):
@@ -90,10 +91,12 @@ def test_folder_examples_csv_errors(tmp_path, image_folder, text, line, match):
 @pytest.mark.parametrize(
     "lines, line, match",
     [
-        (['{"image": "a.jpg", "caption": "ok"}', '{"image": "a.jpg", "caption": "x"'], 2, "bad JSON"),
+        (['{"image": "a.jpg", "caption": "ok"}', '{"image": "a.jpg", "caption": "x"'], 2,
+         "bad JSON"),
         (['{"image": "a.jpg", "caption": "ok"}', '{"image": "a.jpg", "captions": "x"}'], 2,
          "must be a non-empty list"),
-        (['{"image": "a.jpg", "caption": 3}'], 1, r"caption must be a non-empty string\. Received: 3"),
+        (['{"image": "a.jpg", "caption": 3}'], 1,
+         r"caption must be a non-empty string\. Received: 3"),
         (['{"image": 7, "caption": "a dog"}'], 1, "image name must be a non-empty string"),
         (['{"image": "a.jpg"}'], 1, "exactly one of the keys"),
         (['{"image": "a.jpg", "caption": "x"}', '["a.jpg", "x"]'], 2, "expected a JSON object"),
@@ -118,7 +121,7 @@ def test_folder_examples_missing_file_or_folder(tmp_path, image_folder):
         folder_examples(path, tmp_path / "nowhere")
 
 
-# ---------------------------------------------------------------- bad images and captions in folders
+# ------------------------------------------------------------ bad images and captions in folders
 
 # Images of the messy folder in file order; bad ones are named in BAD_ROWS.
 GOOD = ["gray.png", "rgba.png", "deep.png", "scene.jpg", "scene.gif", "scene.bmp", "scene.webp"]

@@ -1,4 +1,5 @@
-"""Image headers and the decompression-bomb limit: Python and TensorFlow readers agree; decoding and resizing."""
+"""Image headers and the decompression-bomb limit: Python and TensorFlow readers agree; decoding
+and resizing."""
 
 import io
 
@@ -155,7 +156,9 @@ def test_a_truncated_jpeg_has_a_good_header_but_fails_to_decode():
 def pil_resize(image, size):
     """Reference for preprocess_image: PIL's antialiased bilinear filter, per channel in float."""
     channels = [
-        np.asarray(Image.fromarray(image[..., c].astype(np.float32)).resize((size, size), Image.BILINEAR))
+        np.asarray(
+            Image.fromarray(image[..., c].astype(np.float32)).resize((size, size), Image.BILINEAR)
+        )
         for c in range(3)
     ]
     return np.stack(channels, axis=-1)
@@ -170,7 +173,9 @@ def rgb():
 
 def test_decode_png_gray_rgba_16bit_and_palette(rgb):
     gray = rgb[..., 0]
-    np.testing.assert_array_equal(decode_image(encode(gray, "PNG")), np.repeat(gray[..., None], 3, -1))
+    np.testing.assert_array_equal(
+        decode_image(encode(gray, "PNG")), np.repeat(gray[..., None], 3, -1)
+    )
     rgba = np.dstack([rgb, np.full(rgb.shape[:2], 7, np.uint8)])
     np.testing.assert_array_equal(decode_image(encode(rgba, "PNG")), rgb)  # alpha dropped
     sixteen = gray.astype(np.uint16) * 257  # exact 8 -> 16 bit scaling
@@ -178,7 +183,9 @@ def test_decode_png_gray_rgba_16bit_and_palette(rgb):
     assert Image.open(io.BytesIO(png16)).mode == "I;16"
     np.testing.assert_array_equal(decode_image(png16), np.repeat(gray[..., None], 3, -1))
     palette = Image.fromarray(rgb).convert("P")
-    np.testing.assert_array_equal(decode_image(encode(palette, "PNG")), np.asarray(palette.convert("RGB")))
+    np.testing.assert_array_equal(
+        decode_image(encode(palette, "PNG")), np.asarray(palette.convert("RGB"))
+    )
 
 
 def test_decode_gif_first_frame_bmp_jpeg_webp(rgb):
@@ -189,11 +196,15 @@ def test_decode_gif_first_frame_bmp_jpeg_webp(rgb):
     np.testing.assert_array_equal(gif, np.asarray(frames[0].convert("RGB")))
 
     np.testing.assert_array_equal(decode_image(encode(rgb, "BMP")), rgb)
-    np.testing.assert_array_equal(decode_image(encode(rgb[..., 1], "BMP")), np.repeat(rgb[..., 1:2], 3, -1))
+    np.testing.assert_array_equal(
+        decode_image(encode(rgb[..., 1], "BMP")), np.repeat(rgb[..., 1:2], 3, -1)
+    )
     np.testing.assert_array_equal(decode_image(encode(rgb, "WEBP", lossless=True)), rgb)
 
     # TensorFlow's JPEG decoder uses a faster inverse DCT than PIL's: a few levels apart.
-    smooth = np.broadcast_to(np.linspace(60, 180, 16, dtype=np.uint8)[None, :, None], (16, 16, 3)).copy()
+    smooth = np.broadcast_to(
+        np.linspace(60, 180, 16, dtype=np.uint8)[None, :, None], (16, 16, 3)
+    ).copy()
     jpeg = encode(smooth, "JPEG", quality=95)
     decoded = decode_image(jpeg)
     assert decoded.dtype == tf.uint8 and decoded.shape == (16, 16, 3)

@@ -40,7 +40,9 @@ def _check_examples(examples):
                 problems.append(f"missing key {key!r}")
         image, captions = spec.get("image"), spec.get("captions")
         if image is not None and (
-            getattr(image, "dtype", None) != tf.uint8 or image.shape.rank != 3 or image.shape[-1] != 3
+            getattr(image, "dtype", None) != tf.uint8
+            or image.shape.rank != 3
+            or image.shape[-1] != 3
         ):
             problems.append("'image' must be uint8 (height, width, 3)")
         if captions is not None and (
@@ -91,9 +93,10 @@ def train_batches(
         captions_per_image: int. Captions read with each image in a batch,
             k; must divide `batch_size`.
         shuffle_buffer: int. Shuffle buffer size in pairs (in groups of `k`
-            captions when `k > 1`); 0 or None keeps the input order. A pair's image is shared with its image's other
-            pairs, so the buffer costs about `shuffle_buffer / captions per
-            image` images of `S * S * 3` float32.
+            captions when `k > 1`); 0 or None keeps the input order. A pair's
+            image is shared with its image's other pairs, so the buffer costs
+            about `shuffle_buffer / captions per image` images of `S * S * 3`
+            float32.
         seed: int or None. Shuffle seed; None reshuffles differently each run.
         repeat: bool. Repeat forever (reshuffling each pass); then give
             `fit` a `steps_per_epoch`. With a `seed`, every iterator yields
@@ -242,7 +245,9 @@ def eval_batches(examples, *, image_size, batch_size, max_references=5):
         example = dict(example)
         example["images"] = preprocess_image(example.pop("image"), image_size)
         captions = example["captions"][:max_references]
-        captions = tf.pad(captions, [[0, max_references - tf.shape(captions)[0]]], constant_values="")
+        captions = tf.pad(
+            captions, [[0, max_references - tf.shape(captions)[0]]], constant_values=""
+        )
         example["captions"] = tf.ensure_shape(captions, [max_references])
         return example
 

@@ -31,7 +31,8 @@ def _warn(message):
 
 
 class _CaptionsFile:
-    """Reads a captions file into {image name: [captions]}, raising errors that name file and line."""
+    """Reads a captions file into {image name: [captions]}, raising errors that name file and
+    line."""
 
     def __init__(self, path):
         self.path = path
@@ -44,7 +45,9 @@ class _CaptionsFile:
 
     def add(self, line, image, caption):
         if not isinstance(image, str) or not image.strip():
-            raise self.error(line, f"the image name must be a non-empty string. Received: {image!r}")
+            raise self.error(
+                line, f"the image name must be a non-empty string. Received: {image!r}"
+            )
         if not isinstance(caption, str):
             raise self.error(line, f"a caption must be a non-empty string. Received: {caption!r}")
         image = image.strip()
@@ -68,7 +71,9 @@ class _CaptionsFile:
                 header = [field.strip() for field in row]
                 if "image" not in header or "caption" not in header:
                     raise self.error(
-                        start, f"the CSV header must name the columns 'image' and 'caption'. Received: {row}"
+                        start,
+                        "the CSV header must name the columns 'image' and 'caption'. "
+                        f"Received: {row}",
                     )
                 continue
             if len(row) != len(header):
@@ -82,7 +87,9 @@ class _CaptionsFile:
         for line, record in read_jsonl(lines, name=self.path):
             if ("caption" in record) == ("captions" in record):
                 raise self.error(
-                    line, f"expected exactly one of the keys 'caption' and 'captions'. Received keys: {sorted(record)}"
+                    line,
+                    "expected exactly one of the keys 'caption' and 'captions'. "
+                    f"Received keys: {sorted(record)}",
                 )
             if "caption" in record:
                 captions = [record["caption"]]

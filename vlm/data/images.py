@@ -283,7 +283,9 @@ def check_image_header(contents, max_pixels=MAX_IMAGE_PIXELS):
         size = image_dimensions(contents)
     height, width = size[0], size[1]
     with tf.control_dependencies([check]):
-        check = tf.debugging.Assert(height > 0, [f"not a {IMAGE_FORMATS} image, or its header is truncated"])
+        check = tf.debugging.Assert(
+            height > 0, [f"not a {IMAGE_FORMATS} image, or its header is truncated"]
+        )
     if max_pixels is None:
         return check
     message = tf.strings.format(

@@ -13,7 +13,9 @@ _KINDS = {
     "string": ("a string", lambda value: isinstance(value, str)),
     "strings": (
         "a non-empty list of strings",
-        lambda value: isinstance(value, list) and bool(value) and all(isinstance(v, str) for v in value),
+        lambda value: (
+            isinstance(value, list) and bool(value) and all(isinstance(v, str) for v in value)
+        ),
     ),
 }
 
@@ -79,7 +81,9 @@ def read_jsonl(source, *, name=None, fields=None):
 
     Example:
 
-    >>> for line, record in read_jsonl("preds.jsonl", fields={"image_id": None, "caption": "string"}):
+    >>> for line, record in read_jsonl(
+    ...     "preds.jsonl", fields={"image_id": None, "caption": "string"}
+    ... ):
     ...     print(line, record["caption"])
     """
     if isinstance(source, (str, os.PathLike)):
@@ -98,7 +102,9 @@ def read_jsonl(source, *, name=None, fields=None):
         try:
             record = json.loads(text.rstrip("\r\n"))  # columns counted on this line
         except json.JSONDecodeError as error:
-            raise line_error(name, line, f"bad JSON ({error.msg} at column {error.colno})") from None
+            raise line_error(
+                name, line, f"bad JSON ({error.msg} at column {error.colno})"
+            ) from None
         if not isinstance(record, dict):
             raise line_error(name, line, f"expected a JSON object. Received: {text.strip()[:120]}")
         missing = [key for key in fields if key not in record]
