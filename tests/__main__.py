@@ -1,6 +1,7 @@
 """Runs the whole test suite once per Keras backend and prints a summary.
 
     python -m tests                 # TensorFlow, JAX and PyTorch
+    python -m tests --fast          # the same without the tests marked `slow`
     python -m tests --backends jax  # one backend
     python -m tests -- -k cross     # extra arguments go to pytest
     python -m tests -- tests/layers # paths given replace the whole suite
@@ -25,22 +26,25 @@ def parse_args(argv):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backends", default=",".join(BACKENDS),
                         help="comma-separated subset of: " + ", ".join(BACKENDS))
+    parser.add_argument("--fast", action="store_true",
+                        help="deselect the tests marked `slow` (CI runs them all)")
     parser.add_argument("pytest_args", nargs="*", help="passed on to pytest")
     args = parser.parse_args(argv)
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown:
         parser.error(f"unknown backend(s) {unknown}; choose from {list(BACKENDS)}")
-    return backends, args.pytest_args
+    return backends, args.pytest_args, args.fast
 
 
-def run_backend(backend, pytest_args, report_dir):
+def run_backend(backend, pytest_args, report_dir, fast=False):
     report = os.path.join(report_dir, f"{backend}.xml")
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
     # Paths among the extra arguments replace the whole `tests` folder.
     paths = [a for a in pytest_args if not a.startswith("-") and os.path.exists(a.split("::")[0])]
     command = [sys.executable, "-m", "pytest", *([] if paths else ["tests"]), "-q",
-               "-p", "no:cacheprovider", f"--junitxml={report}", *pytest_args]
+               "-p", "no:cacheprovider", f"--junitxml={report}",
+               *(["-m", "not slow"] if fast else []), *pytest_args]
     print(f"\n=== KERAS_BACKEND={backend}: {' '.join(command[1:])}", flush=True)
     start = time.time()
     returncode = subprocess.call(command, env=env)
@@ -60,12 +64,17 @@ def run_backend(backend, pytest_args, report_dir):
     return ok, counts, time.time() - start
 
 
+def minutes(seconds):
+    """`seconds` as minutes:seconds, e.g. 754 -> "12:34"."""
+    return "{}:{:02d}".format(*divmod(round(seconds), 60))
+
+
 def main(argv=None):
-    backends, pytest_args = parse_args(sys.argv[1:] if argv is None else argv)
+    backends, pytest_args, fast = parse_args(sys.argv[1:] if argv is None else argv)
     results = {}
     with tempfile.TemporaryDirectory() as report_dir:
         for backend in backends:
-            results[backend] = run_backend(backend, pytest_args, report_dir)
+            results[backend] = run_backend(backend, pytest_args, report_dir, fast)
     print("\n=== Summary")
     totals = {"passed": 0, "failed": 0, "skipped": 0}
     for backend, (ok, counts, seconds) in results.items():
@@ -73,9 +82,10 @@ def main(argv=None):
             totals[key] += counts[key]
         print(f"{backend:>10}: {'OK  ' if ok else 'FAIL'} {counts['passed']} passed, "
               f"{counts['failed']} failed, {counts['skipped']} skipped "
-              f"in {seconds:.0f}s")
+              f"in {minutes(seconds)}")
     print(f"Total: {totals['passed']} passed, {totals['failed']} failed, "
-          f"{totals['skipped']} skipped")
+          f"{totals['skipped']} skipped in {minutes(sum(r[2] for r in results.values()))} "
+          "(minutes:seconds)")
     return 0 if all(ok for ok, _, _ in results.values()) else 1
 
 

@@ -1,11 +1,14 @@
 """Atomic checkpoints and backups, and the NaN stop that says where (vlm/callbacks.py)."""
 
+import inspect
 import json
 import os
+import re
 
 import keras
 import numpy as np
 import pytest
+from packaging.specifiers import SpecifierSet
 
 from vlm import callbacks as vlm_callbacks
 from vlm.callbacks import AtomicBackupAndRestore
@@ -16,6 +19,11 @@ from vlm.callbacks import atomic_write
 from vlm.callbacks import read_backup
 
 STEPS = 4  # batches per epoch: 16 examples, batch 4
+PYPROJECT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                         "pyproject.toml")
+RECHECK = ("vlm/callbacks.py relies on it: re-check AtomicModelCheckpoint and "
+           "AtomicBackupAndRestore against this Keras, then update this test and the keras "
+           "bounds in pyproject.toml")
 
 
 def regression_data(nan_at=None):
@@ -220,3 +228,34 @@ def test_early_stopping_counts_on_across_a_resume():
     improving = ResumableEarlyStopping(previous_values=values[:3], **kwargs)
     assert _stop_epoch(improving, model, [0.4, 0.6, 0.7, 0.8], first_epoch=3) == 6
     assert improving.best == 0.4 and improving.best_epoch == 3
+
+
+def test_keras_is_a_version_the_callbacks_are_tested_with():
+    with open(PYPROJECT) as f:
+        bounds = re.search(r'"keras([<>=!~][^"]*)"', f.read())[1]
+    assert keras.__version__ in SpecifierSet(bounds), (
+        f"Keras {keras.__version__} is outside the tested range keras{bounds}: {RECHECK}")
+
+
+@pytest.mark.parametrize("name, parameters", [
+    ("_save_model", ["self", "epoch", "batch", "logs"]),
+    ("_should_save_model", ["self", "epoch", "batch", "logs", "filepath"]),
+    ("_get_file_path", ["self", "epoch", "batch", "logs"]),
+])
+def test_the_private_model_checkpoint_methods_overridden_are_unchanged(name, parameters):
+    method = getattr(keras.callbacks.ModelCheckpoint, name, None)
+    assert method is not None, f"keras.callbacks.ModelCheckpoint.{name} is gone: {RECHECK}"
+    assert list(inspect.signature(method).parameters) == parameters, (
+        f"keras.callbacks.ModelCheckpoint.{name}{inspect.signature(method)} changed: {RECHECK}")
+    if name == "_save_model":  # every save, per epoch or per batch, goes through it
+        for hook in ("on_epoch_end", "on_train_batch_end"):
+            source = inspect.getsource(getattr(keras.callbacks.ModelCheckpoint, hook))
+            assert "self._save_model(" in source, (
+                f"ModelCheckpoint.{hook} no longer saves through _save_model: {RECHECK}")
+
+
+def test_fit_still_starts_at_the_private_initial_epoch():
+    model = small_model()
+    assert model._initial_epoch is None, f"keras.Model._initial_epoch changed: {RECHECK}"
+    assert "self._initial_epoch" in inspect.getsource(type(model).fit), (
+        f"{keras.config.backend()}'s Model.fit no longer reads _initial_epoch: {RECHECK}")

@@ -32,13 +32,25 @@ def test_overrides_are_parsed_to_the_field_type():
     assert config.data.dataset == "coco"
 
 
+@pytest.mark.parametrize("raw, value", [("auto", "auto"), ("true", True), ("True", True),
+                                        ("false", False), ("0", False)])
+def test_jit_compile_is_true_false_or_auto(raw, value):
+    assert TrainConfig().jit_compile == "auto"
+    config = apply_overrides(Config(), [f"train.jit_compile={raw}"])
+    assert config.train.jit_compile == value and type(config.train.jit_compile) is type(value)
+    assert json.loads(config.to_json())["train"]["jit_compile"] == value
+
+
 @pytest.mark.parametrize(
     "override, message",
     [
         ("train.epoch=3", r"Unknown config key 'train.epoch' \(did you mean 'train.epochs'\?\)"),
         ("trian.epochs=3", r"Unknown config key 'trian.epochs' \(did you mean 'train'\?\)"),
         ("train.epochs=three", r"train.epochs expects int. Received: 'three'"),
-        ("train.jit_compile=maybe", r"train.jit_compile expects bool. Received: 'maybe'"),
+        ("train.jit_compile=maybe",
+         r"^train.jit_compile must be True, False or 'auto'. Received: 'maybe'$"),
+        ("train.jit_compile=XLA",
+         r"^train.jit_compile must be True, False or 'auto'. Received: 'XLA'$"),
         ("model.image_size=-64", r"model.image_size must be positive. Received: -64"),
         ("model.decoder_heads=3",
          r"model.decoder_heads must divide model.decoder_dim. Received: decoder_heads=3, "
@@ -107,6 +119,10 @@ BAD_CONFIG_FILES = [
      r"bad.py: Unknown config key 'model.hiden_dim' .*Received: model.hiden_dim=128$"),
     ("return Config(train=TrainConfig(batch_size='64'))",
      r"bad.py: train.batch_size must be int. Received: '64' \(str\)$"),
+    ("return Config(train=TrainConfig(jit_compile='xla'))",
+     r"bad.py: train.jit_compile must be True, False or 'auto'. Received: 'xla'$"),
+    ("return Config(train=TrainConfig(jit_compile=1))",
+     r"bad.py: train.jit_compile must be bool or str. Received: 1 \(int\)$"),
     ("return Config(train=TrainConfig(epochs=0))",
      r"bad.py: train.epochs must be positive. Received: 0$"),
     ("return Config(data=DataConfig(validation_size=-5))",

@@ -354,7 +354,9 @@ def test_settings_that_cannot_split_evenly_are_refused(two_devices):
 # ---------------------------------------------------------------- subprocess jobs
 
 
-def _one_step(model, inputs, labels, xla=True):
+def _one_step(model, inputs, labels, xla=BACKEND == "jax"):
+    """One SGD step; XLA by default on JAX only (TensorFlow's graphs compile in a
+    fraction of XLA's time, and the distributed TensorFlow steps run without it)."""
     import tensorflow as tf
 
     model.compile(optimizer=keras.optimizers.SGD(LEARNING_RATE), jit_compile=xla)

@@ -1,4 +1,5 @@
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -8,6 +9,9 @@ import numpy as np
 import pytest
 
 import train
+from vlm.backend import resolve_jit_compile
+from vlm.config import DataConfig
+from vlm.data.datasets import load_examples
 from vlm.models.captioner import Captioner
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,6 +49,8 @@ def test_tiny_run_writes_a_loadable_model(tmp_path, capsys):
     assert (out / "tiny.best.keras").exists()
     printed = capsys.readouterr().out
     assert "Report:" in printed
+    assert (f"Training steps: jit_compile={resolve_jit_compile('auto')} (train.jit_compile="
+            f"'auto' on {keras.config.backend()})") in printed  # the default, resolved
     assert ", 2 captions per image in a batch" in printed
 
 
@@ -58,6 +64,9 @@ def test_bad_command_lines_say_what_is_wrong(args, message, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.skipif(keras.config.backend() != "tensorflow",
+                    reason="backend-independent (train.py stops at the config, before any "
+                           "backend work): runs in the TensorFlow suite")
 @pytest.mark.parametrize("args, line", [
     (["--set", "train.epoch=3"], "Unknown config key 'train.epoch' (did you mean "
                                  "'train.epochs'?). Received: train.epoch=3"),
@@ -89,3 +98,20 @@ def test_train_py_rejects_bad_configs_in_one_line(args, line, tmp_path):
     assert result.returncode == 2
     assert result.stderr.splitlines() == [f"train.py: error: {line}"]
     assert result.stdout == ""
+
+
+def test_preparing_the_shapes_dataset_prints_one_progress_line(tmp_path, capsys, caplog):
+    """No TFDS warnings about the config made on the fly; one line that counts the images."""
+    data = DataConfig(train_size=5, validation_size=2, test_size=3, data_dir=str(tmp_path))
+    with caplog.at_level(logging.INFO):
+        examples = load_examples(data, "train", image_size=16)
+        load_examples(data, "test", image_size=16)  # prepared: nothing printed
+    printed = capsys.readouterr().out
+    assert printed.count("\n") == 1 and printed.startswith("\r")
+    final = printed.split("\r")[-1]  # the line as it was left
+    assert final.startswith(f"Preparing shapes dataset (16px) in {tmp_path}")
+    assert "100%" in final and " 10/10 " in final
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not any("custom data configuration" in w or "dataset_info.json" in w
+                   for w in warnings), warnings
+    assert sorted(int(e["image_id"]) for e in examples) == [0, 1, 2, 3, 4]

@@ -1,9 +1,14 @@
 """The one place with backend branches: compiling an inference function,
-summing over `tf.distribute` replicas, and the global random state a resumed
-run restores.
+what `train.jit_compile="auto"` means, summing over `tf.distribute` replicas,
+and the global random state a resumed run restores.
 
-Everything else in `vlm/layers`, `vlm/models` and `vlm/generation` is
-`keras.ops` only.
+Everything else in `vlm/layers`, `vlm/models`, `vlm/samplers` and
+`vlm/generation` is `keras.ops` only. Two modules name a backend because
+their whole job is backend-specific, and keep their branches to it:
+`vlm/distribution.py` picks the engine that spreads training over devices
+(the Keras distribution API on JAX, `tf.distribute` on TensorFlow, none on
+PyTorch), and `vlm/export` writes a TensorFlow SavedModel, in a TensorFlow
+subprocess when this process runs another backend.
 """
 
 import base64
@@ -53,6 +58,29 @@ def compiled_inference(fn, variables):
 
         return no_grad
     return fn
+
+
+def resolve_jit_compile(value):
+    """The `jit_compile` that `Model.compile` gets for a `train.jit_compile` value.
+
+    `"auto"` is XLA on TensorFlow and JAX and eager on PyTorch, where
+    `torch.compile` of a Keras model takes minutes on a CPU before the first
+    step and recompiles on Keras' layer hooks. `True` on PyTorch still asks
+    for `torch.compile`; `False` is eager everywhere.
+
+    Args:
+        value: True, False or "auto".
+
+    Returns:
+        bool.
+    """
+    if isinstance(value, bool):
+        return value
+    if value != "auto":
+        raise ValueError(
+            f"`jit_compile` must be True, False or 'auto'. Received: jit_compile={value!r}"
+        )
+    return keras.config.backend() in ("tensorflow", "jax")
 
 
 def replica_sum(x):

@@ -6,6 +6,13 @@ was. `BackupAndRestore` also writes two files per backup (weights, then the
 epoch number), so a kill between the two pairs new weights with the old
 epoch. The callbacks here write every file through `atomic_write` and make
 one small JSON file the commit point of a backup.
+
+Keras has no public hook for where a checkpoint is written nor for the epoch
+`fit` resumes at, so two private names are overridden or set here:
+`ModelCheckpoint._save_model` / `_should_save_model` / `_get_file_path` and
+`Model._initial_epoch` (as Keras' own `BackupAndRestore` sets it). The Keras
+versions they are tested with are pinned in pyproject.toml;
+tests/test_callbacks.py fails loudly when Keras changes them.
 """
 
 import json
@@ -135,8 +142,8 @@ def read_backup(backup_dir):
             "global_rng_state": None, **state}
 
 
-class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
-    """`BackupAndRestore` whose backup is consistent whenever the process dies.
+class AtomicBackupAndRestore(keras.callbacks.Callback):
+    """Like `keras.callbacks.BackupAndRestore`, with a backup consistent at any kill.
 
     At the end of each epoch the weights (model and optimizer, so the step
     count and the learning-rate schedule go on from there) go to a new file
@@ -166,7 +173,11 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     METADATA = "training_metadata.json"
 
     def __init__(self, backup_dir):
-        super().__init__(backup_dir, save_freq="epoch", delete_checkpoint=False)
+        super().__init__()
+        if not backup_dir:
+            raise ValueError(
+                f"`backup_dir` must name a folder. Received: backup_dir={backup_dir!r}")
+        self.backup_dir = os.fspath(backup_dir)
         self.history = {}
         self.restored_epoch = 0
         self._rng_state = None
@@ -193,7 +204,7 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         self._rng_state = state.get("global_rng_state")
         self.history = state["history"]
         self.restored_epoch = state["epoch"]
-        self.model._initial_epoch = state["epoch"]
+        self.model._initial_epoch = state["epoch"]  # `fit` starts after it (private)
 
     # On PyTorch, Keras' data loaders draw a seed from torch's global generator,
     # which unseeded dropout also draws from, whenever `fit` or its validation
@@ -207,7 +218,6 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
             self._rng_state = None
 
     def on_train_batch_end(self, batch, logs=None):
-        super().on_train_batch_end(batch, logs)
         self._rng_after_step = global_rng_state()
 
     def on_epoch_end(self, epoch, logs=None):
@@ -217,22 +227,21 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
             return
         for key, value in logs.items():
             self.history.setdefault(key, []).append(float(value))
-        self._current_epoch = epoch + 1
-        self._save_model()
+        self._back_up(epoch + 1)
 
     def _seed_variables(self):
         """Dropout's random seed states: in `model.variables`, not in the weights."""
         weights = {id(v) for v in self.model.weights}
         return [v for v in self.model.variables if id(v) not in weights]
 
-    def _save_model(self):
-        weights_name = f"epoch-{self._current_epoch}.weights.h5"
+    def _back_up(self, epochs_done):
+        weights_name = f"epoch-{epochs_done}.weights.h5"
         atomic_write(
             os.path.join(self.backup_dir, weights_name),
             lambda p: self.model.save_weights(p, overwrite=True),
         )
         write_json_atomically(os.path.join(self.backup_dir, self.METADATA), {
-            "epoch": self._current_epoch,
+            "epoch": epochs_done,
             "weights": weights_name,
             "history": self.history,
             "seed_states": [
@@ -244,8 +253,6 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
             if name.endswith(".weights.h5") and name != weights_name:
                 os.remove(os.path.join(self.backup_dir, name))
 
-    def on_train_end(self, logs=None):
-        pass  # the caller deletes the backup once the final model is written
 
 
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
@@ -273,15 +280,15 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
         super().on_train_begin(logs)
         if not self.previous_values:
             return
-        if self.monitor_op is None:
-            self._set_monitor_op()
+        # The epochs done go through Keras' own epoch-end bookkeeping (best
+        # value, epochs waited); whether to stop is decided at the next epoch.
+        restore, self.restore_best_weights = self.restore_best_weights, False
+        stop_training = self.model.stop_training
         for epoch, value in enumerate(self.previous_values):
-            self.wait += 1
-            if self._is_improvement(value, self.best):
-                self.best, self.best_epoch = value, epoch
-                if self.baseline is None or self._is_improvement(value, self.baseline):
-                    self.wait = 0
-        if self.restore_best_weights:
+            super().on_epoch_end(epoch, {self.monitor: value})
+        self.model.stop_training, self.stopped_epoch = stop_training, 0
+        self.restore_best_weights = restore
+        if restore:
             # Not the current weights (Keras' default at the first epoch end).
             self.best_weights = _NOT_IN_MEMORY
 

@@ -15,6 +15,7 @@ import os
 import re
 import typing
 from typing import Optional
+from typing import Union
 
 
 class ConfigError(ValueError):
@@ -113,7 +114,9 @@ class TrainConfig:
     warmup_fraction: float = 0.05
     # Limit steps per epoch (smoke runs); None uses the whole split.
     steps_per_epoch: Optional[int] = None
-    jit_compile: bool = True
+    # True, False or "auto" (XLA on TensorFlow and JAX, eager on PyTorch); True
+    # on PyTorch asks for torch.compile. `vlm.backend.resolve_jit_compile`.
+    jit_compile: Union[bool, str] = "auto"
     # None, "mixed_float16" or "mixed_bfloat16".
     mixed_precision: Optional[str] = None
     early_stopping_patience: int = 0  # 0 turns early stopping off
@@ -143,6 +146,11 @@ class TrainConfig:
                 f"{prefix}.captions_per_image must divide {prefix}.batch_size. "
                 f"Received: captions_per_image={self.captions_per_image!r}, "
                 f"batch_size={self.batch_size!r}"
+            )
+        if not isinstance(self.jit_compile, bool) and self.jit_compile != "auto":
+            raise ConfigError(
+                f"{prefix}.jit_compile must be True, False or 'auto'. "
+                f"Received: {self.jit_compile!r}"
             )
         if self.mixed_precision not in PRECISIONS:
             raise ConfigError(
@@ -282,6 +290,10 @@ def _parse_value(key, raw, annotation):
         if raw.lower() in ("none", "null", ""):
             return None
         annotation = next(a for a in origin_args if a is not type(None))
+    if bool in typing.get_args(annotation):  # Union[bool, str]: a bool, else the text
+        if raw.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return _parse_value(key, raw, bool)
+        return raw
     try:
         if annotation is bool:
             if raw.lower() in ("true", "1", "yes"):
@@ -339,14 +351,15 @@ def _check_type(key, value, annotation):
         if value is None:
             return
         annotation = next(a for a in args if a is not type(None))
-    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+    types = typing.get_args(annotation) or (annotation,)  # Union[bool, str]: either
+    if float in types and isinstance(value, int) and not isinstance(value, bool):
         return
-    if annotation is int and isinstance(value, bool):
+    if int in types and bool not in types and isinstance(value, bool):
         ok = False
     else:
-        ok = isinstance(value, annotation)
+        ok = isinstance(value, types)
     if not ok:
         raise ConfigError(
-            f"{key} must be {annotation.__name__}. Received: {value!r} "
+            f"{key} must be {' or '.join(t.__name__ for t in types)}. Received: {value!r} "
             f"({type(value).__name__})"
         )

@@ -11,6 +11,7 @@ import warnings
 
 import keras
 
+from vlm.backend import resolve_jit_compile
 from vlm.backend import xla_has_float16_attention
 from vlm.callbacks import AtomicBackupAndRestore
 from vlm.callbacks import AtomicModelCheckpoint
@@ -274,7 +275,7 @@ def _train(config):
             f"train.batch_size={train_config.batch_size} is larger than the "
             f"{num_pairs} training pairs: not one batch per epoch."
         )
-    jit_compile = train_config.jit_compile and plan.xla
+    jit_compile = resolve_jit_compile(train_config.jit_compile) and plan.xla
     if jit_compile and train_config.mixed_precision == "mixed_float16" and (
             not xla_has_float16_attention()):
         print("mixed_float16 on JAX's CPU backend trains without jit_compile: XLA:CPU "
@@ -285,6 +286,8 @@ def _train(config):
             optimizer=make_optimizer(train_config, steps_per_epoch * train_config.epochs),
             jit_compile=jit_compile,
         )
+    print(f"Training steps: jit_compile={jit_compile} (train.jit_compile="
+          f"{train_config.jit_compile!r} on {keras.config.backend()})")
     print(f"Parameters: {model.count_params():,}; {steps_per_epoch} steps/epoch x "
           f"{train_config.epochs} epochs")
 

@@ -23,15 +23,19 @@ the third object to one of the first two ("the ..." names it again).
 and `load_shapes` returns a split as a `tf.data.Dataset`.
 """
 
+import contextlib
 import dataclasses
 import functools
 import io
+import logging
 import os
 import pathlib
+import sys
 
 import numpy as np
 import PIL.Image
 import tensorflow_datasets as tfds
+import tqdm
 
 from vlm.data import paths
 from vlm.scene_vocab import (
@@ -363,6 +367,8 @@ class ShapesCaptions(tfds.core.GeneratorBasedBuilder):
     # TFDS 4.9.10 works this path out through `importlib_resources`, a package
     # it does not declare (tensorflow/datasets#11212); give it directly.
     code_path = pathlib.Path(__file__)
+    # Called once per generated example while preparing (`load_shapes`' progress line).
+    on_example = None
 
     def _info(self):
         size = self.builder_config.image_size
@@ -391,6 +397,8 @@ class ShapesCaptions(tfds.core.GeneratorBasedBuilder):
         examples = generate_examples(config.split_size(split), split_seed(config.seed, split),
                                      config.image_size)
         for example in examples:
+            if self.on_example is not None:
+                self.on_example()
             yield example["image_id"], {**example, "image": _encode_png(example["image"])}
 
 
@@ -438,11 +446,50 @@ def load_shapes(split, *, image_size=64, train_size=20000, validation_size=1000,
         `COLORS`, `SIZES` and `x`, `y` float32 centres in pixels.
     """
     config = shapes_config(image_size, train_size, validation_size, test_size, seed)
-    builder = ShapesCaptions(config=config, data_dir=os.fspath(data_dir or paths.tfds_data_dir()))
-    if not builder.is_prepared():
-        total = train_size + validation_size + test_size
-        print(f"Preparing shapes dataset ({total} images, {image_size}px) under {builder.data_dir}",
-              flush=True)
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    with _without_expected_tfds_warnings():
+        builder = ShapesCaptions(config=config,
+                                 data_dir=os.fspath(data_dir or paths.tfds_data_dir()))
+        if not builder.is_prepared():
+            _prepare(builder, f"Preparing shapes dataset ({image_size}px) in {builder.data_dir}",
+                     total=train_size + validation_size + test_size)
     return builder.as_dataset(split=split)
+
+
+# What TFDS warns about a builder config made on the fly (`shapes_config`) and
+# a dataset not prepared yet: both expected here, so kept out of the log.
+_EXPECTED_TFDS_WARNINGS = ("Using custom data configuration", "has no dataset_info.json")
+
+
+class _DropExpectedTfdsWarnings(logging.Filter):
+    def filter(self, record):
+        return not any(text in record.getMessage() for text in _EXPECTED_TFDS_WARNINGS)
+
+
+@contextlib.contextmanager
+def _without_expected_tfds_warnings():
+    """Drops `_EXPECTED_TFDS_WARNINGS` from TFDS' logger (absl's); the rest passes."""
+    absl_logger, expected = logging.getLogger("absl"), _DropExpectedTfdsWarnings()
+    absl_logger.addFilter(expected)
+    try:
+        yield
+    finally:
+        absl_logger.removeFilter(expected)
+
+
+def _prepare(builder, description, total):
+    """Writes the dataset's files behind one progress line on stdout.
+
+    TFDS would print two notices and a progress bar per split and per shuffle:
+    its bars are turned off and its notices (stdout) dropped meanwhile.
+    """
+    progress = tqdm.tqdm(total=total, desc=description, unit=" images", file=sys.stdout)
+    builder.on_example = lambda: progress.update(1)
+    tfds.display_progress_bar(False)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            builder.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    finally:
+        tfds.display_progress_bar(True)
+        builder.on_example = None
+        progress.close()
