@@ -17,12 +17,10 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
 
-from vlm.evaluation import (  # noqa: E402
-    evaluate_predictions,
-    metrics_table,
-    output_paths,
-    write_outputs,
-)
+from vlm.evaluation import evaluate_predictions  # noqa: E402
+from vlm.evaluation import metrics_table  # noqa: E402
+from vlm.evaluation import output_paths  # noqa: E402
+from vlm.evaluation import write_outputs  # noqa: E402
 
 DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                              "saved_models", "shapes.keras")

@@ -16,9 +16,10 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
 
-from vlm.config import (  # noqa: E402
-    DISTRIBUTE_MODES, ConfigError, apply_overrides, load_config,
-)
+from vlm.config import DISTRIBUTE_MODES  # noqa: E402
+from vlm.config import ConfigError  # noqa: E402
+from vlm.config import apply_overrides  # noqa: E402
+from vlm.config import load_config  # noqa: E402
 
 DEFAULT_CONFIG = "configs/shapes.py"
 EXIT_DIVERGED = 3
@@ -49,7 +50,8 @@ def main(argv=None):
         print(f"train.py: error: {error}", file=sys.stderr)
         return 2
     from vlm.distribution import DistributionError
-    from vlm.training import TrainingDiverged, train  # heavy: after the config is good
+    from vlm.training import TrainingDiverged  # heavy: after the config is good
+    from vlm.training import train  # heavy: after the config is good
 
     try:
         train(config)

@@ -29,7 +29,8 @@ def measure(repeats):
     import numpy as np
 
     from vlm.config import ModelConfig
-    from vlm.data.tokenizer import SPECIAL_TOKENS, CaptionTokenizer
+    from vlm.data.tokenizer import SPECIAL_TOKENS
+    from vlm.data.tokenizer import CaptionTokenizer
     from vlm.generation.naive import naive_greedy
     from vlm.models.captioner import build_captioner
 

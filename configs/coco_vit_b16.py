@@ -11,7 +11,10 @@ new decoder's first, large gradients would disturb the pretrained features
 (`--set train.freeze_encoder_epochs=0` trains everything from the start).
 """
 
-from vlm.config import Config, DataConfig, ModelConfig, TrainConfig
+from vlm.config import Config
+from vlm.config import DataConfig
+from vlm.config import ModelConfig
+from vlm.config import TrainConfig
 
 
 def get_config():

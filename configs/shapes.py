@@ -4,7 +4,10 @@
     python train.py --set train.epochs=3  # with an override
 """
 
-from vlm.config import Config, DataConfig, ModelConfig, TrainConfig
+from vlm.config import Config
+from vlm.config import DataConfig
+from vlm.config import ModelConfig
+from vlm.config import TrainConfig
 
 
 def get_config():

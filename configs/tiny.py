@@ -1,6 +1,9 @@
 """A seconds-long smoke run for tests: tiny model, tiny shapes dataset."""
 
-from vlm.config import Config, DataConfig, ModelConfig, TrainConfig
+from vlm.config import Config
+from vlm.config import DataConfig
+from vlm.config import ModelConfig
+from vlm.config import TrainConfig
 
 
 def get_config():

@@ -8,7 +8,8 @@ import pytest
 
 from tests.data.image_files import png_bomb
 from tests.data.image_files import truncated_jpeg
-from tests.generation.test_generator import MODEL, golden_images
+from tests.generation.test_generator import MODEL
+from tests.generation.test_generator import golden_images
 from vlm import cli
 
 

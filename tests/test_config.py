@@ -3,9 +3,13 @@ import os
 
 import pytest
 
-from vlm.config import (
-    Config, ConfigError, DataConfig, ModelConfig, TrainConfig, apply_overrides, load_config,
-)
+from vlm.config import Config
+from vlm.config import ConfigError
+from vlm.config import DataConfig
+from vlm.config import ModelConfig
+from vlm.config import TrainConfig
+from vlm.config import apply_overrides
+from vlm.config import load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

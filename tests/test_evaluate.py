@@ -10,7 +10,9 @@ import evaluate
 from tests.generation.test_generator import MODEL
 from vlm import load_captioner
 from vlm.config import DataConfig
-from vlm.evaluation import evaluate_model, output_paths, write_outputs
+from vlm.evaluation import evaluate_model
+from vlm.evaluation import output_paths
+from vlm.evaluation import write_outputs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COCO_KEYS = {"bleu_1", "bleu_2", "bleu_3", "bleu_4", "rouge_l", "cider_d"}
@@ -101,11 +103,12 @@ def test_evaluating_a_folder_skips_bad_images_and_names_them(tmp_path, capfd):
     import numpy as np
     import PIL.Image
 
-    from tests.data.image_files import png_bomb, truncated_jpeg
+    from tests.data.image_files import png_bomb
+    from tests.data.image_files import truncated_jpeg
     from tests.generation.test_generator import golden_images
     from vlm.data.datasets import load_examples
-    from vlm.data.images import decode_image
     from vlm.data.folder import SkippedInputWarning
+    from vlm.data.images import decode_image
     from vlm.evaluation import caption_split
 
     images = golden_images(3)

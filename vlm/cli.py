@@ -82,7 +82,10 @@ def read_images(paths):
     still read. The header is checked before decoding, so a decompression
     bomb is refused without decoding it.
     """
-    from vlm.data.images import ImageError, ImageTooLargeError, decode_image, read_image_header
+    from vlm.data.images import ImageError
+    from vlm.data.images import ImageTooLargeError
+    from vlm.data.images import decode_image
+    from vlm.data.images import read_image_header
 
     images, errors = {}, {}
     for path in paths:
@@ -149,7 +152,8 @@ def caption_command(args):
 def _write_attention_maps(model, paths, pixels, details, args):
     import keras
 
-    from vlm.viz.attention import plot_attention_grid, word_attention
+    from vlm.viz.attention import plot_attention_grid
+    from vlm.viz.attention import word_attention
 
     root, extension = os.path.splitext(args.attention_map)
     for i, path in enumerate(paths):

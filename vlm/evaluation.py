@@ -185,10 +185,10 @@ def evaluate_model(model, data_config, split="test", sampler="greedy", batch_siz
         `(metrics, per_image, gallery_entries)`.
     """
     from vlm import samplers
-    from vlm.data.datasets import load_examples
     from vlm.data.batching import count_pairs
     from vlm.data.batching import eval_batches
     from vlm.data.batching import train_batches
+    from vlm.data.datasets import load_examples
 
     examples = load_examples(data_config, split, model.image_size)
     if examples is None:

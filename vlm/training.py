@@ -118,9 +118,9 @@ def without_training_state(model):
     The shipped `.keras` file is for inference: it leaves out AdamW's two
     extra copies of every weight (`compile()` it again to train or evaluate).
     """
-    config = dict(model.get_config(), tokenizer=None)  # its vocabulary is an asset
+    config = dict(model.get_config(), preprocessor=None)  # the vocabulary is an asset
     copy = model.__class__.from_config(config)
-    copy.tokenizer = model.tokenizer
+    copy.preprocessor = model.preprocessor
     copy.set_weights(model.get_weights())
     return copy
 

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from vlm.data import shapes
-from vlm.metrics.grounded import parse_caption, relation_holds, score_caption
+from vlm.metrics.grounded import parse_caption
+from vlm.metrics.grounded import relation_holds
+from vlm.metrics.grounded import score_caption
 
 
 def bounding_gap(a, b, image_size):

@@ -14,11 +14,12 @@ import tensorflow as tf
 
 from tests.data.image_files import odd_images
 from tests.data.image_files import png_bomb
-from tests.generation.test_generator import MODEL, golden_images
-from vlm.samplers import BeamSampler
+from tests.generation.test_generator import MODEL
+from tests.generation.test_generator import golden_images
 from vlm import load_captioner
 from vlm.data.images import decode_image
 from vlm.export.saved_model import export
+from vlm.samplers import BeamSampler
 
 SERVE_SCRIPT = """
 import json, sys

@@ -5,7 +5,10 @@ import numpy as np
 import pytest
 from keras import ops
 
-from tests.test_case import assert_close, backend, run_layer_test, to_numpy
+from tests.test_case import assert_close
+from tests.test_case import backend
+from tests.test_case import run_layer_test
+from tests.test_case import to_numpy
 from vlm.layers import CrossAttention
 
 GOLDEN_DIR = os.path.join(os.path.dirname(__file__), "golden")

@@ -1,7 +1,9 @@
 import numpy as np
 import pytest
 
-from tests.test_case import assert_close, run_layer_test, to_numpy
+from tests.test_case import assert_close
+from tests.test_case import run_layer_test
+from tests.test_case import to_numpy
 from vlm.layers import DecoderBlock
 
 

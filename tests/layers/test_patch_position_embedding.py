@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from tests.test_case import assert_close, run_layer_test
+from tests.test_case import assert_close
+from tests.test_case import run_layer_test
 from vlm.layers import PatchPositionEmbedding
 from vlm.layers.patch_position_embedding import sincos_2d
 

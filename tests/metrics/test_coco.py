@@ -4,7 +4,11 @@ import math
 
 import pytest
 
-from vlm.metrics.coco import bleu, cider_d, normalize, rouge_l, score_captions
+from vlm.metrics.coco import bleu
+from vlm.metrics.coco import cider_d
+from vlm.metrics.coco import normalize
+from vlm.metrics.coco import rouge_l
+from vlm.metrics.coco import score_captions
 
 BLEU_KEYS = ["bleu_1", "bleu_2", "bleu_3", "bleu_4"]
 # pycocoevalcap's smoothing (correct + 1e-15) / (guess + 1e-9) moves a

@@ -1,6 +1,9 @@
 import pytest
 
-from vlm.metrics.grounded import grounded_scores, parse_caption, relation_holds, score_caption
+from vlm.metrics.grounded import grounded_scores
+from vlm.metrics.grounded import parse_caption
+from vlm.metrics.grounded import relation_holds
+from vlm.metrics.grounded import score_caption
 
 
 def obj(size, color, shape, x, y):

@@ -5,11 +5,19 @@ import keras_hub
 import numpy as np
 import pytest
 
-from tests.test_case import assert_close, backend, jit_compile_for_backend, to_numpy
+from tests.test_case import assert_close
+from tests.test_case import backend
+from tests.test_case import jit_compile_for_backend
+from tests.test_case import to_numpy
 from vlm.config import ModelConfig
 from vlm.layers.patch_position_embedding import sincos_2d
-from vlm.models.captioner import CaptionLoss, Captioner, MaskedTokenAccuracy, build_captioner
-from vlm.models.image_encoder import IMAGENET_MEAN, IMAGENET_STD, ImageEncoder
+from vlm.models.captioner import Captioner
+from vlm.models.captioner import CaptionLoss
+from vlm.models.captioner import MaskedTokenAccuracy
+from vlm.models.captioner import build_captioner
+from vlm.models.image_encoder import IMAGENET_MEAN
+from vlm.models.image_encoder import IMAGENET_STD
+from vlm.models.image_encoder import ImageEncoder
 
 TINY = ModelConfig(image_size=16, patch_size=4, encoder_layers=1, encoder_heads=2,
                    encoder_dim=16, encoder_mlp_dim=32, decoder_layers=2, decoder_heads=2,

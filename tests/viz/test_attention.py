@@ -1,9 +1,11 @@
 import numpy as np
 import pytest
 
-from tests.generation.test_generator import MODEL, golden_images
+from tests.generation.test_generator import MODEL
+from tests.generation.test_generator import golden_images
 from vlm import load_captioner
-from vlm.viz.attention import plot_attention_grid, word_attention
+from vlm.viz.attention import plot_attention_grid
+from vlm.viz.attention import word_attention
 
 
 @pytest.fixture(scope="module")

@@ -38,14 +38,12 @@ import tensorflow_datasets as tfds
 import tqdm
 
 from vlm.data import paths
-from vlm.scene_vocab import (
-    CAPTION_PREFIXES,
-    COLORS,
-    RELATION_PHRASES,
-    RELATIONS,
-    SHAPES,
-    SIZES,
-)
+from vlm.scene_vocab import CAPTION_PREFIXES
+from vlm.scene_vocab import COLORS
+from vlm.scene_vocab import RELATION_PHRASES
+from vlm.scene_vocab import RELATIONS
+from vlm.scene_vocab import SHAPES
+from vlm.scene_vocab import SIZES
 from vlm.validation import check_positive_int
 
 __all__ = [

@@ -3,7 +3,6 @@
 import keras
 import numpy as np
 
-
 # The output projection of attention heads, (batch, length, heads, head_dim)
 # x (heads, head_dim, output) -> (batch, length, output). The letters matter
 # on JAX: jnp.einsum contracts the summed letters in sorted order, so heads

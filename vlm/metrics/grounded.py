@@ -24,7 +24,9 @@ import re
 
 import numpy as np
 
-from vlm.scene_vocab import DEFAULT_VOCABULARY, INVERSE_RELATIONS, RELATIONS
+from vlm.scene_vocab import DEFAULT_VOCABULARY
+from vlm.scene_vocab import INVERSE_RELATIONS
+from vlm.scene_vocab import RELATIONS
 
 ATTRIBUTES = ("size", "color", "shape")
 _RELATION_TOKENS = tuple((relation, tuple(relation.split())) for relation in RELATIONS)

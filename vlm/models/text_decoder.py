@@ -4,8 +4,8 @@ import keras
 import keras_hub
 from keras import ops
 
-from vlm.validation import check_positive_int
 from vlm.layers.decoder_block import DecoderBlock
+from vlm.validation import check_positive_int
 
 
 @keras.saving.register_keras_serializable(package="vlm")

@@ -3,7 +3,9 @@
 import numpy as np
 from keras import ops
 
-from vlm.viz.figures import as_unit_image, panel_grid, save_figure
+from vlm.viz.figures import as_unit_image
+from vlm.viz.figures import panel_grid
+from vlm.viz.figures import save_figure
 
 
 def word_attention(model, image, token_ids, layer=-1):

@@ -2,7 +2,9 @@
 
 import textwrap
 
-from vlm.viz.figures import as_unit_image, panel_grid, save_figure
+from vlm.viz.figures import as_unit_image
+from vlm.viz.figures import panel_grid
+from vlm.viz.figures import save_figure
 
 
 def plot_gallery(entries, path, columns=4, title=None):

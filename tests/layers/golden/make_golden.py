@@ -11,7 +11,9 @@ import os
 import keras
 import numpy as np
 
-from tests.layers.test_cross_attention import random_inputs, random_mask, randomize_biases
+from tests.layers.test_cross_attention import random_inputs
+from tests.layers.test_cross_attention import random_mask
+from tests.layers.test_cross_attention import randomize_biases
 from vlm.layers import CrossAttention
 
 HERE = os.path.dirname(__file__)
