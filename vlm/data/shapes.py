@@ -49,8 +49,8 @@ from vlm.validation import check_positive_int
 __all__ = [
     "COLORS", "SHAPES", "SIZES", "RELATIONS", "RELATION_PHRASES", "CAPTION_PREFIXES",
     "generate_scene", "render_scene", "scene_captions", "generate_examples",
-    "scene_from_features", "split_seed", "ShapesCaptionsConfig", "ShapesCaptions",
-    "shapes_config", "load_shapes",
+    "scene_features", "scene_from_features", "objects_feature", "split_seed",
+    "ShapesCaptionsConfig", "ShapesCaptions", "shapes_config", "load_shapes",
 ]
 
 # Object half-extent as a fraction of the image size: ~6 and ~10 px at 64 px.
@@ -68,6 +68,11 @@ _ALL_TRIPLES = [(size, color, shape) for size in SIZES for color in COLORS for s
 
 def _radius(size, image_size):
     return SIZE_RADIUS[size] * image_size
+
+
+def _margin(size, image_size):
+    """Least distance in whole pixels from an object's centre to the image border."""
+    return int(np.ceil(_radius(size, image_size))) + 1
 
 
 def _placement_ok(candidate, placed, image_size):
@@ -101,7 +106,7 @@ def generate_scene(rng, image_size=64):
     while True:  # restart when an object finds no place; succeeds within a few tries
         placed = []
         for size, color, shape in triples:
-            margin = int(np.ceil(_radius(size, image_size))) + 1
+            margin = _margin(size, image_size)
             for _ in range(100):
                 x, y = rng.integers(margin, image_size - margin, size=2)
                 candidate = {"shape": shape, "color": color, "size": size,
@@ -252,9 +257,22 @@ def generate_examples(num_images, seed, image_size=64):
         scene = generate_scene(rng, image_size)
         image = render_scene(scene, rng, image_size)
         captions = scene_captions(scene, rng, int(rng.integers(3, 6)))
-        objects = {key: [obj[key] for obj in scene["objects"]]
-                   for key in ("shape", "color", "size", "x", "y")}
-        yield {"image_id": index, "image": image, "captions": captions, "objects": objects}
+        yield {"image_id": index, "image": image, "captions": captions,
+               "objects": scene_features(scene)}
+
+
+def scene_features(scene):
+    """Turns a scene graph into the `objects` features of an example (one list per key).
+
+    Args:
+        scene: `{"objects": [...]}` as returned by `generate_scene`.
+
+    Returns:
+        `{"shape", "color", "size": list of str, "x", "y": list of float}`;
+        `scene_from_features` turns it back.
+    """
+    return {key: [obj[key] for obj in scene["objects"]]
+            for key in ("shape", "color", "size", "x", "y")}
 
 
 def scene_from_features(objects):
@@ -334,6 +352,22 @@ class ShapesCaptionsConfig(tfds.core.BuilderConfig):
         return getattr(self, f"{split}_size")
 
 
+def objects_feature():
+    """The TFDS feature of a scene's objects, as `scene_features` writes them.
+
+    Returns:
+        `tfds.features.Sequence` of `shape`, `color`, `size` ClassLabels and
+        `x`, `y` float32 centres.
+    """
+    return tfds.features.Sequence({
+        "shape": tfds.features.ClassLabel(names=SHAPES),
+        "color": tfds.features.ClassLabel(names=list(COLORS)),
+        "size": tfds.features.ClassLabel(names=SIZES),
+        "x": np.float32,
+        "y": np.float32,
+    })
+
+
 def _encode_png(image):
     """PNG bytes of a uint8 image.
 
@@ -376,13 +410,7 @@ class ShapesCaptions(tfds.core.GeneratorBasedBuilder):
                 "image": tfds.features.Image(shape=(size, size, 3)),
                 "image_id": tfds.features.Scalar(np.int64),
                 "captions": tfds.features.Sequence(tfds.features.Text()),
-                "objects": tfds.features.Sequence({
-                    "shape": tfds.features.ClassLabel(names=SHAPES),
-                    "color": tfds.features.ClassLabel(names=list(COLORS)),
-                    "size": tfds.features.ClassLabel(names=SIZES),
-                    "x": np.float32,
-                    "y": np.float32,
-                }),
+                "objects": objects_feature(),
             }),
         )
 
@@ -474,13 +502,13 @@ def _without_expected_tfds_warnings():
         absl_logger.removeFilter(expected)
 
 
-def _prepare(builder, description, total):
+def _prepare(builder, description, total, unit=" images"):
     """Writes the dataset's files behind one progress line on stdout.
 
     TFDS would print two notices and a progress bar per split and per shuffle:
     its bars are turned off and its notices (stdout) dropped meanwhile.
     """
-    progress = tqdm.tqdm(total=total, desc=description, unit=" images", file=sys.stdout)
+    progress = tqdm.tqdm(total=total, desc=description, unit=unit, file=sys.stdout)
     builder.on_example = lambda: progress.update(1)
     tfds.display_progress_bar(False)
     try:

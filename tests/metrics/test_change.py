@@ -1,0 +1,102 @@
+import pytest
+
+from vlm.metrics.change import change_scores
+from vlm.metrics.change import parse_change_caption
+
+MOVED = "moved|small red circle|left of|large blue square"
+
+
+@pytest.mark.parametrize("caption, expected", [
+    ("nothing changed", "none"),
+    ("no change", "none"),
+    ("the scene is the same", "none"),
+    ("the small red circle moved left of the large blue square", MOVED),
+    ("the small red circle moved to the left of the large blue square", MOVED),
+    ("the small red circle was moved to the left of the large blue square", MOVED),
+    ("the small red circle is now left of the large blue square", MOVED),
+    ("the large cyan triangle is now below the small red circle",
+     "moved|large cyan triangle|below|small red circle"),
+    ("a large green triangle appeared", "appeared|large green triangle"),
+    ("a new large green triangle was added", "appeared|large green triangle"),
+    ("the small red circle disappeared", "disappeared|small red circle"),
+    ("the small red circle is gone", "disappeared|small red circle"),
+    ("the small red circle was removed", "disappeared|small red circle"),
+    ("the small red circle turned blue", "color|small red circle|blue"),
+    ("the small red circle became blue", "color|small red circle|blue"),
+    ("the small red circle changed to blue", "color|small red circle|blue"),
+    # Case, punctuation and bytes do not matter.
+    (b"The small red circle changed to blue.", "color|small red circle|blue"),
+    # Parts left out stay empty.
+    ("the red circle disappeared", "disappeared|red circle"),
+    ("the small red circle moved to the right", "moved|small red circle||"),
+    ("something turned", "color||"),
+])
+def test_parse_each_wording(caption, expected):
+    assert parse_change_caption(caption) == expected
+
+
+@pytest.mark.parametrize("caption", ["", "a small red circle", "a cat on a mat", b"\xff\xfe"])
+def test_caption_without_a_change_parses_to_none(caption):
+    assert parse_change_caption(caption) is None
+
+
+def test_partial_credit():
+    changes = [
+        MOVED,
+        MOVED,
+        "color|small red circle|blue",
+        "appeared|large green triangle",
+        "disappeared|small red circle",
+        "none",
+        "none",
+        "color|large purple square|red",
+    ]
+    captions = [
+        # Exact.
+        "the small red circle moved to the left of the large blue square",
+        # Wrong relation: type and object right.
+        "the small red circle moved above the large blue square",
+        # Wrong new colour: type and object right.
+        "the small red circle turned green",
+        # Wrong object (size): type right only.
+        "a small green triangle appeared",
+        # Wrong type, right object.
+        "the small red circle turned yellow",
+        # Right: "none" needs no object.
+        "no change",
+        # Junk: wrong everywhere.
+        "lorem ipsum",
+        # Exact, given as bytes.
+        b"the large purple square became red",
+    ]
+    scores = change_scores(captions, changes)
+    assert scores == {
+        "change_type_accuracy": 6 / 8,
+        "change_object_accuracy": 5 / 8,
+        "exact_change_accuracy": 3 / 8,
+        "num_examples": 8,
+        "exact_change_accuracy_none": 1 / 2,
+        "exact_change_accuracy_moved": 1 / 2,
+        "exact_change_accuracy_appeared": 0.0,
+        "exact_change_accuracy_disappeared": 0.0,
+        "exact_change_accuracy_color": 1 / 2,
+    }
+
+
+def test_wrong_anchor_is_object_right_but_not_exact():
+    scores = change_scores(
+        ["the small red circle moved left of the large green square"], [MOVED.encode()])
+    assert scores["change_type_accuracy"] == 1.0
+    assert scores["change_object_accuracy"] == 1.0
+    assert scores["exact_change_accuracy"] == 0.0
+    assert set(scores) == {"change_type_accuracy", "change_object_accuracy",
+                           "exact_change_accuracy", "num_examples", "exact_change_accuracy_moved"}
+
+
+def test_empty_and_mismatched_inputs():
+    assert change_scores([], []) == {"change_type_accuracy": 0.0, "change_object_accuracy": 0.0,
+                                     "exact_change_accuracy": 0.0, "num_examples": 0}
+    with pytest.raises(ValueError, match=r"len\(captions\)=2, len\(changes\)=3"):
+        change_scores(["no change", "no change"], ["none", "none", "none"])
+    with pytest.raises(ValueError, match="change='grew'"):
+        change_scores(["no change"], ["grew"])

@@ -1,0 +1,163 @@
+"""Change caption scores: read the change a caption states, compare it with the true change.
+
+A caption is read in the grammar that `vlm.data.shapes_change` writes
+reference captions in, into the canonical change string of
+`vlm.change_vocab.canonical_change` ("moved|small red circle|left of|large
+blue square", "appeared|large green triangle", "none", ...). Scores compare
+those strings field by field with the true ones.
+
+Pure Python and NumPy: no TensorFlow or Keras, so it runs beside any backend.
+
+Example:
+
+```python
+change_scores(["the small red circle turned green", "a large blue square appeared"],
+              ["color|small red circle|blue", "appeared|large blue square"])
+# {"change_type_accuracy": 1.0, "change_object_accuracy": 1.0,
+#  "exact_change_accuracy": 0.5, "num_examples": 2,
+#  "exact_change_accuracy_appeared": 1.0, "exact_change_accuracy_color": 0.0}
+```
+"""
+
+import re
+
+from vlm.change_vocab import CHANGE_TYPES
+from vlm.change_vocab import CHANGE_VERBS
+from vlm.change_vocab import NO_CHANGE_CAPTIONS
+from vlm.change_vocab import canonical_change
+from vlm.metrics.grounded import parse_caption
+from vlm.scene_vocab import DEFAULT_VOCABULARY
+from vlm.scene_vocab import RELATIONS
+
+# Every phrase that names a change type, longest first so "was moved" wins over "moved".
+_TYPE_PHRASES = sorted(
+    [(kind, tuple(phrase.split())) for kind, phrases in CHANGE_VERBS.items() for phrase in phrases]
+    + [("none", tuple(caption.split())) for caption in NO_CHANGE_CAPTIONS],
+    key=lambda entry: -len(entry[1]),
+)
+_RELATION_TOKENS = tuple((relation, tuple(relation.split())) for relation in RELATIONS)
+
+
+def _find(tokens, phrases):
+    """`(position, key, length)` of the earliest of `phrases` (`(key, words)`) in `tokens`."""
+    for k in range(len(tokens)):
+        for key, words in phrases:
+            if tuple(tokens[k:k + len(words)]) == words:
+                return k, key, len(words)
+    return None
+
+
+def _last_mention(tokens, vocabulary):
+    """The last `(size, color, shape)` mention in `tokens` (words may be None), or None."""
+    mentions, _ = parse_caption(" ".join(tokens), vocabulary)
+    return mentions[-1] if mentions else None
+
+
+def _first_mention(tokens, vocabulary):
+    mentions, _ = parse_caption(" ".join(tokens), vocabulary)
+    return mentions[0] if mentions else None
+
+
+def parse_change_caption(text, vocabulary=DEFAULT_VOCABULARY):
+    """Reads the change a caption states, as a canonical change string.
+
+    The earliest change phrase decides the type: a no-change caption ("nothing
+    changed", "no change", "the scene is the same") or a verb of
+    `vlm.change_vocab.CHANGE_VERBS` ("moved", "was moved", "is now",
+    "appeared", "was added", "disappeared", "is gone", "was removed",
+    "turned", "became", "changed to"). The changed object is the last mention
+    before the verb; for "moved", the relation is the first one after the verb
+    ("to the left of" reads as "left of") and the anchor the first mention
+    after that; for "color", the new colour is the first colour word after the
+    verb. Other words are ignored. A part the caption leaves out is left empty
+    ("moved|small red circle||", "disappeared|red circle").
+
+    Args:
+        text: the caption, `str` or UTF-8 `bytes`; anything is accepted.
+        vocabulary: `vlm.scene_vocab.SceneVocabulary` with the colour, shape
+            and size words.
+
+    Returns:
+        str, e.g. `"moved|small red circle|left of|large blue square"`, or None
+        when the caption names no change type.
+    """
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="ignore")
+    tokens = re.findall(r"[a-z]+", str(text).lower())
+    found = _find(tokens, _TYPE_PHRASES)
+    if found is None:
+        return None
+    position, kind, length = found
+    change = {"type": kind, "object": _last_mention(tokens[:position], vocabulary)}
+    rest = tokens[position + length:]
+    if kind == "moved":
+        relation = _find(rest, _RELATION_TOKENS)
+        if relation is not None:
+            change["relation"] = relation[1]
+            change["anchor"] = _first_mention(rest[relation[0] + relation[2]:], vocabulary)
+    elif kind == "color":
+        change["new_color"] = next((word for word in rest if word in vocabulary.colors), None)
+    return canonical_change(change)
+
+
+def _as_text(value):
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def change_scores(captions, changes, vocabulary=DEFAULT_VOCABULARY):
+    """Scores captions against the true changes of their image pairs.
+
+    Args:
+        captions: one caption per example, `str` or `bytes`.
+        changes: the true canonical change strings (the `"change"` feature of
+            `vlm.data.shapes_change`), `str` or `bytes`.
+        vocabulary: `SceneVocabulary` passed on to `parse_change_caption`.
+
+    Returns:
+        dict: `change_type_accuracy` (the type is right),
+        `change_object_accuracy` (the type and the changed object's size,
+        colour and shape are right; a right "none" counts),
+        `exact_change_accuracy` (the whole canonical change is right: also the
+        relation and anchor of "moved" and the new colour of "color"), each a
+        float in [0, 1], 0.0 when there are no examples; `num_examples`, int;
+        and `exact_change_accuracy_<type>` for each change type among
+        `changes`, over the examples of that type. A caption stating no
+        change type counts as wrong everywhere.
+    """
+    captions, changes = list(captions), [_as_text(change) for change in changes]
+    if len(captions) != len(changes):
+        raise ValueError(
+            "`captions` and `changes` must have the same length. "
+            f"Received: len(captions)={len(captions)}, len(changes)={len(changes)}"
+        )
+    hits = {"type": 0, "object": 0, "exact": 0}
+    per_type = {}  # type -> [exact hits, examples]
+    for caption, truth in zip(captions, changes):
+        true_fields = truth.split("|")
+        if true_fields[0] not in CHANGE_TYPES:
+            raise ValueError(
+                f"A change must start with one of {CHANGE_TYPES}. Received: change={truth!r}")
+        parsed = parse_change_caption(caption, vocabulary)
+        fields = parsed.split("|") if parsed is not None else [None]
+        type_right = fields[0] == true_fields[0]
+        hits["type"] += type_right
+        hits["object"] += type_right and fields[1:2] == true_fields[1:2]
+        hits["exact"] += parsed == truth
+        counts = per_type.setdefault(true_fields[0], [0, 0])
+        counts[0] += parsed == truth
+        counts[1] += 1
+
+    def rate(count):
+        return count / len(changes) if changes else 0.0
+
+    scores = {
+        "change_type_accuracy": rate(hits["type"]),
+        "change_object_accuracy": rate(hits["object"]),
+        "exact_change_accuracy": rate(hits["exact"]),
+        "num_examples": len(changes),
+    }
+    for kind in CHANGE_TYPES:
+        if kind in per_type:
+            exact, count = per_type[kind]
+            scores[f"exact_change_accuracy_{kind}"] = exact / count
+    return scores
