@@ -133,7 +133,7 @@ def test_evaluating_a_folder_skips_bad_images_and_names_them(tmp_path, capfd):
         "possible decompression bomb",
     ]
     model = load_captioner(MODEL)
-    ids, captions, references, _, _ = caption_split(model, examples, batch_size=3)
+    ids, captions, references, _, _, _ = caption_split(model, examples, batch_size=3)
     err = capfd.readouterr().err
     assert ids == ["a.png", "b.jpg", "c.png"]
     assert references == [["a small red circle"]] * 3

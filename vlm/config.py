@@ -46,6 +46,12 @@ class ModelConfig:
     vocabulary_size: int = 1000
     dropout: float = 0.1
     tie_embeddings: bool = True
+    # Images per example (shapes_change: 2). Above 1, `multi_image` says how
+    # the decoder reads them: "interleaved" (one context, an <image> marker
+    # per image, `media_mode` masks) or "sources" (one cross attention each).
+    num_images: int = 1
+    multi_image: str = "interleaved"
+    media_mode: str = "all_previous"
 
     def validate(self, prefix="model"):
         """Raises `ConfigError` naming the first bad key and the value received."""
@@ -69,13 +75,19 @@ class ModelConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"{prefix}.dropout must be in [0, 1). Received: {self.dropout!r}")
+        if self.multi_image not in MULTI_IMAGE_DESIGNS:
+            raise ConfigError(f"{prefix}.multi_image must be one of {MULTI_IMAGE_DESIGNS}. "
+                              f"Received: {self.multi_image!r}")
+        if self.media_mode not in MEDIA_MODES:
+            raise ConfigError(f"{prefix}.media_mode must be one of {MEDIA_MODES}. "
+                              f"Received: {self.media_mode!r}")
 
 
 @dataclasses.dataclass
 class DataConfig:
     """Which dataset, and how to read it."""
 
-    dataset: str = "shapes"  # "shapes", "coco" or "folder"
+    dataset: str = "shapes"  # "shapes", "shapes_change", "coco" or "folder"
     train_size: int = 20000  # shapes only
     validation_size: int = 1000  # shapes only
     test_size: int = 1000  # shapes only
@@ -195,7 +207,9 @@ class Config:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)
 
 
-DATASETS = ("shapes", "coco", "folder")
+DATASETS = ("shapes", "shapes_change", "coco", "folder")
+MULTI_IMAGE_DESIGNS = ("interleaved", "sources")
+MEDIA_MODES = ("immediate", "all_previous")
 PRECISIONS = (None, "mixed_float16", "mixed_bfloat16")
 DISTRIBUTE_MODES = ("none", "data_parallel", "model_parallel", "auto")
 _SECTION_NAMES = {"ModelConfig": "model", "DataConfig": "data", "TrainConfig": "train"}

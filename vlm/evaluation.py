@@ -10,6 +10,7 @@ import os
 
 from vlm.data.jsonl import line_error
 from vlm.data.jsonl import read_jsonl
+from vlm.metrics.change import change_scores
 from vlm.metrics.coco import score_captions
 from vlm.metrics.grounded import grounded_scores
 
@@ -57,8 +58,9 @@ def evaluate_predictions(predictions_path, references_path):
     return score(ids, [predictions[i] for i in ids], [references[i] for i in ids])
 
 
-def score(ids, captions, references, scenes=None):
-    """COCO metrics (and grounded scores when `scenes` are given) with per-image rows."""
+def score(ids, captions, references, scenes=None, changes=None):
+    """COCO metrics with per-image rows, and grounded scores for `scenes` or change
+    scores for `changes` (canonical change strings) where given."""
     scores = score_captions(captions, references)
     metrics = {key: float(scores[key]) for key in METRIC_KEYS}
     per_image = [
@@ -68,6 +70,8 @@ def score(ids, captions, references, scenes=None):
     ]
     if scenes is not None:
         metrics.update(grounded_scores(captions, scenes))
+    if changes is not None:
+        metrics.update(change_scores(captions, changes))
     metrics["num_images"] = len(ids)
     return metrics, per_image
 
@@ -135,10 +139,11 @@ def caption_split(model, examples, batch_size, sampler="greedy", keep_images=0):
     """Captions every image of an examples dataset, with a progress bar.
 
     Returns:
-        `(ids, captions, references, scenes, kept_images)`: per image its id,
-        generated caption, reference list and (for the shapes dataset, whose
-        examples carry `objects`) scene graph, else `scenes` is empty; and
-        `{id: image}` for the first `keep_images` images.
+        `(ids, captions, references, scenes, kept_images, changes)`: per
+        example its id, generated caption, reference list and (for the shapes
+        dataset, whose examples carry `objects`) scene graph, else `scenes` is
+        empty; `{id: image}` for the first `keep_images` examples; and for
+        shapes_change the canonical change of each example, else empty.
     """
     import keras
 
@@ -148,13 +153,15 @@ def caption_split(model, examples, batch_size, sampler="greedy", keep_images=0):
     cardinality = int(examples.cardinality())
     progress = keras.utils.Progbar(cardinality if cardinality > 0 else None,
                                    unit_name="image")
-    ids, captions, references, scenes, kept_images = [], [], [], [], {}
+    ids, captions, references, scenes, kept_images, changes = [], [], [], [], {}, []
     for batch in eval_batches(examples, image_size=model.image_size, batch_size=batch_size):
         images = batch["images"].numpy()
         captions += model.generate(images, sampler=sampler)
         batch_ids = [_plain(i) for i in batch["image_id"].numpy()]
         ids += batch_ids
         references += [[c.decode() for c in row if c] for row in batch["captions"].numpy()]
+        if "change" in batch:
+            changes += [c.decode() for c in batch["change"].numpy()]
         if "objects" in batch:
             objects = {k: v.numpy() for k, v in batch["objects"].items()}
             for i in range(len(images)):
@@ -162,9 +169,9 @@ def caption_split(model, examples, batch_size, sampler="greedy", keep_images=0):
                 scenes.append(scene_from_features({k: v[i][real] for k, v in objects.items()}))
         for image_id, image in zip(batch_ids, images):
             if len(kept_images) < keep_images:
-                kept_images[image_id] = image
+                kept_images[image_id] = side_by_side(image)
         progress.add(len(images))
-    return ids, captions, references, scenes, kept_images
+    return ids, captions, references, scenes, kept_images, changes
 
 
 def evaluate_model(model, data_config, split="test", sampler="greedy", batch_size=64,
@@ -195,16 +202,18 @@ def evaluate_model(model, data_config, split="test", sampler="greedy", batch_siz
         raise ValueError(f"Dataset {data_config.dataset!r} has no {split!r} split.")
     if max_images:
         examples = examples.take(max_images)
-    ids, captions, references, scenes, kept_images = caption_split(
+    ids, captions, references, scenes, kept_images, changes = caption_split(
         model, examples, batch_size, sampler=sampler, keep_images=gallery_size)
-    metrics, per_image = score(ids, captions, references, scenes or None)
+    metrics, per_image = score(ids, captions, references, scenes or None, changes or None)
     metrics.update(split=split, sampler=repr(samplers.get(sampler)), dataset=data_config.dataset)
 
     if not model.compiled:
         model.compile()  # the masked caption loss and token accuracy
+    markers = getattr(model, "image_token_id", None)
+    prefix_ids = [markers] * model.num_images if markers is not None else ()
     pairs = train_batches(examples, model.tokenizer, image_size=model.image_size,
                           sequence_length=model.sequence_length, batch_size=batch_size,
-                          shuffle_buffer=0)
+                          shuffle_buffer=0, prefix_ids=prefix_ids)
     steps = max(count_pairs(examples) // batch_size, 1)
     results = model.evaluate(pairs, steps=steps, verbose=0, return_dict=True)
     metrics["loss"] = float(results["loss"])
@@ -219,12 +228,19 @@ def evaluate_model(model, data_config, split="test", sampler="greedy", batch_siz
         for batch in eval_batches(examples, image_size=model.image_size, batch_size=batch_size):
             for image_id, image in zip(batch["image_id"].numpy(), batch["images"].numpy()):
                 if _plain(image_id) in worst_ids:
-                    kept_images[_plain(image_id)] = image
+                    kept_images[_plain(image_id)] = side_by_side(image)
     rows = {row["image_id"]: row for row in per_image}
     entries = [dict(rows[i], image=kept_images[i]) for i in samples]
     entries += [dict(row, image=kept_images[row["image_id"]],
                      label=f"worst: CIDEr-D {row['cider_d']:.2f}") for row in worst]
     return metrics, per_image, entries
+
+
+def side_by_side(image):
+    """One picture of an example: its image, or its images left to right."""
+    import numpy as np
+
+    return np.concatenate(list(image), axis=1) if image.ndim == 4 else image
 
 
 def _plain(value):

@@ -24,11 +24,14 @@ from vlm.callbacks import write_json_atomically
 from vlm.data.batching import count_pairs
 from vlm.data.batching import train_batches
 from vlm.data.datasets import load_examples
+from vlm.data.tokenizer import IMAGE
 from vlm.data.tokenizer import train_tokenizer
 from vlm.distribution import plan_distribution
 from vlm.evaluation import caption_split
+from vlm.metrics.change import change_scores
 from vlm.metrics.grounded import grounded_scores
 from vlm.models.captioner import build_captioner
+from vlm.models.multi_image_captioner import build_multi_image_captioner
 
 
 def output_paths(config):
@@ -139,7 +142,7 @@ def caption_report(model, examples, num_images, batch_size=250):
         dict with `num_images`, `samples` (a few image ids, captions and
         references) and, for shapes, the grounded scores.
     """
-    ids, captions, references, scenes, _ = caption_split(
+    ids, captions, references, scenes, _, changes = caption_split(
         model, examples.take(num_images), batch_size
     )
     report = {
@@ -151,7 +154,20 @@ def caption_report(model, examples, num_images, batch_size=250):
     }
     if scenes:
         report["grounded"] = grounded_scores(captions, scenes)
+    if changes:
+        report["change"] = change_scores(captions, changes)
     return report
+
+
+def build_model(model_config, tokenizer, dtype=None):
+    """A `Captioner`, or a `MultiImageCaptioner` for `model.num_images > 1`."""
+    build = build_multi_image_captioner if model_config.num_images > 1 else build_captioner
+    return build(model_config, tokenizer.vocabulary_size(), tokenizer=tokenizer, dtype=dtype)
+
+
+def uses_image_markers(model_config):
+    """Whether the model's text holds an `<image>` marker per image."""
+    return model_config.num_images > 1 and model_config.multi_image == "interleaved"
 
 
 def cached(examples, data_config):
@@ -259,16 +275,15 @@ def _train(config):
     print(f"Training pairs (image, caption): {num_pairs}"
           + (f", {captions_per_image} captions per image in a batch"
              if captions_per_image > 1 else ""))
+    markers = uses_image_markers(model_config)
     tokenizer = train_tokenizer(
-        train_examples.map(lambda e: e["captions"]), model_config.vocabulary_size
+        train_examples.map(lambda e: e["captions"]), model_config.vocabulary_size,
+        extra_special_tokens=(IMAGE,) if markers else (),
     )
     print(f"Vocabulary: {tokenizer.vocabulary_size()} tokens")
 
     with plan.scope():  # the variables are laid out (JAX) or mirrored (TF) as made
-        model = build_captioner(
-            model_config, tokenizer.vocabulary_size(), tokenizer=tokenizer,
-            dtype=train_config.mixed_precision,
-        )
+        model = build_model(model_config, tokenizer, dtype=train_config.mixed_precision)
     steps_per_epoch = train_config.steps_per_epoch or num_pairs // train_config.batch_size
     if steps_per_epoch < 1:
         raise ValueError(
@@ -295,6 +310,7 @@ def _train(config):
         image_size=model_config.image_size,
         sequence_length=model_config.sequence_length,
         batch_size=train_config.batch_size,
+        prefix_ids=[model.image_token_id] * model_config.num_images if markers else (),
     )
     train_data = train_batches(
         train_examples, tokenizer, shuffle_buffer=data_config.shuffle_buffer,
@@ -375,7 +391,7 @@ def _train(config):
         write_json(paths["report"], report)
         for sample in report["samples"][:3]:
             print(f"  {sample['caption']!r}  (reference: {sample['references'][0]!r})")
-        for key, value in report.get("grounded", {}).items():
+        for key, value in {**report.get("grounded", {}), **report.get("change", {})}.items():
             print(f"  {key:>22}: {value:.4f}")
         print(f"Report: {paths['report']}")
     return paths

@@ -34,7 +34,7 @@ def projections(layer):
     return weights
 
 
-def numpy_cross_attention(layer, query, context, context_mask=None):
+def numpy_cross_attention(layer, query, context, context_mask=None, attention_mask=None):
     """softmax(Q K^T / sqrt(d)) V per head, then the output projection."""
     w = projections(layer)
     q = np.einsum("btd,dnh->btnh", query, w["query"][0]) + w["query"][1]
@@ -47,6 +47,8 @@ def numpy_cross_attention(layer, query, context, context_mask=None):
     if context_mask is None:
         context_mask = np.ones(context.shape[:2], bool)
     visible = context_mask[:, None, None, :]
+    if attention_mask is not None:
+        visible = visible & attention_mask[:, None]  # (batch, 1, q_len, k_len)
     logits = np.where(visible, logits, -np.inf)
     row_max = np.max(logits, axis=-1, keepdims=True)
     row_max = np.where(np.isfinite(row_max), row_max, 0.0)
@@ -55,7 +57,7 @@ def numpy_cross_attention(layer, query, context, context_mask=None):
     probs = np.divide(exp, denom, out=np.zeros_like(exp), where=denom > 0)
     out = np.einsum("bnqk,bknh->bqnh", probs, v)
     out = np.einsum("bqnh,nho->bqo", out, w["output"][0]) + w["output"][1]
-    out = out * context_mask.any(-1)[:, None, None]
+    out = out * visible.any(-1)[:, 0, :, None]  # rows that see nothing: zeros
     if layer.gated:
         out = out * np.tanh(float(to_numpy(layer.gate)))
     return out.astype("float32"), probs.astype("float32")
@@ -603,3 +605,48 @@ def test_golden_outputs_from_tensorflow_saved_model():
     )
     assert_close(golden["output"], expected_out, atol=1e-5)
     assert_close(golden["scores"], expected_scores, atol=1e-6)
+
+
+def random_attention_mask(batch=2, q_len=5, k_len=7, seed=2):
+    mask = np.random.default_rng(seed).random((batch, q_len, k_len)) > 0.5
+    mask[:, 0] = False  # a row that sees nothing (text before any image)
+    return mask
+
+
+@pytest.mark.parametrize("path", ["fused", "explicit", "cached"])
+def test_attention_mask_per_query_row(path):
+    query, context = random_inputs()
+    layer = built_layer(query, context, num_heads=4, key_dim=8)
+    context_mask, attention_mask = random_mask(), random_attention_mask()
+    expected, expected_probs = numpy_cross_attention(layer, query, context, context_mask,
+                                                     attention_mask)
+    kwargs = dict(context_mask=context_mask, attention_mask=attention_mask)
+    if path == "fused":
+        out = layer(query, context, **kwargs)
+    elif path == "explicit":
+        out, probs = layer(query, context, return_attention_scores=True, **kwargs)
+        assert_close(probs, expected_probs, atol=1e-6)
+    else:
+        cache = layer.compute_context_cache(context)
+        out = layer(query, None, context_cache=cache, **kwargs)
+    assert_close(out, expected, atol=1e-5)
+    assert np.all(to_numpy(out)[:, 0] == 0.0)  # exactly zero, bias included
+
+
+def test_attention_mask_with_captions_sharing_a_context():
+    """Three captions per image: each caption row keeps its own mask row."""
+    query, context = random_inputs(batch=6)
+    context = context[:2]
+    layer = built_layer(query, context, num_heads=2, key_dim=8)
+    attention_mask = random_attention_mask(batch=6)
+    shared = layer(query, context, attention_mask=attention_mask)
+    repeated = np.repeat(context, 3, axis=0)
+    expected, _ = numpy_cross_attention(layer, query, repeated, None, attention_mask)
+    assert_close(shared, expected, atol=1e-5)
+
+
+def test_attention_mask_shape_is_checked():
+    query, context = random_inputs()
+    layer = built_layer(query, context, num_heads=2)
+    with pytest.raises(ValueError, match="attention_mask.shape=\\(2, 5, 6\\)"):
+        layer(query, context, attention_mask=np.ones((2, 5, 6), bool))

@@ -61,3 +61,28 @@ def test_heads_must_divide_width():
     with pytest.raises(ValueError, match="num_heads=3, hidden_dim=16"):
         DecoderBlock(num_heads=3, mlp_dim=8)(np.zeros((1, 2, 16), "float32"),
                                              np.zeros((1, 3, 8), "float32"))
+
+
+def test_sources_are_one_cross_attention_each_in_order():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 5, 16)).astype("float32")
+    before = rng.standard_normal((2, 4, 24)).astype("float32")
+    after = rng.standard_normal((2, 6, 24)).astype("float32")
+    block = DecoderBlock(num_heads=2, mlp_dim=32, sources=("before", "after"))
+    context = {"before": before, "after": after}
+    out = to_numpy(block(x, context))
+    h = x + to_numpy(block.self_attention(block.self_attention_norm(x)))
+    h = h + to_numpy(block.cross_attention_before(block.cross_attention_norm_before(h), before))
+    h = h + to_numpy(block.cross_attention_after(block.cross_attention_norm_after(h), after))
+    h = h + to_numpy(block.mlp_down(block.mlp_up(block.mlp_norm(h))))
+    assert_close(out, h, atol=1e-5)
+    # Cached: each source's keys and values, projected once.
+    caches = block.compute_context_cache(context)
+    assert sorted(caches) == ["after", "before"]
+    assert_close(block(x, None, context_cache=caches), out, atol=1e-5)
+    assert DecoderBlock.from_config(block.get_config()).sources == ("before", "after")
+
+
+def test_bad_sources():
+    with pytest.raises(ValueError, match="Received: sources=\\('a', 'a'\\)"):
+        DecoderBlock(num_heads=2, mlp_dim=8, sources=("a", "a"))

@@ -7,7 +7,10 @@ yields an *examples* dataset, one element per image, a dict with:
     "captions": tf.string (num_references,), at least one reference
     "image_id": scalar (int64 for COCO, the file name for folders)
 
-plus any other keys a source adds (the shapes dataset adds "objects").
+plus any other keys a source adds (the shapes dataset adds "objects"). An
+example of several images (`vlm.data.shapes_change`) has "images", uint8
+(num_images, height, width, 3), in place of "image"; its batches then hold
+(batch, num_images, S, S, 3) images.
 `train_batches` and `eval_batches` turn examples into model inputs; they work
 unchanged under the TensorFlow, JAX and PyTorch Keras backends (Keras converts
 tf.data batches for `fit`).
@@ -18,6 +21,7 @@ import tensorflow as tf
 
 from vlm.data.images import preprocess_image
 from vlm.data.tokenizer import pack_captions
+from vlm.data.tokenizer import prefixed_captions
 from vlm.data.tokenizer import tf_normalize_caption
 from vlm.validation import check_positive_int
 
@@ -35,16 +39,19 @@ def _check_examples(examples):
     if not isinstance(spec, dict):
         problems.append("elements must be dicts")
     else:
-        for key in ("image", "captions", "image_id"):
+        image_key = "images" if "images" in spec else "image"
+        for key in (image_key, "captions", "image_id"):
             if key not in spec:
                 problems.append(f"missing key {key!r}")
-        image, captions = spec.get("image"), spec.get("captions")
+        image, captions = spec.get(image_key), spec.get("captions")
+        rank = 4 if image_key == "images" else 3
         if image is not None and (
             getattr(image, "dtype", None) != tf.uint8
-            or image.shape.rank != 3
+            or image.shape.rank != rank
             or image.shape[-1] != 3
         ):
-            problems.append("'image' must be uint8 (height, width, 3)")
+            problems.append(f"'{image_key}' must be uint8 ("
+                            + ("num_images, " if rank == 4 else "") + "height, width, 3)")
         if captions is not None and (
             getattr(captions, "dtype", None) != tf.string or captions.shape.rank != 1
         ):
@@ -67,6 +74,7 @@ def train_batches(
     shuffle_buffer=1024,
     seed=0,
     repeat=False,
+    prefix_ids=(),
 ):
     """Builds teacher-forcing batches for `keras.Model.fit`, one per (image, caption) pair.
 
@@ -98,6 +106,9 @@ def train_batches(
             about `shuffle_buffer / captions per image` images of `S * S * 3`
             float32.
         seed: int or None. Shuffle seed; None reshuffles differently each run.
+        prefix_ids: token ids put before each caption's [START] (such as an
+            `<image>` marker per image); no loss falls on them, and the
+            caption is packed to `sequence_length - len(prefix_ids)`.
         repeat: bool. Repeat forever (reshuffling each pass); then give
             `fit` a `steps_per_epoch`. With a `seed`, every iterator yields
             the same stream, so `.skip(n)` gives exactly the batches from
@@ -136,7 +147,7 @@ def train_batches(
     def resize_and_keep_captions(example):
         captions = example["captions"]
         captions = tf.boolean_mask(captions, tf.strings.length(tf_normalize_caption(captions)) > 0)
-        return preprocess_image(example["image"], image_size), captions
+        return preprocess_image(_image_of(example), image_size), captions
 
     def groups_of_captions(image, captions):
         # (ceil(n / k), k) captions, cycling; k = 1 gives each caption once.
@@ -151,6 +162,9 @@ def train_batches(
 
     def to_model_inputs(images, captions):
         captions = tf.reshape(captions, (-1,))  # (B // k, k) -> (B,), per image
+        if prefix_ids:
+            tokens, labels = prefixed_captions(tokenizer, captions, sequence_length, prefix_ids)
+            return {"images": images, "tokens": tokens}, labels
         packed = pack_captions(tokenizer, captions, sequence_length)  # (B, T + 1)
         inputs = {"images": images, "tokens": packed[:, :-1]}
         return inputs, packed[:, 1:]
@@ -175,6 +189,11 @@ def train_batches(
     batches = pairs.batch(batch_size // k, drop_remainder=True)
     batches = batches.map(to_model_inputs, num_parallel_calls=AUTOTUNE)
     return batches.prefetch(AUTOTUNE)
+
+
+def _image_of(example):
+    """The example's image, or its images `(num_images, H, W, 3)`."""
+    return example["images"] if "images" in example else example["image"]
 
 
 def count_pairs(examples, captions_per_image=1):
@@ -243,7 +262,8 @@ def eval_batches(examples, *, image_size, batch_size, max_references=5):
 
     def prepare(example):
         example = dict(example)
-        example["images"] = preprocess_image(example.pop("image"), image_size)
+        example["images"] = preprocess_image(_image_of(example), image_size)
+        example.pop("image", None)
         captions = example["captions"][:max_references]
         captions = tf.pad(
             captions, [[0, max_references - tf.shape(captions)[0]]], constant_values=""

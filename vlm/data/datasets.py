@@ -3,6 +3,7 @@
 from vlm.data.coco import coco_examples
 from vlm.data.folder import folder_examples
 from vlm.data.shapes import load_shapes
+from vlm.data.shapes_change import load_shapes_change
 
 SPLITS = ("train", "validation", "test")
 # COCO's Karpathy splits: "restval" joins the training images.
@@ -19,11 +20,23 @@ def load_examples(data_config, split, image_size):
 
     Returns:
         A `tf.data.Dataset` of dicts with `image`, `captions`, `image_id`
-        (and `objects`, the scene graph, for shapes), or None when the
-        dataset has no such split (a captions folder has only "train").
+        (and `objects`, the scene graph, for shapes; `images`, the before and
+        after image, in place of `image` and `change` for shapes_change), or
+        None when the dataset has no such split (a captions folder has only
+        "train").
     """
     if split not in SPLITS:
         raise ValueError(f"`split` must be one of {SPLITS}. Received: split={split!r}")
+    if data_config.dataset == "shapes_change":
+        return load_shapes_change(
+            split,
+            image_size=image_size,
+            train_size=data_config.train_size,
+            validation_size=data_config.validation_size,
+            test_size=data_config.test_size,
+            seed=data_config.seed,
+            data_dir=data_config.data_dir,
+        )
     if data_config.dataset == "shapes":
         return load_shapes(
             split,

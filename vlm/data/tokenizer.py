@@ -30,6 +30,9 @@ END = "[END]"
 # Reserved at the head of every vocabulary, in this order: [PAD] is id 0, so
 # zero-padded label arrays need no remapping.
 SPECIAL_TOKENS = (PAD, UNK, START, END)
+# Marks where an image sits in the text of a model that reads several
+# (`vlm.models.MultiImageCaptioner`); reserved after the four above.
+IMAGE = "<image>"
 
 # Deleted rather than turned into spaces, so "man's" stays one word.
 # RE2 versions of the same character classes. `[!-/:-@\[-`{-~]` is exactly
@@ -182,7 +185,8 @@ def _caption_dataset(captions):
     return tf.data.Dataset.from_tensor_slices(tf.constant(captions, tf.string))
 
 
-def train_tokenizer(captions, vocabulary_size, *, sequence_length=None, name="caption_tokenizer"):
+def train_tokenizer(captions, vocabulary_size, *, sequence_length=None, name="caption_tokenizer",
+                    extra_special_tokens=()):
     """Learns a WordPiece vocabulary from training captions.
 
     Captions are normalised with `tf_normalize_caption`, then
@@ -201,6 +205,8 @@ def train_tokenizer(captions, vocabulary_size, *, sequence_length=None, name="ca
         sequence_length: int. Passed on to the tokenizer (usually None).
         name: str. Layer name; fixed so that the vocabulary's asset path in a
             `.keras` file does not depend on how many tokenizers were made.
+        extra_special_tokens: tokens reserved after the four, as ids 4...,
+            such as `IMAGE`.
 
     Returns:
         A `CaptionTokenizer`.
@@ -211,7 +217,8 @@ def train_tokenizer(captions, vocabulary_size, *, sequence_length=None, name="ca
     >>> tokenizer.get_vocabulary()[:6]
     ['[PAD]', '[UNK]', '[START]', '[END]', 'a', 'c']
     """
-    check_positive_int("vocabulary_size", vocabulary_size, minimum=len(SPECIAL_TOKENS) + 1)
+    reserved = list(SPECIAL_TOKENS) + list(extra_special_tokens)
+    check_positive_int("vocabulary_size", vocabulary_size, minimum=len(reserved) + 1)
     data = _caption_dataset(captions)
     data = data.map(tf_normalize_caption, num_parallel_calls=tf.data.AUTOTUNE).batch(1024)
     try:
@@ -222,7 +229,7 @@ def train_tokenizer(captions, vocabulary_size, *, sequence_length=None, name="ca
             strip_accents=False,
             split=True,
             split_on_cjk=True,
-            reserved_tokens=list(SPECIAL_TOKENS),
+            reserved_tokens=reserved,
         )
     except StopIteration:
         # The learner takes `next(iter(word_counts))` on an empty counter.
@@ -315,6 +322,26 @@ def _eager_packer(tokenizer, sequence_length, ids):
             autograph=False,
         )
     return packers[key]
+
+
+def prefixed_captions(tokenizer, captions, sequence_length, prefix_ids):
+    """Teacher-forcing `(tokens, labels)` with fixed ids (such as `<image>`) before [START].
+
+    `packed = prefix + pack_captions(...)` with the caption packed to
+    `sequence_length - len(prefix)`; `tokens = packed[:, :-1]` and `labels =
+    packed[:, 1:]` with the labels of the prefix positions set to padding,
+    so no loss falls on them. TensorFlow ops (graph safe, for `tf.data`).
+
+    Returns:
+        int32 `(tokens, labels)`, `(batch, sequence_length)` each.
+    """
+    n = len(prefix_ids)
+    packed = pack_captions(tokenizer, captions, sequence_length - n)
+    prefix = tf.tile(tf.constant([list(prefix_ids)], tf.int32), [tf.shape(packed)[0], 1])
+    packed = tf.concat([prefix, tf.cast(packed, tf.int32)], axis=1)
+    labels = packed[:, 1:]
+    labels = tf.concat([tf.zeros_like(labels[:, :n]), labels[:, n:]], axis=1)
+    return packed[:, :-1], labels
 
 
 def detokenize_captions(tokenizer, token_ids):

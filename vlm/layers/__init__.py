@@ -3,11 +3,17 @@
 from vlm.layers.causal_self_attention import CausalSelfAttention
 from vlm.layers.cross_attention import CrossAttention
 from vlm.layers.decoder_block import DecoderBlock
+from vlm.layers.image_index_embedding import ImageIndexEmbedding
+from vlm.layers.media_attention_mask import count_images
+from vlm.layers.media_attention_mask import media_attention_mask
 from vlm.layers.patch_position_embedding import PatchPositionEmbedding
 
 __all__ = [
     "CausalSelfAttention",
     "CrossAttention",
     "DecoderBlock",
+    "ImageIndexEmbedding",
     "PatchPositionEmbedding",
+    "count_images",
+    "media_attention_mask",
 ]

@@ -61,6 +61,12 @@ class CrossAttention(keras.layers.Layer):
         context_mask: optional `(contexts, k_len)` boolean tensor, True where
             the context position may be attended to. Defaults to the
             context's Keras mask.
+        attention_mask: optional `(batch, q_len, k_len)` boolean tensor, True
+            where query position `i` may attend to context position `j`
+            (Keras `MultiHeadAttention`'s convention), for example which
+            image each text token sees (`media_attention_mask`). Combined
+            with `context_mask` and `query_mask`; one row per query row, also
+            when several rows share a context.
         context_cache: optional `(key, value)` tuple from
             `compute_context_cache(context)`. Skips the key/value projections.
         return_attention_scores: bool. Also return the attention
@@ -238,6 +244,7 @@ class CrossAttention(keras.layers.Layer):
         context,
         context_mask=None,
         context_cache=None,
+        attention_mask=None,
         return_attention_scores=False,
         training=None,
         query_mask=None,
@@ -281,8 +288,17 @@ class CrossAttention(keras.layers.Layer):
                 query_mask = ops.convert_to_tensor(query_mask)
                 _check_mask("query_mask", query_mask, tuple(query.shape[:2]), "q_len")
                 query_mask = ops.reshape(query_mask, (contexts, group * q_len))
+        if attention_mask is not None:
+            attention_mask = ops.convert_to_tensor(attention_mask)
+            static_k_len = key.shape[2 if heads_first else 1]
+            _check_attention_mask(attention_mask, query.shape[:2], static_k_len)
+            if grouped:
+                attention_mask = ops.reshape(attention_mask, (contexts, group * q_len, k_len))
 
         mask = _attention_mask(query_mask, context_mask, query_heads, (contexts, k_len))
+        if attention_mask is not None:
+            attention_mask = ops.cast(attention_mask, "bool")[:, None]  # (contexts, 1, q, k)
+            mask = attention_mask if mask is None else ops.logical_and(mask, attention_mask)
         # Attention runs in float32 whatever the compute dtype: fp16 logits
         # overflow, and the softmax needs the range (keras#17571).
         attention_dtype = core_dtype(self.compute_dtype)
@@ -412,6 +428,7 @@ class CrossAttention(keras.layers.Layer):
         context,
         context_mask=None,
         context_cache=None,
+        attention_mask=None,
         return_attention_scores=False,
         training=None,
         query_mask=None,
@@ -473,6 +490,19 @@ def _check_groups(query, key):
             "The context batch must divide the query batch: each context is "
             "read by `batch // contexts` consecutive query rows. Received: "
             f"query batch={batch}, context batch={contexts}"
+        )
+
+
+def _check_attention_mask(mask, query_shape, k_len):
+    """Checks a `(batch, q_len, k_len)` attention mask against the inputs, where known."""
+    expected = tuple(query_shape) + (k_len,)
+    shape = tuple(mask.shape)
+    if len(shape) != 3 or any(
+        m is not None and e is not None and m != e for m, e in zip(shape, expected)
+    ):
+        raise ValueError(
+            "`attention_mask` must have shape (batch, q_len, k_len) = "
+            f"{expected}. Received: attention_mask.shape={shape}"
         )
 
 

@@ -16,6 +16,11 @@ class DecoderBlock(keras.layers.Layer):
     then `x + MLP(LN(x))`, each branch with dropout (pre-LayerNorm, as in
     GPT-2 and ViT).
 
+    With `sources`, the block reads several named contexts (for example the
+    "before" and "after" image of a pair), one cross attention each, one
+    after the other: `x + CrossAttention_s(LN_s(x), context[s])` for each
+    source `s` in order.
+
     Args:
         num_heads: int. Attention heads, in both attentions.
         mlp_dim: int. Width of the feed-forward hidden layer.
@@ -23,13 +28,20 @@ class DecoderBlock(keras.layers.Layer):
             (grouped-query attention when fewer than `num_heads`).
         dropout: float. Dropout on each residual branch and on attention.
         layer_norm_epsilon: float. Epsilon of the LayerNorms.
+        sources: optional tuple of context names, one cross attention each;
+            None reads one context.
         **kwargs: Base `keras.layers.Layer` arguments.
 
     Call arguments:
         inputs: `(batch, length, hidden_dim)` text states.
         context: `(batch, patches, context_dim)` image patch embeddings, or
-            None with `context_cache`.
-        context_cache: optional `(key, value)` from `compute_context_cache`.
+            None with `context_cache`; with `sources`, a dict of them by
+            source name.
+        context_cache: optional `(key, value)` from `compute_context_cache`
+            (with `sources`, a dict of them).
+        attention_mask: optional `(batch, length, patches)` boolean mask of
+            the context positions each text position may attend to (one
+            context only).
         self_attention_cache: optional `(batch, 2, heads, max_length, dim)`
             self-attention cache; `cache_index` is then required.
         cache_index: position of `inputs[:, 0]` in the sequence.
@@ -56,10 +68,12 @@ class DecoderBlock(keras.layers.Layer):
         num_key_value_heads=None,
         dropout=0.0,
         layer_norm_epsilon=1e-6,
+        sources=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         check_positive_int("num_heads", num_heads)
+        self.sources = check_sources(sources)
         check_positive_int("mlp_dim", mlp_dim)
         check_dropout(dropout)
         self.num_heads = num_heads
@@ -89,15 +103,23 @@ class DecoderBlock(keras.layers.Layer):
             dtype=self.dtype_policy,
         )
         self.self_attention.build(inputs_shape)
-        self.cross_attention_norm = norm("cross_attention_norm")
-        self.cross_attention = CrossAttention(
-            self.num_heads,
-            num_key_value_heads=self.num_key_value_heads,
-            dropout=self.dropout,
-            name="cross_attention",
-            dtype=self.dtype_policy,
-        )
-        self.cross_attention.build(inputs_shape, context_shape)
+        # One source keeps the names `cross_attention(_norm)` (checkpoint keys).
+        self._cross_attentions = []
+        for source in self.sources or (None,):
+            suffix = "" if source is None else f"_{source}"
+            shape = context_shape if source is None else context_shape[source]
+            layer_norm = norm(f"cross_attention_norm{suffix}")
+            attention = CrossAttention(
+                self.num_heads,
+                num_key_value_heads=self.num_key_value_heads,
+                dropout=self.dropout,
+                name=f"cross_attention{suffix}",
+                dtype=self.dtype_policy,
+            )
+            attention.build(inputs_shape, shape)
+            setattr(self, f"cross_attention_norm{suffix}", layer_norm)
+            setattr(self, f"cross_attention{suffix}", attention)
+            self._cross_attentions.append((source, layer_norm, attention))
         self.mlp_norm = norm("mlp_norm")
         self.mlp_up = keras.layers.Dense(
             self.mlp_dim, activation="gelu", name="mlp_up", dtype=self.dtype_policy
@@ -111,11 +133,19 @@ class DecoderBlock(keras.layers.Layer):
             self.dropout, name="residual_dropout", dtype=self.dtype_policy
         )
 
+    def compute_context_cache(self, context):
+        """The cross-attention `(key, value)` of `context` (a dict with `sources`)."""
+        if self.sources is None:
+            return self.cross_attention.compute_context_cache(context)
+        return {source: attention.compute_context_cache(context[source])
+                for source, _, attention in self._cross_attentions}
+
     def call(
         self,
         inputs,
         context,
         context_cache=None,
+        attention_mask=None,
         self_attention_cache=None,
         cache_index=None,
         return_attention_scores=False,
@@ -131,16 +161,24 @@ class DecoderBlock(keras.layers.Layer):
         if self_attention_cache is not None:
             attended, self_attention_cache = attended
         x = x + self.residual_dropout(attended, training=training)
-        attended = self.cross_attention(
-            self.cross_attention_norm(x),
-            context,
-            context_cache=context_cache,
-            return_attention_scores=return_attention_scores,
-            training=training,
-        )
-        if return_attention_scores:
-            attended, scores = attended
-        x = x + self.residual_dropout(attended, training=training)
+        scores = {}
+        for source, layer_norm, attention in self._cross_attentions:
+            def pick(value):
+                return value if source is None or value is None else value[source]
+
+            attended = attention(
+                layer_norm(x),
+                pick(context),
+                context_cache=pick(context_cache),
+                attention_mask=attention_mask,
+                return_attention_scores=return_attention_scores,
+                training=training,
+            )
+            if return_attention_scores:
+                attended, scores[source] = attended
+            x = x + self.residual_dropout(attended, training=training)
+        if self.sources is None:
+            scores = scores.get(None)
         hidden = self.mlp_down(self.mlp_up(self.mlp_norm(x)))
         x = x + self.residual_dropout(hidden, training=training)
         outputs = (x,)
@@ -162,6 +200,20 @@ class DecoderBlock(keras.layers.Layer):
                 "num_key_value_heads": self.num_key_value_heads,
                 "dropout": self.dropout,
                 "layer_norm_epsilon": self.layer_norm_epsilon,
+                "sources": None if self.sources is None else list(self.sources),
             }
         )
         return config
+
+
+def check_sources(sources):
+    """`sources` as a tuple of distinct names, or None; a ValueError names a bad one."""
+    if sources is None:
+        return None
+    sources = tuple(sources) if isinstance(sources, (list, tuple)) else (sources,)
+    if not sources or len(set(sources)) != len(sources) or not all(
+            isinstance(s, str) and s.isidentifier() for s in sources):
+        raise ValueError(
+            "`sources` must be None or distinct names (letters, digits, _). "
+            f"Received: sources={sources!r}")
+    return sources

@@ -182,41 +182,67 @@ class Captioner(keras.Model):
         key = (sampler.trace_key(), max_length)
         if key not in self._generate_functions:
             self._generate_functions[key] = compiled_inference(
-                lambda images, noise: self.generate_step(images, noise, sampler, max_length),
+                lambda images, noise, prompt=None: self.generate_step(
+                    images, noise, sampler, max_length, prompt),
                 self.variables)
         return self._generate_functions[key]
 
-    def generate_step(self, images, noise, sampler, max_length):
+    def encode_images(self, images):
+        """The decoder's context for model-ready images (one encoder pass)."""
+        return self.encoder(images, training=False)
+
+    def cross_attention_mask(self, tokens, previous_images):
+        """Rows of the cross-attention mask for `tokens`, and the images seen after them.
+
+        A captioner of one image lets every token see all of it: `(None,
+        previous_images)`. Models that interleave images with text
+        (`MultiImageCaptioner`) extend their mask here, one row per token.
+        """
+        return None, previous_images
+
+    def generate_step(self, images, noise, sampler, max_length, prompt=None):
         """Decodes a batch of model-ready images; traceable (`keras.ops` only).
 
         Args:
-            images: float32 `(batch, S, S, 3)` in [0, 255] (the preprocessor's
-                output).
+            images: float32 model-ready images, `(batch, S, S, 3)` in [0,
+                255] (the preprocessor's output).
             noise: the sampler's `noise(max_length, batch, vocabulary_size)`.
             sampler: a `vlm.samplers.Sampler`.
             max_length: int, new tokens at most.
+            prompt: optional int32 `(batch, prompt_length)` tokens before
+                [START] (for example `<image>` markers), read in one pass
+                before the loop.
 
         Returns:
             `(ids, log_probs)`: int32 `(batch, max_length)` and float32
             `(batch,)`.
         """
         tokenizer = self.tokenizer
-        patches = self.encoder(images, training=False)
-        context_caches = self.decoder.compute_context_caches(patches)  # once per image
+        context_caches = self.decoder.compute_context_caches(
+            self.encode_images(images))  # once per image
         # With beams, rows i * beams ... read image i's keys and values, not
         # a copy per beam (`CrossAttention` shares a context between rows).
-        rows = ops.shape(context_caches[0][0])[0] * sampler.rows_per_input
-        caches = self.decoder.empty_caches(rows, max_length)
+        rows = ops.shape(keras.tree.flatten(context_caches[0])[0])[0] * sampler.rows_per_input
+        prompt_length = 0 if prompt is None else prompt.shape[1]
+        caches = self.decoder.empty_caches(rows, prompt_length + max_length)
+        seen = ops.zeros((rows,), "int32")  # images seen so far, per row
+        if prompt_length:
+            prompt = ops.repeat(ops.cast(prompt, "int32"), sampler.rows_per_input, axis=0)
+            mask, seen = self.cross_attention_mask(prompt, seen)
+            _, caches = self.decoder.call_with_cache(prompt, context_caches, caches, 0, mask)
         tokens = ops.concatenate(
             [ops.full((rows, 1), tokenizer.start_token_id, "int32"),
              ops.full((rows, max_length), tokenizer.pad_token_id, "int32")], axis=1)
 
-        def next(tokens, caches, index):
+        def next(tokens, state, index):
+            caches, seen = state
             current = ops.take(tokens, ops.expand_dims(index, 0), axis=1)  # (rows, 1)
-            logits, caches = self.decoder.call_with_cache(current, context_caches, caches, index)
-            return ops.log_softmax(ops.cast(logits[:, 0], "float32"), axis=-1), caches
+            mask, seen = self.cross_attention_mask(current, seen)
+            logits, caches = self.decoder.call_with_cache(
+                current, context_caches, caches, index + prompt_length, mask)
+            return ops.log_softmax(ops.cast(logits[:, 0], "float32"), axis=-1), (caches, seen)
 
-        return sampler(next, tokens, caches, noise, max_length, tokenizer.end_token_id,
+        return sampler(next, tokens, (caches, seen), noise, max_length, tokenizer.end_token_id,
                        tokenizer.pad_token_id)
 
     def resolve_max_length(self, max_length):
@@ -284,6 +310,19 @@ def build_captioner(model_config, vocabulary_size, tokenizer=None, dtype=None):
         tokenizer: the tokenizer to ship inside the model.
         dtype: optional dtype policy name (for example "mixed_bfloat16").
     """
+    encoder, decoder = build_encoder_decoder(model_config, vocabulary_size, dtype=dtype)
+    return Captioner(encoder, decoder, tokenizer=tokenizer, name="captioner")
+
+
+def build_encoder_decoder(model_config, vocabulary_size, dtype=None, sources=None):
+    """The `ImageEncoder` and `TextDecoder` of a `configs` model section.
+
+    Args:
+        model_config: a `vlm.config.ModelConfig`.
+        vocabulary_size: int, the tokenizer's vocabulary size.
+        dtype: optional dtype policy name.
+        sources: optional context names for the decoder (`TextDecoder`).
+    """
     encoder = ImageEncoder.from_sizes(
         image_size=model_config.image_size,
         patch_size=model_config.patch_size,
@@ -307,7 +346,8 @@ def build_captioner(model_config, vocabulary_size, tokenizer=None, dtype=None):
         num_key_value_heads=model_config.num_key_value_heads,
         dropout=model_config.dropout,
         tie_embeddings=model_config.tie_embeddings,
+        sources=sources,
         dtype=dtype,
         name="decoder",
     )
-    return Captioner(encoder, decoder, tokenizer=tokenizer, name="captioner")
+    return encoder, decoder

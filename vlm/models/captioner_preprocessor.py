@@ -59,10 +59,14 @@ class CaptionerPreprocessor(keras.layers.Layer):
         self.built = True
 
     def call(self, images):
+        return self.pixels(images)
+
+    def pixels(self, images):
+        """float32 `(batch, S, S, 3)` from a batch or list of images (the `call` of this class)."""
         if isinstance(images, (list, tuple)):
             if not len(images):
                 return ops.zeros((0, self.image_size, self.image_size, 3))
-            return ops.concatenate([self.call(_batch_of_one(image)) for image in images], 0)
+            return ops.concatenate([self.pixels(_batch_of_one(image)) for image in images], 0)
         images = images if isinstance(images, np.ndarray) else _to_numpy(images)
         if images.ndim != 4:
             raise ValueError(

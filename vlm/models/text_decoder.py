@@ -5,6 +5,7 @@ import keras_hub
 from keras import ops
 
 from vlm.layers.decoder_block import DecoderBlock
+from vlm.layers.decoder_block import check_sources
 from vlm.validation import check_positive_int
 
 
@@ -24,14 +25,20 @@ class TextDecoder(keras.layers.Layer):
         tie_embeddings: bool. Project to logits with the transposed token
             embedding (fewer parameters) instead of a separate matrix.
         layer_norm_epsilon: float.
+        sources: optional tuple of context names: every block then reads each
+            named context with its own cross attention (`DecoderBlock`).
         **kwargs: Base `keras.layers.Layer` arguments.
 
     Call arguments:
         tokens: `(batch, length)` int token ids.
-        context: `(batch, patches, context_dim)` image patch embeddings, or
-            None when `context_caches` is given.
+        context: `(batch, patches, context_dim)` image patch embeddings (a
+            dict of them by name with `sources`), or None when
+            `context_caches` is given.
         context_caches: optional list, per block, of `(key, value)` from
             `compute_context_caches`.
+        attention_mask: optional boolean `(batch, length, patches)`: which
+            context positions each token may attend to (for example
+            `vlm.layers.media_attention_mask`).
         self_attention_caches: optional `(layers, batch, 2, heads, max_len,
             dim)` self-attention caches, or a list of one `(batch, 2,
             heads, max_len, dim)` cache per block; `cache_index` is then
@@ -61,6 +68,7 @@ class TextDecoder(keras.layers.Layer):
         dropout=0.0,
         tie_embeddings=True,
         layer_norm_epsilon=1e-6,
+        sources=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -88,6 +96,7 @@ class TextDecoder(keras.layers.Layer):
         self.dropout = float(dropout)
         self.tie_embeddings = tie_embeddings
         self.layer_norm_epsilon = layer_norm_epsilon
+        self.sources = check_sources(sources)
 
         self.token_embedding = keras_hub.layers.ReversibleEmbedding(
             vocabulary_size,
@@ -114,6 +123,7 @@ class TextDecoder(keras.layers.Layer):
                 num_key_value_heads=num_key_value_heads,
                 dropout=dropout,
                 layer_norm_epsilon=layer_norm_epsilon,
+                sources=self.sources,
                 name=f"block_{i}",
                 dtype=self.dtype_policy,
             )
@@ -133,8 +143,7 @@ class TextDecoder(keras.layers.Layer):
 
     def compute_context_caches(self, context):
         """Every block's cross-attention `(key, value)`, computed once."""
-        return [block.cross_attention.compute_context_cache(context)
-                for block in self.blocks]
+        return [block.compute_context_cache(context) for block in self.blocks]
 
     def empty_caches(self, batch, max_length):
         """Zero self-attention caches for `max_length` positions, one per block.
@@ -147,7 +156,8 @@ class TextDecoder(keras.layers.Layer):
         shape = (batch, 2, self.num_heads, max_length, head_dim)
         return [ops.zeros(shape, dtype=self.compute_dtype) for _ in range(self.num_layers)]
 
-    def call_with_cache(self, tokens, context_caches, self_attention_caches, cache_index):
+    def call_with_cache(self, tokens, context_caches, self_attention_caches, cache_index,
+                        attention_mask=None):
         """One cached decoding step: the decoder from position `cache_index` on.
 
         Args:
@@ -157,12 +167,14 @@ class TextDecoder(keras.layers.Layer):
             self_attention_caches: `empty_caches(...)` or the caches this
                 method returned at the previous step.
             cache_index: int scalar tensor, the position of `tokens[:, 0]`.
+            attention_mask: optional `(batch, length, patches)` rows of the
+                cross-attention mask for these positions.
 
         Returns:
             `(logits, self_attention_caches)`: float32 `(batch, length,
             vocabulary_size)` and the caches with these positions written.
         """
-        return self(tokens, None, context_caches=context_caches,
+        return self(tokens, None, context_caches=context_caches, attention_mask=attention_mask,
                     self_attention_caches=self_attention_caches, cache_index=cache_index,
                     training=False)
 
@@ -171,6 +183,7 @@ class TextDecoder(keras.layers.Layer):
         tokens,
         context,
         context_caches=None,
+        attention_mask=None,
         self_attention_caches=None,
         cache_index=None,
         return_attention_scores=False,
@@ -186,6 +199,7 @@ class TextDecoder(keras.layers.Layer):
                 x,
                 context,
                 context_cache=None if context_caches is None else context_caches[i],
+                attention_mask=attention_mask,
                 self_attention_cache=(
                     None if self_attention_caches is None else self_attention_caches[i]
                 ),
@@ -237,6 +251,7 @@ class TextDecoder(keras.layers.Layer):
                 "dropout": self.dropout,
                 "tie_embeddings": self.tie_embeddings,
                 "layer_norm_epsilon": self.layer_norm_epsilon,
+                "sources": None if self.sources is None else list(self.sources),
             }
         )
         return config

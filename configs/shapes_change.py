@@ -1,0 +1,42 @@
+"""Change captioning: one caption for a (before, after) pair of shapes scenes.
+
+    python train.py --config configs/shapes_change.py
+    python evaluate.py --model saved_models/shapes_change.keras
+
+The two images are read as one interleaved context, `<image> <image>
+[START] caption`, every caption token seeing both images ("all_previous");
+`--set model.multi_image=sources` reads them with one cross attention each
+instead (docs/multi_image.md compares the two).
+"""
+
+from vlm.config import Config
+from vlm.config import DataConfig
+from vlm.config import ModelConfig
+from vlm.config import TrainConfig
+
+
+def get_config():
+    return Config(
+        model=ModelConfig(
+            image_size=48,
+            patch_size=8,
+            encoder_layers=3,
+            encoder_heads=4,
+            encoder_dim=128,
+            encoder_mlp_dim=256,
+            decoder_layers=3,
+            decoder_heads=4,
+            decoder_dim=128,
+            decoder_mlp_dim=256,
+            sequence_length=20,  # two markers, [START], the longest caption, [END]
+            vocabulary_size=200,
+            dropout=0.0,
+            num_images=2,
+            multi_image="interleaved",
+            media_mode="all_previous",
+        ),
+        data=DataConfig(dataset="shapes_change", train_size=20000, validation_size=1000,
+                        test_size=1000),
+        train=TrainConfig(name="shapes_change", epochs=4, batch_size=64, captions_per_image=2,
+                          learning_rate=1.5e-3, weight_decay=0.01, report_images=1000),
+    )
