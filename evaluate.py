@@ -30,7 +30,9 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=DEFAULT_MODEL, help="default: %(default)s")
-    parser.add_argument("--dataset", default="shapes", choices=("shapes", "coco", "folder"))
+    parser.add_argument("--dataset", choices=("shapes", "shapes_change", "coco", "folder"),
+                        help="default: the model's own (shapes_change for a model that "
+                             "reads image pairs, else shapes)")
     parser.add_argument("--split", default="test", choices=("train", "validation", "test"))
     parser.add_argument("--captions-file", help="for --dataset folder: CSV or JSONL")
     parser.add_argument("--data-dir", help="TFDS data folder (default: the vlm cache)")
@@ -77,9 +79,11 @@ def _evaluate_model(args):
     from vlm.evaluation import evaluate_model
 
     sampler = sampler_from_args(args)
+    model = load_captioner(args.model)
+    if args.dataset is None:
+        args.dataset = "shapes_change" if hasattr(model, "num_images") else "shapes"
     data_config = DataConfig(dataset=args.dataset, captions_file=args.captions_file,
                              data_dir=args.data_dir)
-    model = load_captioner(args.model)
     print(f"Captioning the {args.dataset} {args.split} split with {args.model}")
     metrics, per_image, entries = evaluate_model(
         model, data_config, args.split, sampler=sampler, batch_size=args.batch_size,

@@ -18,12 +18,15 @@ from vlm.config import TrainConfig
 def get_config():
     return Config(
         model=ModelConfig(
-            image_size=48,
+            image_size=64,
             patch_size=8,
             encoder_layers=3,
             encoder_heads=4,
             encoder_dim=128,
             encoder_mlp_dim=256,
+            # The shipped shapes captioner's encoder (these sizes), frozen:
+            # it already tells objects, colours and places apart.
+            encoder_from="saved_models/shapes.keras",
             decoder_layers=3,
             decoder_heads=4,
             decoder_dim=128,
@@ -38,5 +41,6 @@ def get_config():
         data=DataConfig(dataset="shapes_change", train_size=20000, validation_size=1000,
                         test_size=1000),
         train=TrainConfig(name="shapes_change", epochs=4, batch_size=64, captions_per_image=2,
-                          learning_rate=1.5e-3, weight_decay=0.01, report_images=1000),
+                          learning_rate=1.5e-3, weight_decay=0.01, report_images=1000,
+                          freeze_encoder_epochs=4),
     )

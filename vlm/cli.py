@@ -2,6 +2,7 @@
 
     python -m vlm caption IMAGE... [--model PATH] [--sampler beam --beams 4]
                                    [--attention-map out.png [--layer N]]
+    python -m vlm caption --together BEFORE AFTER [--model PATH]
     python -m vlm export [--model PATH] --output DIR [--sampler greedy|beam --beams N]
                          [--max-length N]
 """
@@ -11,9 +12,11 @@ import os
 import re
 import sys
 
-DEFAULT_MODEL = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "saved_models", "shapes.keras"
-)
+_SAVED_MODELS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             "saved_models")
+DEFAULT_MODEL = os.path.join(_SAVED_MODELS, "shapes.keras")
+# The default of `caption --together`: a model that reads an image pair.
+DEFAULT_PAIR_MODEL = os.path.join(_SAVED_MODELS, "shapes_change.keras")
 
 
 def _caption_parser(subparsers):
@@ -23,8 +26,12 @@ def _caption_parser(subparsers):
                     "that cannot be read is reported by name; the others are still "
                     "captioned, and the exit code is 1.")
     parser.add_argument("images", nargs="+", metavar="IMAGE")
-    parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help="a .keras file from train.py (default: %(default)s)")
+    parser.add_argument("--model", default=None,
+                        help=f"a .keras file from train.py (default: {DEFAULT_MODEL}, or "
+                             f"with --together {DEFAULT_PAIR_MODEL})")
+    parser.add_argument("--together", action="store_true",
+                        help="the images are one example (such as a before/after pair): "
+                             "one caption for all of them, by a model that reads several")
     _sampler_arguments(parser, serving_only=False)
     parser.add_argument("--max-length", type=int, default=None, help="new tokens at most")
     parser.add_argument("--attention-map", metavar="PNG",
@@ -119,6 +126,12 @@ def _short_tf_message(error):
 
 
 def caption_command(args):
+    if args.model is None:
+        args.model = DEFAULT_PAIR_MODEL if args.together else DEFAULT_MODEL
+    if args.together and args.attention_map:
+        print("error: --attention-map draws one image per caption; it does not go with "
+              "--together", file=sys.stderr)
+        return 2
     if not os.path.exists(args.model):
         print(f"error: model file not found: {args.model}", file=sys.stderr)
         return 2
@@ -130,6 +143,8 @@ def caption_command(args):
     images, errors = read_images(args.images)
     for path, message in errors.items():
         print(f"error: {path}: {message}", file=sys.stderr)
+    if args.together:
+        return 1 if errors else _caption_together(args, sampler, images)
     if images:
         from vlm import load_captioner
 
@@ -139,14 +154,41 @@ def caption_command(args):
             print(f"error: {error}", file=sys.stderr)
             return 2
         paths = list(images)
-        pixels = model.preprocessor([images[p] for p in paths])
-        details = model.generate(pixels, sampler=sampler, max_length=args.max_length,
-                                 return_details=True)
+        if hasattr(model, "num_images"):  # a model of several images, given one each
+            try:
+                details = model.generate([[images[p]] for p in paths], sampler=sampler,
+                                         max_length=args.max_length, return_details=True)
+            except ValueError as error:
+                print(f"error: {error} (give them with --together)", file=sys.stderr)
+                return 2
+        else:
+            pixels = model.preprocessor([images[p] for p in paths])
+            details = model.generate(pixels, sampler=sampler, max_length=args.max_length,
+                                     return_details=True)
         for path, caption in zip(paths, details["captions"]):
             print(f"{path}\t{caption}")
         if args.attention_map:
             _write_attention_maps(model, paths, pixels, details, args)
     return 1 if errors else 0
+
+
+def _caption_together(args, sampler, images):
+    """One caption for all the images, read as one example; the exit code."""
+    from vlm import load_captioner
+    from vlm.models.multi_image_captioner import MultiImageCaptioner
+
+    try:
+        model = load_captioner(args.model)
+        if not isinstance(model, MultiImageCaptioner):
+            raise ValueError(f"{args.model} reads one image per caption; --together needs a "
+                             f"model that reads several, such as {DEFAULT_PAIR_MODEL}")
+        caption = model.generate([list(images.values())], sampler=sampler,
+                                 max_length=args.max_length)[0]
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"{' + '.join(images)}\t{caption}")
+    return 0
 
 
 def _write_attention_maps(model, paths, pixels, details, args):

@@ -34,6 +34,8 @@ class ModelConfig:
     encoder_mlp_dim: int = 1024
     # A keras-hub ViT preset (downloads weights; its sizes win), or None.
     encoder_preset: Optional[str] = None
+    # A .keras captioner whose image encoder (same sizes) starts this model's.
+    encoder_from: Optional[str] = None
     # Add a fixed 2D sine-cosine position code to the patches the decoder reads.
     add_2d_positions: bool = True
     decoder_layers: int = 4

@@ -165,6 +165,23 @@ def build_model(model_config, tokenizer, dtype=None):
     return build(model_config, tokenizer.vocabulary_size(), tokenizer=tokenizer, dtype=dtype)
 
 
+def copy_encoder(model, path):
+    """Sets `model.encoder`'s weights to those of the captioner saved at `path`."""
+    from vlm import load_captioner
+
+    source = load_captioner(path).encoder
+    for ours, theirs in zip(model.encoder.weights, source.weights):
+        if tuple(ours.shape) != tuple(theirs.shape):
+            raise ValueError(
+                f"model.encoder_from={path!r}: its encoder is of other sizes (weight "
+                f"{theirs.path} is {tuple(theirs.shape)}, here {tuple(ours.shape)}); give "
+                "this model its image_size, patch_size and encoder_* sizes.")
+    if len(model.encoder.weights) != len(source.weights):
+        raise ValueError(f"model.encoder_from={path!r}: its encoder has "
+                         f"{len(source.weights)} weights, this one {len(model.encoder.weights)}.")
+    model.encoder.set_weights(source.get_weights())
+
+
 def uses_image_markers(model_config):
     """Whether the model's text holds an `<image>` marker per image."""
     return model_config.num_images > 1 and model_config.multi_image == "interleaved"
@@ -284,6 +301,9 @@ def _train(config):
 
     with plan.scope():  # the variables are laid out (JAX) or mirrored (TF) as made
         model = build_model(model_config, tokenizer, dtype=train_config.mixed_precision)
+        if model_config.encoder_from:
+            copy_encoder(model, model_config.encoder_from)
+            print(f"Image encoder: the weights of {model_config.encoder_from}")
     steps_per_epoch = train_config.steps_per_epoch or num_pairs // train_config.batch_size
     if steps_per_epoch < 1:
         raise ValueError(

@@ -162,3 +162,27 @@ def test_model_trained_on_this_backend_exports_and_serves_its_captions(tmp_path,
 def test_only_deterministic_samplers_are_served(tmp_path):
     with pytest.raises(ValueError, match="greedy or beam.*Received: sampler=TopKSampler"):
         export(MODEL, str(tmp_path / "x"), sampler="top_k")
+
+
+@pytest.mark.skipif(keras.config.backend() != "tensorflow",
+                    reason="exports in this process, which needs TensorFlow; the other "
+                           "backends' subprocess path is tested with the one-image model")
+@pytest.mark.parametrize("design", ["interleaved", "sources"])
+def test_several_images_per_example_are_one_row_of_bytes(design, tmp_path):
+    from tests.models.test_multi_image_captioner import model as multi_image_model
+    from vlm.export.saved_model import export_model
+
+    model = multi_image_model(2, design)
+    rng = np.random.default_rng(0)
+    pairs = [[(rng.random((16 + 8 * i, 16, 3)) * 255).astype("uint8") for i in range(2)]
+             for _ in range(3)]
+    folder = str(tmp_path / "serving")
+    export_model(model, folder, max_length=5)
+    served = tf.saved_model.load(folder)
+    blobs = tf.constant([[encode(image, "PNG") for image in pair] for pair in pairs])
+    out = served.signatures["serving_default"](images=blobs)
+    expected = model.generate(pairs, max_length=5)
+    assert [c.decode() for c in out["captions"].numpy()] == expected
+    pixels = np.stack([[model.preprocessor.resize(i).numpy() for i in pair] for pair in pairs])
+    out = served.signatures["serve_pixels"](images=tf.constant(pixels))
+    assert [c.decode() for c in out["captions"].numpy()] == expected

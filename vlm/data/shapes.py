@@ -483,7 +483,10 @@ def load_shapes(split, *, image_size=64, train_size=20000, validation_size=1000,
 
 # What TFDS warns about a builder config made on the fly (`shapes_config`) and
 # a dataset not prepared yet: both expected here, so kept out of the log.
-_EXPECTED_TFDS_WARNINGS = ("Using custom data configuration", "has no dataset_info.json")
+# TFDS' own Sequence(Image) feature (the change pairs) also reads the
+# `FeatureConnector.dtype` it deprecates.
+_EXPECTED_TFDS_WARNINGS = ("Using custom data configuration", "has no dataset_info.json",
+                           "`FeatureConnector.dtype` is deprecated")
 
 
 class _DropExpectedTfdsWarnings(logging.Filter):

@@ -405,4 +405,4 @@ def load_shapes_change(split, *, image_size=64, train_size=20000, validation_siz
             _prepare(builder,
                      f"Preparing shapes change dataset ({image_size}px) in {builder.data_dir}",
                      total=train_size + validation_size + test_size, unit=" pairs")
-    return builder.as_dataset(split=split)
+        return builder.as_dataset(split=split)

@@ -12,6 +12,12 @@ Signatures:
     serving_default(images: tf.string [batch]) -> captions, log_probs
     serve_pixels(images: tf.float32 [batch, H, W, 3] in [0, 255]) -> captions, log_probs
 
+A `MultiImageCaptioner` (such as the change captioner) takes every image of an
+example, `num_images` of them, in one row:
+
+    serving_default(images: tf.string [batch, num_images]) -> captions, log_probs
+    serve_pixels(images: tf.float32 [batch, num_images, H, W, 3]) -> captions, log_probs
+
 A request with an empty, unknown, truncated or corrupt image fails with
 `InvalidArgumentError` saying why; an image over `MAX_IMAGE_PIXELS` (50
 megapixels) is refused from its header before decoding, and the message
@@ -98,21 +104,37 @@ class _ServingModule(tf.Module):
                                      tokenizer.end_token_id], tf.int32)
         self._end = tokenizer.end_token_id
         noise = tf.constant(sampler.noise(max_length, 1, 1))
-        self._decode = tf.function(
-            lambda images: model.generate_step(images, noise, sampler, max_length),
-            jit_compile=xla)
+        # Images per example: a row of several for a `MultiImageCaptioner`.
+        per_example = [model.num_images] if hasattr(model, "num_images") else []
+        marker = getattr(model, "image_token_id", None)
 
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
-        def serve_bytes(images):
-            pixels = tf.map_fn(lambda contents: decode_one(preprocessor, contents), images,
-                               fn_output_signature=tf.TensorSpec([size, size, 3],
-                                                                 tf.float32))
-            return self._caption(pixels)
+        def decode(images):
+            prompt = None
+            if marker is not None:  # every example has all its images: one marker each
+                prompt = tf.zeros_like(images[:, :, 0, 0, 0], tf.int32) + marker
+            return model.generate_step(images, noise, sampler, max_length, prompt)
+
+        self._decode = tf.function(decode, jit_compile=xla)
+
+        def rows_of(pixels, images):
+            """`(batch, *per_example, S, S, 3)` from one image per entry of `images`."""
+            return tf.reshape(pixels, tf.concat([tf.shape(images)[:1 + len(per_example)],
+                                                 [size, size, 3]], 0))
 
         @tf.function(input_signature=[
-            tf.TensorSpec([None, None, None, 3], tf.float32, name="images")])
+            tf.TensorSpec([None] + per_example, tf.string, name="images")])
+        def serve_bytes(images):
+            pixels = tf.map_fn(lambda contents: decode_one(preprocessor, contents),
+                               tf.reshape(images, [-1]),
+                               fn_output_signature=tf.TensorSpec([size, size, 3],
+                                                                 tf.float32))
+            return self._caption(rows_of(pixels, images))
+
+        @tf.function(input_signature=[
+            tf.TensorSpec([None] + per_example + [None, None, 3], tf.float32, name="images")])
         def serve_pixels(images):
-            return self._caption(preprocessor.resize(images))
+            flat = tf.reshape(images, tf.concat([[-1], tf.shape(images)[-3:]], 0))
+            return self._caption(rows_of(preprocessor.resize(flat), images))
 
         self.serve_bytes = serve_bytes
         self.serve_pixels = serve_pixels

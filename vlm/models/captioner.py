@@ -171,15 +171,16 @@ class Captioner(keras.Model):
             return {"captions": captions, "token_ids": ids, "log_probs": log_probs}
         return captions
 
-    def make_generate_function(self, sampler, max_length):
+    def make_generate_function(self, sampler, max_length, prompt_length=0):
         """`generate_step` compiled for this setting (`vlm.backend.compiled_inference`).
 
-        Made once per `(sampler.trace_key(), max_length)` and kept: later
-        calls, other seeds and weight updates reuse it.
+        Made once per `(sampler.trace_key(), max_length, prompt_length)` and
+        kept: later calls, other seeds and weight updates reuse it. The
+        function takes `(images, noise)`, and `prompt` when `prompt_length`.
         """
         if getattr(self, "_generate_functions", None) is None:
             self._generate_functions = {}
-        key = (sampler.trace_key(), max_length)
+        key = (sampler.trace_key(), max_length, prompt_length)
         if key not in self._generate_functions:
             self._generate_functions[key] = compiled_inference(
                 lambda images, noise, prompt=None: self.generate_step(

@@ -159,6 +159,11 @@ class MultiImageCaptioner(Captioner):
         sampler = samplers.get(sampler)
         max_length = self.resolve_max_length(max_length)
         pixels, counts = self.preprocessor(images)
+        if self.sources is not None and np.any(counts != self.num_images):
+            row = int(np.argmax(counts != self.num_images))
+            raise ValueError(
+                f"Example {row} has {counts[row]} images; this model reads exactly "
+                f"{self.num_images}, one per source {self.sources}.")
         prompt_rows = self.preprocessor.prompt(counts, prompts)
         batch = len(counts)
         ids = np.zeros((batch, max_length), "int32")
@@ -171,8 +176,10 @@ class MultiImageCaptioner(Captioner):
                                  f"max_length={max_length} in {self.sequence_length} positions.")
             noise = sampler.noise(max_length, len(rows), self.decoder.vocabulary_size)
             prompt = np.stack([prompt_rows[i] for i in rows]).reshape(len(rows), length)
-            group_ids, group_log_probs = self.make_generate_function(sampler, max_length)(
-                ops.convert_to_tensor(pixels[rows]), noise, ops.convert_to_tensor(prompt))
+            generate = self.make_generate_function(sampler, max_length, length)
+            prompt = (ops.convert_to_tensor(prompt),) if length else ()
+            group_ids, group_log_probs = generate(ops.convert_to_tensor(pixels[rows]), noise,
+                                                  *prompt)
             ids[rows] = ops.convert_to_numpy(group_ids)
             log_probs[rows] = ops.convert_to_numpy(group_log_probs)
         captions = self.preprocessor.detokenize(ids) if batch else []
