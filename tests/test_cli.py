@@ -123,3 +123,22 @@ def test_attention_map_is_written(image_files, tmp_path, capsys):
     assert code == 0 and out.exists()
     width, height = PIL.Image.open(out).size
     assert width > 400 and height > 200
+
+
+def test_caption_together_gives_one_caption_for_the_pair(image_files, tmp_path, capsys):
+    from tests.models.test_multi_image_captioner import model as multi_image_model
+
+    model = multi_image_model(2, "sources")
+    path = str(tmp_path / "pair.keras")
+    model.save(path)
+    pair = [image_files["scene.png"], image_files["gray.png"]]
+    assert cli.main(["caption", "--together", *pair, "--model", path, "--max-length", "4"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    expected = model.generate([[np.asarray(PIL.Image.open(p).convert("RGB")) for p in pair]],
+                              max_length=4)[0]
+    assert line == f"{pair[0]} + {pair[1]}\t{expected}"
+    # One image to a model of pairs, and a pair to a model of one image: one-line errors.
+    assert cli.main(["caption", pair[0], "--model", path]) == 2
+    assert "reads exactly 2, one per source" in capsys.readouterr().err
+    assert cli.main(["caption", "--together", *pair, "--model", MODEL]) == 2
+    assert "--together needs a model that reads several" in capsys.readouterr().err

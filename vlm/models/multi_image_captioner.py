@@ -123,7 +123,7 @@ class MultiImageCaptioner(Captioner):
             patches = self.encoder.grid_size**2
             mask = media_attention_mask(tokens, self.image_token_id, self.num_images, patches,
                                         self.mode, previous_images=previous_images)
-            return mask, previous_images + count_images(tokens, self.image_token_id)
+            return mask, ops.add(previous_images, count_images(tokens, self.image_token_id))
         return None, previous_images
 
     def resolve_max_length(self, max_length):
