@@ -176,3 +176,31 @@ def test_train_batches_feed_fit(tokenizer):
     assert len(losses) == 2 and all(np.isfinite(losses))
     # Untrained, the loss is about log(vocabulary size).
     assert abs(losses[0] - np.log(len(VOCABULARY))) < 1.0
+
+
+def test_examples_of_image_pairs_with_markers_before_each_caption(tokenizer):
+    """shapes_change examples: (2, H, W, 3) images, `<image>` ids first, no loss on them."""
+    from vlm.data.shapes_change import generate_change_examples
+
+    rows = list(generate_change_examples(4, seed=0, image_size=24))
+    examples = tf.data.Dataset.from_tensor_slices({
+        "images": np.stack([r["images"] for r in rows]),
+        "captions": [r["captions"][:3] for r in rows],
+        "image_id": [r["image_id"] for r in rows],
+        "change": [r["change"] for r in rows],
+    })
+    marker = 1  # any reserved id does; [UNK] here
+    batches = train_batches(examples, tokenizer, image_size=16, sequence_length=12,
+                            batch_size=6, captions_per_image=3, shuffle_buffer=0,
+                            prefix_ids=[marker, marker])
+    (inputs, labels), = list(batches.take(1).as_numpy_iterator())
+    assert inputs["images"].shape == (2, 2, 16, 16, 3)  # 2 pairs x 3 captions
+    tokens = inputs["tokens"]
+    np.testing.assert_array_equal(tokens[:, :3], [[marker, marker, 2]] * 6)
+    np.testing.assert_array_equal(labels[:, :2], 0)  # the markers predict nothing
+    np.testing.assert_array_equal(labels[:, 2:-1], tokens[:, 3:])  # then teacher forcing
+    caption = pack_captions(tokenizer, [rows[0]["captions"][0]], 10).numpy()[0]
+    np.testing.assert_array_equal(tokens[0, 2:], caption[:-1])
+    evaluation = next(iter(eval_batches(examples, image_size=16, batch_size=4)))
+    assert evaluation["images"].shape == (4, 2, 16, 16, 3)
+    assert evaluation["change"].numpy()[0].decode() == rows[0]["change"]
