@@ -162,3 +162,18 @@ def test_evaluates_the_shipped_model_on_a_shapes_split(tmp_path):
     for path in paths.values():
         assert os.path.getsize(path) > 100
     assert os.path.getsize(paths["gallery"]) > 20_000
+
+
+@pytest.mark.slow
+def test_scores_the_shipped_change_model_on_its_own_task(tmp_path):
+    """The shipped change captioner on 32 test pairs (the first of its test stream)."""
+    model = load_captioner(os.path.join(os.path.dirname(MODEL), "shapes_change.keras"))
+    data = DataConfig(dataset="shapes_change", train_size=8, validation_size=8, test_size=32)
+    metrics, per_image, entries = evaluate_model(model, data, "test", batch_size=32,
+                                                 gallery_size=2)
+    assert metrics["dataset"] == "shapes_change" and metrics["num_images"] == 32
+    assert COCO_KEYS <= set(metrics)
+    assert metrics["exact_change_accuracy"] >= 0.85  # the whole split: the shipped report
+    assert metrics["change_type_accuracy"] >= metrics["change_object_accuracy"] >= (
+        metrics["exact_change_accuracy"])
+    assert entries[0]["image"].shape == (64, 128, 3)  # the pair, side by side

@@ -60,7 +60,7 @@ def evaluate_predictions(predictions_path, references_path):
 
 def score(ids, captions, references, scenes=None, changes=None):
     """COCO metrics with per-image rows, and grounded scores for `scenes` or change
-    scores for `changes` (canonical change strings) where given."""
+    scores for `changes` (`caption_split`'s) where given."""
     scores = score_captions(captions, references)
     metrics = {key: float(scores[key]) for key in METRIC_KEYS}
     per_image = [
@@ -71,7 +71,7 @@ def score(ids, captions, references, scenes=None, changes=None):
     if scenes is not None:
         metrics.update(grounded_scores(captions, scenes))
     if changes is not None:
-        metrics.update(change_scores(captions, changes))
+        metrics.update(change_scores_of(captions, changes))
     metrics["num_images"] = len(ids)
     return metrics, per_image
 
@@ -143,12 +143,12 @@ def caption_split(model, examples, batch_size, sampler="greedy", keep_images=0):
         example its id, generated caption, reference list and (for the shapes
         dataset, whose examples carry `objects`) scene graph, else `scenes` is
         empty; `{id: image}` for the first `keep_images` examples; and for
-        shapes_change the canonical change of each example, else empty.
+        shapes_change each example's `{"change": canonical change, "scenes":
+        (before, after)}`, else empty.
     """
     import keras
 
     from vlm.data.batching import eval_batches
-    from vlm.data.shapes import scene_from_features
 
     cardinality = int(examples.cardinality())
     progress = keras.utils.Progbar(cardinality if cardinality > 0 else None,
@@ -161,12 +161,11 @@ def caption_split(model, examples, batch_size, sampler="greedy", keep_images=0):
         ids += batch_ids
         references += [[c.decode() for c in row if c] for row in batch["captions"].numpy()]
         if "change" in batch:
-            changes += [c.decode() for c in batch["change"].numpy()]
+            pairs = [_scenes_of(batch[key]) for key in ("before", "after")]
+            changes += [{"change": c.decode(), "scenes": (before, after)}
+                        for c, before, after in zip(batch["change"].numpy(), *pairs)]
         if "objects" in batch:
-            objects = {k: v.numpy() for k, v in batch["objects"].items()}
-            for i in range(len(images)):
-                real = objects["shape"][i] >= 0  # padded objects are -1
-                scenes.append(scene_from_features({k: v[i][real] for k, v in objects.items()}))
+            scenes += _scenes_of(batch["objects"])
         for image_id, image in zip(batch_ids, images):
             if len(kept_images) < keep_images:
                 kept_images[image_id] = side_by_side(image)
@@ -234,6 +233,22 @@ def evaluate_model(model, data_config, split="test", sampler="greedy", batch_siz
     entries += [dict(row, image=kept_images[row["image_id"]],
                      label=f"worst: CIDEr-D {row['cider_d']:.2f}") for row in worst]
     return metrics, per_image, entries
+
+
+def _scenes_of(objects):
+    """The scene graph of each example from a batch's padded `objects` features."""
+    from vlm.data.shapes import scene_from_features
+
+    objects = {k: v.numpy() for k, v in objects.items()}
+    real = objects["shape"] >= 0  # padded objects are -1
+    return [scene_from_features({k: v[i][real[i]] for k, v in objects.items()})
+            for i in range(len(real))]
+
+
+def change_scores_of(captions, changes):
+    """`change_scores` of `caption_split`'s changes (canonical strings and scenes)."""
+    return change_scores(captions, [c["change"] for c in changes],
+                         scenes=[c["scenes"] for c in changes])
 
 
 def side_by_side(image):

@@ -42,6 +42,18 @@ RELATION_PHRASES = {
 CAPTION_PREFIXES = ("", "there is ", "a picture of ", "an image of ", "a photo of ")
 
 
+def dominant_relation(a, b):
+    """The relation of object `a` to `b` along the axis where their centres differ most.
+
+    The relation the shapes captions state (`vlm.data.shapes`) and the change
+    scores check (`vlm.metrics.change`).
+    """
+    dx, dy = a["x"] - b["x"], a["y"] - b["y"]
+    if abs(dx) > abs(dy):
+        return "left of" if dx < 0 else "right of"
+    return "above" if dy < 0 else "below"
+
+
 @dataclasses.dataclass(frozen=True)
 class SceneVocabulary:
     """The attribute words a caption parser recognises.

@@ -28,7 +28,7 @@ from vlm.data.tokenizer import IMAGE
 from vlm.data.tokenizer import train_tokenizer
 from vlm.distribution import plan_distribution
 from vlm.evaluation import caption_split
-from vlm.metrics.change import change_scores
+from vlm.evaluation import change_scores_of
 from vlm.metrics.grounded import grounded_scores
 from vlm.models.captioner import build_captioner
 from vlm.models.multi_image_captioner import build_multi_image_captioner
@@ -155,7 +155,7 @@ def caption_report(model, examples, num_images, batch_size=250):
     if scenes:
         report["grounded"] = grounded_scores(captions, scenes)
     if changes:
-        report["change"] = change_scores(captions, changes)
+        report["change"] = change_scores_of(captions, changes)
     return report
 
 

@@ -100,3 +100,26 @@ def test_empty_and_mismatched_inputs():
         change_scores(["no change", "no change"], ["none", "none", "none"])
     with pytest.raises(ValueError, match="change='grew'"):
         change_scores(["no change"], ["grew"])
+
+
+def obj(size, color, shape, x, y):
+    return {"size": size, "color": color, "shape": shape, "x": float(x), "y": float(y)}
+
+
+def test_with_scenes_a_move_stated_against_another_true_anchor_is_exact():
+    """The circle moved from the far left to the far right: it is now right of both others."""
+    square, triangle = obj("large", "blue", "square", 30, 10), obj("small", "cyan", "triangle",
+                                                                     32, 50)
+    before = {"objects": [obj("small", "red", "circle", 5, 30), square, triangle]}
+    after = {"objects": [obj("small", "red", "circle", 60, 30), square, triangle]}
+    truth = "moved|small red circle|right of|large blue square"
+    captions = ["the small red circle moved right of the large blue square",   # the reference
+                "the small red circle is now right of the small cyan triangle",  # also true
+                "the small red circle moved left of the small cyan triangle",   # false
+                "the small red circle moved right of the small red circle",     # itself
+                "the small red circle moved right of the large green square"]   # not there
+    rows = [change_scores([c], [truth], scenes=[(before, after)]) for c in captions]
+    assert [r["exact_change_accuracy"] for r in rows] == [1.0, 1.0, 0.0, 0.0, 0.0]
+    assert change_scores(captions[1:2], [truth])["exact_change_accuracy"] == 0.0  # no scenes
+    with pytest.raises(ValueError, match=r"len\(scenes\)=2, len\(changes\)=1"):
+        change_scores(captions[:1], [truth], scenes=[(before, after)] * 2)

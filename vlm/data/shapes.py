@@ -44,6 +44,7 @@ from vlm.scene_vocab import RELATION_PHRASES
 from vlm.scene_vocab import RELATIONS
 from vlm.scene_vocab import SHAPES
 from vlm.scene_vocab import SIZES
+from vlm.scene_vocab import dominant_relation
 from vlm.validation import check_positive_int
 
 __all__ = [
@@ -181,21 +182,13 @@ def render_scene(scene, rng, image_size=64):
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
 
-def _dominant_relation(a, b):
-    """The relation of `a` to `b` along the axis where their centres differ most."""
-    dx, dy = a["x"] - b["x"], a["y"] - b["y"]
-    if abs(dx) > abs(dy):
-        return "left of" if dx < 0 else "right of"
-    return "above" if dy < 0 else "below"
-
-
 def _object_phrase(obj, article="a"):
     return f"{article} {obj['size']} {obj['color']} {obj['shape']}"
 
 
 def _clause(subject, obj, rng, subject_article="a", object_article="a"):
     """`subject REL obj` with a randomly chosen wording of their true relation."""
-    phrases = RELATION_PHRASES[_dominant_relation(subject, obj)]
+    phrases = RELATION_PHRASES[dominant_relation(subject, obj)]
     phrase = phrases[int(rng.integers(len(phrases)))]
     subject_phrase = _object_phrase(subject, subject_article)
     return f"{subject_phrase} {phrase} {_object_phrase(obj, object_article)}"

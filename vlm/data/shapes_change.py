@@ -60,7 +60,6 @@ from vlm.data import paths
 from vlm.data.shapes import _ALL_TRIPLES
 from vlm.data.shapes import SPLITS
 from vlm.data.shapes import ShapesCaptionsConfig
-from vlm.data.shapes import _dominant_relation
 from vlm.data.shapes import _encode_png
 from vlm.data.shapes import _margin
 from vlm.data.shapes import _placement_ok
@@ -74,6 +73,7 @@ from vlm.data.shapes import split_seed
 from vlm.scene_vocab import COLORS
 from vlm.scene_vocab import RELATION_PHRASES
 from vlm.scene_vocab import RELATIONS
+from vlm.scene_vocab import dominant_relation
 
 __all__ = [
     "CHANGE_TYPES", "JITTER", "generate_change", "change_captions", "canonical_change",
@@ -117,12 +117,12 @@ def _move(objects, rng, image_size):
         i, j = pairs[p]
         mover, anchor = objects[i], objects[j]
         others = objects[:i] + objects[i + 1:]
-        targets = [r for r in RELATIONS if r != _dominant_relation(mover, anchor)]
+        targets = [r for r in RELATIONS if r != dominant_relation(mover, anchor)]
         # A relation drawn first, then a place for it, so the new relations come out balanced.
         for t in rng.permutation(len(targets)):
             relation = targets[t]
             moved = _place(mover, others, rng, image_size,
-                           accept=lambda c, r=relation: _dominant_relation(c, anchor) == r)
+                           accept=lambda c, r=relation: dominant_relation(c, anchor) == r)
             if moved is not None:
                 change = {"object": _triple(mover), "relation": relation,
                           "anchor": _triple(anchor)}
@@ -189,7 +189,7 @@ def _jitter(objects, indices, rng, image_size):
         margin = _margin(obj["size"], image_size)
         inside = all(margin <= candidate[axis] < image_size - margin for axis in ("x", "y"))
         if (inside and _placement_ok(candidate, others, image_size)
-                and all(_dominant_relation(candidate, other) == _dominant_relation(obj, other)
+                and all(dominant_relation(candidate, other) == dominant_relation(obj, other)
                         for other in others)):
             objects[i] = candidate
 

@@ -28,6 +28,7 @@ from vlm.change_vocab import canonical_change
 from vlm.metrics.grounded import parse_caption
 from vlm.scene_vocab import DEFAULT_VOCABULARY
 from vlm.scene_vocab import RELATIONS
+from vlm.scene_vocab import dominant_relation
 
 # Every phrase that names a change type, longest first so "was moved" wins over "moved".
 _TYPE_PHRASES = sorted(
@@ -100,18 +101,48 @@ def parse_change_caption(text, vocabulary=DEFAULT_VOCABULARY):
     return canonical_change(change)
 
 
+def moved_claim_holds(mover, relation, anchor, before, after):
+    """Whether "`mover` moved `relation` `anchor`" is true of the two scenes.
+
+    True when both objects (named "size color shape") are in both scenes, are
+    different objects, and `mover`'s dominant relation to `anchor` is
+    `relation` after and was not before.
+    """
+    def find(scene, name):
+        return next((obj for obj in scene["objects"]
+                     if f"{obj['size']} {obj['color']} {obj['shape']}" == name), None)
+
+    if not (mover and relation and anchor) or mover == anchor:
+        return False
+    objects = [find(scene, name) for scene in (before, after) for name in (mover, anchor)]
+    if any(obj is None for obj in objects):
+        return False
+    mover_before, anchor_before, mover_after, anchor_after = objects
+    return (dominant_relation(mover_after, anchor_after) == relation
+            and dominant_relation(mover_before, anchor_before) != relation)
+
+
 def _as_text(value):
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-def change_scores(captions, changes, vocabulary=DEFAULT_VOCABULARY):
+def change_scores(captions, changes, vocabulary=DEFAULT_VOCABULARY, scenes=None):
     """Scores captions against the true changes of their image pairs.
+
+    A move can be stated against more than one object: when the small red
+    circle moved, its relation to each other object may have changed, and the
+    reference names one of them. With `scenes`, a "moved" caption is exactly
+    right when it names the moved object and a relation to another object
+    that holds after the move and did not before (`moved_claim_holds`);
+    without them, only the reference's anchor counts.
 
     Args:
         captions: one caption per example, `str` or `bytes`.
         changes: the true canonical change strings (the `"change"` feature of
             `vlm.data.shapes_change`), `str` or `bytes`.
         vocabulary: `SceneVocabulary` passed on to `parse_change_caption`.
+        scenes: optional `(before, after)` scene graphs per example
+            (`{"objects": [...]}` as `vlm.data.shapes.generate_scene`).
 
     Returns:
         dict: `change_type_accuracy` (the type is right),
@@ -130,9 +161,13 @@ def change_scores(captions, changes, vocabulary=DEFAULT_VOCABULARY):
             "`captions` and `changes` must have the same length. "
             f"Received: len(captions)={len(captions)}, len(changes)={len(changes)}"
         )
+    if scenes is not None and len(scenes) != len(changes):
+        raise ValueError(
+            "`scenes` must have one (before, after) pair per change. "
+            f"Received: len(scenes)={len(scenes)}, len(changes)={len(changes)}")
     hits = {"type": 0, "object": 0, "exact": 0}
     per_type = {}  # type -> [exact hits, examples]
-    for caption, truth in zip(captions, changes):
+    for i, (caption, truth) in enumerate(zip(captions, changes)):
         true_fields = truth.split("|")
         if true_fields[0] not in CHANGE_TYPES:
             raise ValueError(
@@ -140,11 +175,15 @@ def change_scores(captions, changes, vocabulary=DEFAULT_VOCABULARY):
         parsed = parse_change_caption(caption, vocabulary)
         fields = parsed.split("|") if parsed is not None else [None]
         type_right = fields[0] == true_fields[0]
+        object_right = type_right and fields[1:2] == true_fields[1:2]
+        exact = parsed == truth
+        if not exact and object_right and fields[0] == "moved" and scenes is not None:
+            exact = moved_claim_holds(fields[1], fields[2], fields[3], *scenes[i])
         hits["type"] += type_right
-        hits["object"] += type_right and fields[1:2] == true_fields[1:2]
-        hits["exact"] += parsed == truth
+        hits["object"] += object_right
+        hits["exact"] += exact
         counts = per_type.setdefault(true_fields[0], [0, 0])
-        counts[0] += parsed == truth
+        counts[0] += exact
         counts[1] += 1
 
     def rate(count):
