@@ -6,6 +6,8 @@ from vlm.data.shapes import load_shapes
 from vlm.data.shapes_change import load_shapes_change
 
 SPLITS = ("train", "validation", "test")
+# The datasets generated locally, all from the same size and seed fields.
+_GENERATED = {"shapes": load_shapes, "shapes_change": load_shapes_change}
 # COCO's Karpathy splits: "restval" joins the training images.
 _COCO_SPLITS = {"train": "train+restval", "validation": "val", "test": "test"}
 
@@ -27,18 +29,8 @@ def load_examples(data_config, split, image_size):
     """
     if split not in SPLITS:
         raise ValueError(f"`split` must be one of {SPLITS}. Received: split={split!r}")
-    if data_config.dataset == "shapes_change":
-        return load_shapes_change(
-            split,
-            image_size=image_size,
-            train_size=data_config.train_size,
-            validation_size=data_config.validation_size,
-            test_size=data_config.test_size,
-            seed=data_config.seed,
-            data_dir=data_config.data_dir,
-        )
-    if data_config.dataset == "shapes":
-        return load_shapes(
+    if data_config.dataset in _GENERATED:
+        return _GENERATED[data_config.dataset](
             split,
             image_size=image_size,
             train_size=data_config.train_size,

@@ -51,7 +51,7 @@ __all__ = [
     "COLORS", "SHAPES", "SIZES", "RELATIONS", "RELATION_PHRASES", "CAPTION_PREFIXES",
     "generate_scene", "render_scene", "scene_captions", "generate_examples",
     "scene_features", "scene_from_features", "objects_feature", "split_seed",
-    "ShapesCaptionsConfig", "ShapesCaptions", "shapes_config", "load_shapes",
+    "ShapesCaptionsConfig", "ShapesCaptions", "shapes_config", "load_shapes", "load_prepared",
 ]
 
 # Object half-extent as a fraction of the image size: ~6 and ~10 px at 64 px.
@@ -465,13 +465,31 @@ def load_shapes(split, *, image_size=64, train_size=20000, validation_size=1000,
         `COLORS`, `SIZES` and `x`, `y` float32 centres in pixels.
     """
     config = shapes_config(image_size, train_size, validation_size, test_size, seed)
+    return load_prepared(ShapesCaptions, config, split, data_dir, "shapes dataset")
+
+
+def load_prepared(builder_class, config, split, data_dir, name, unit=" images"):
+    """A split of a locally generated TFDS dataset, prepared offline on first use.
+
+    The preparation shows one progress line, "Preparing `name` (S px) in
+    DIR", and TFDS' expected notices are kept out of the log.
+
+    Args:
+        builder_class: `ShapesCaptions` or another builder of a config with
+            `image_size` and `split_size(split)`.
+        config: the builder config.
+        split: the split (TFDS slicing works).
+        data_dir: TFDS data directory, or None for `paths.tfds_data_dir()`.
+        name: what the progress line calls the dataset.
+        unit: what the progress line counts.
+    """
     with _without_expected_tfds_warnings():
-        builder = ShapesCaptions(config=config,
-                                 data_dir=os.fspath(data_dir or paths.tfds_data_dir()))
+        builder = builder_class(config=config,
+                                data_dir=os.fspath(data_dir or paths.tfds_data_dir()))
         if not builder.is_prepared():
-            _prepare(builder, f"Preparing shapes dataset ({image_size}px) in {builder.data_dir}",
-                     total=train_size + validation_size + test_size)
-    return builder.as_dataset(split=split)
+            _prepare(builder, f"Preparing {name} ({config.image_size}px) in {builder.data_dir}",
+                     total=sum(config.split_size(s) for s in SPLITS), unit=unit)
+        return builder.as_dataset(split=split)
 
 
 # What TFDS warns about a builder config made on the fly (`shapes_config`) and

@@ -45,7 +45,6 @@ them. `canonical_change` writes a change as one string
 """
 
 import dataclasses
-import os
 import pathlib
 
 import numpy as np
@@ -56,16 +55,14 @@ from vlm.change_vocab import CHANGE_TYPES
 from vlm.change_vocab import CHANGE_VERBS
 from vlm.change_vocab import NO_CHANGE_CAPTIONS
 from vlm.change_vocab import canonical_change
-from vlm.data import paths
 from vlm.data.shapes import _ALL_TRIPLES
 from vlm.data.shapes import SPLITS
 from vlm.data.shapes import ShapesCaptionsConfig
 from vlm.data.shapes import _encode_png
 from vlm.data.shapes import _margin
 from vlm.data.shapes import _placement_ok
-from vlm.data.shapes import _prepare
-from vlm.data.shapes import _without_expected_tfds_warnings
 from vlm.data.shapes import generate_scene
+from vlm.data.shapes import load_prepared
 from vlm.data.shapes import objects_feature
 from vlm.data.shapes import render_scene
 from vlm.data.shapes import scene_features
@@ -398,11 +395,5 @@ def load_shapes_change(split, *, image_size=64, train_size=20000, validation_siz
         tensors as `objects` in `vlm.data.shapes.load_shapes`.
     """
     config = shapes_change_config(image_size, train_size, validation_size, test_size, seed)
-    with _without_expected_tfds_warnings():
-        builder = ShapesChange(config=config,
-                               data_dir=os.fspath(data_dir or paths.tfds_data_dir()))
-        if not builder.is_prepared():
-            _prepare(builder,
-                     f"Preparing shapes change dataset ({image_size}px) in {builder.data_dir}",
-                     total=train_size + validation_size + test_size, unit=" pairs")
-        return builder.as_dataset(split=split)
+    return load_prepared(ShapesChange, config, split, data_dir, "shapes change dataset",
+                         unit=" pairs")

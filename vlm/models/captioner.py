@@ -246,15 +246,19 @@ class Captioner(keras.Model):
         return sampler(next, tokens, (caches, seen), noise, max_length, tokenizer.end_token_id,
                        tokenizer.pad_token_id)
 
+    # Positions the default prompt takes before [START] (`<image>` markers).
+    prompt_length = 0
+
     def resolve_max_length(self, max_length):
         """`max_length`, or the longest the model allows when None; checked."""
-        longest = self.sequence_length - 1
+        longest = self.sequence_length - 1 - self.prompt_length
         max_length = longest if max_length is None else max_length
         if isinstance(max_length, bool) or not isinstance(max_length, int) or not (
                 1 <= max_length <= longest):
+            markers = f" - {self.prompt_length} markers" if self.prompt_length else ""
             raise ValueError(
                 f"`max_length` must be an int in [1, {longest}] (the model's "
-                f"sequence_length - 1). Received: max_length={max_length!r}")
+                f"sequence_length - 1{markers}). Received: max_length={max_length!r}")
         return max_length
 
     @property

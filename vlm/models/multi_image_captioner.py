@@ -126,17 +126,10 @@ class MultiImageCaptioner(Captioner):
             return mask, ops.add(previous_images, count_images(tokens, self.image_token_id))
         return None, previous_images
 
-    def resolve_max_length(self, max_length):
-        """As `Captioner`'s, less the positions the `<image>` markers take."""
-        markers = self.num_images if self.sources is None else 0
-        longest = self.sequence_length - 1 - markers
-        max_length = longest if max_length is None else max_length
-        if isinstance(max_length, bool) or not isinstance(max_length, int) or not (
-                1 <= max_length <= longest):
-            raise ValueError(
-                f"`max_length` must be an int in [1, {longest}] (sequence_length - 1 - "
-                f"{markers} markers). Received: max_length={max_length!r}")
-        return max_length
+    @property
+    def prompt_length(self):
+        """The `<image>` markers before [START] (interleaved design), else 0."""
+        return self.num_images if self.sources is None else 0
 
     def generate(self, images, sampler="greedy", max_length=None, return_details=False,
                  prompts=None):
