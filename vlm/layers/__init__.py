@@ -3,6 +3,7 @@
 from vlm.layers.causal_self_attention import CausalSelfAttention
 from vlm.layers.cross_attention import CrossAttention
 from vlm.layers.decoder_block import DecoderBlock
+from vlm.layers.gated_cross_attention_block import GatedCrossAttentionBlock
 from vlm.layers.image_index_embedding import ImageIndexEmbedding
 from vlm.layers.media_attention_mask import count_images
 from vlm.layers.media_attention_mask import media_attention_mask
@@ -12,6 +13,7 @@ __all__ = [
     "CausalSelfAttention",
     "CrossAttention",
     "DecoderBlock",
+    "GatedCrossAttentionBlock",
     "ImageIndexEmbedding",
     "PatchPositionEmbedding",
     "count_images",

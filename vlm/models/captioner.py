@@ -171,6 +171,41 @@ class Captioner(keras.Model):
             return {"captions": captions, "token_ids": ids, "log_probs": log_probs}
         return captions
 
+    def generate_groups(self, pixels, prompt_rows, sampler, max_length):
+        """Decodes examples grouped by prompt length, each length compiled once.
+
+        Args:
+            pixels: model-ready images, one (or one group of) per example.
+            prompt_rows: one int array of prompt ids (before [START]) per
+                example.
+            sampler: a `vlm.samplers.Sampler`.
+            max_length: new tokens at most.
+
+        Returns:
+            `(ids, log_probs)`: NumPy int32 `(batch, max_length)`, float32
+            `(batch,)`, in the examples' order.
+        """
+        batch = len(prompt_rows)
+        ids = np.zeros((batch, max_length), "int32")
+        log_probs = np.zeros((batch,), "float32")
+        pixels = ops.convert_to_numpy(pixels)
+        for length in sorted({len(p) for p in prompt_rows}):
+            rows = np.asarray([i for i, p in enumerate(prompt_rows) if len(p) == length])
+            if length + max_length > self.sequence_length - 1:
+                raise ValueError(
+                    f"A prompt of {length} tokens leaves no room for max_length={max_length} "
+                    f"new tokens in the model's {self.sequence_length} positions (example "
+                    f"{int(rows[0])}).")
+            noise = sampler.noise(max_length, len(rows), self.decoder.vocabulary_size)
+            prompt = np.stack([prompt_rows[i] for i in rows]).reshape(len(rows), length)
+            generate = self.make_generate_function(sampler, max_length, length)
+            prompt = (ops.convert_to_tensor(prompt.astype("int32")),) if length else ()
+            group_ids, group_log_probs = generate(ops.convert_to_tensor(pixels[rows]), noise,
+                                                  *prompt)
+            ids[rows] = ops.convert_to_numpy(group_ids)
+            log_probs[rows] = ops.convert_to_numpy(group_log_probs)
+        return ids, log_probs
+
     def make_generate_function(self, sampler, max_length, prompt_length=0):
         """`generate_step` compiled for this setting (`vlm.backend.compiled_inference`).
 

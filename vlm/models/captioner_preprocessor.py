@@ -91,6 +91,14 @@ class CaptionerPreprocessor(keras.layers.Layer):
         packed = pack_captions(self.tokenizer, captions, self.sequence_length)
         return packed[:, :-1], packed[:, 1:]
 
+    def prompt_ids(self, prompts):
+        """Token ids of each prompt string (no [START] or [END]), a list of int32 arrays."""
+        if not prompts:
+            return []
+        ids = self.tokenizer(list(prompts))  # ragged: a list of rows off TensorFlow
+        rows = ids.to_list() if hasattr(ids, "to_list") else ids
+        return [np.asarray(_to_numpy(row), "int32").reshape(-1) for row in rows]
+
     def detokenize(self, token_ids):
         """Caption strings from `(batch, length)` ids: cut at [END], specials dropped."""
         return detokenize_captions(self.tokenizer, token_ids)

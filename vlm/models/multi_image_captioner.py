@@ -159,22 +159,7 @@ class MultiImageCaptioner(Captioner):
                 f"{self.num_images}, one per source {self.sources}.")
         prompt_rows = self.preprocessor.prompt(counts, prompts)
         batch = len(counts)
-        ids = np.zeros((batch, max_length), "int32")
-        log_probs = np.zeros((batch,), "float32")
-        pixels = ops.convert_to_numpy(pixels)
-        for length in sorted({len(p) for p in prompt_rows}):
-            rows = np.asarray([i for i, p in enumerate(prompt_rows) if len(p) == length])
-            if self.sources is None and length + max_length > self.sequence_length - 1:
-                raise ValueError(f"A prompt of {length} tokens leaves no room for "
-                                 f"max_length={max_length} in {self.sequence_length} positions.")
-            noise = sampler.noise(max_length, len(rows), self.decoder.vocabulary_size)
-            prompt = np.stack([prompt_rows[i] for i in rows]).reshape(len(rows), length)
-            generate = self.make_generate_function(sampler, max_length, length)
-            prompt = (ops.convert_to_tensor(prompt),) if length else ()
-            group_ids, group_log_probs = generate(ops.convert_to_tensor(pixels[rows]), noise,
-                                                  *prompt)
-            ids[rows] = ops.convert_to_numpy(group_ids)
-            log_probs[rows] = ops.convert_to_numpy(group_log_probs)
+        ids, log_probs = self.generate_groups(pixels, prompt_rows, sampler, max_length)
         captions = self.preprocessor.detokenize(ids) if batch else []
         if return_details:
             return {"captions": captions, "token_ids": ids, "log_probs": log_probs}

@@ -1,0 +1,172 @@
+"""`VisionLanguageModel`: a keras-hub language model given eyes by gated cross attention."""
+
+import keras
+import numpy as np
+
+from vlm import samplers
+from vlm.models.captioner import Captioner
+from vlm.models.cross_attention_language_model import CrossAttentionLanguageModel
+
+_BLOCK_ARGS = ("cross_attention_every", "cross_attention_layers", "num_heads",
+               "num_key_value_heads", "mlp_dim", "dropout", "sequence_length")
+
+
+@keras.saving.register_keras_serializable(package="vlm")
+class VisionLanguageModel(Captioner):
+    """A keras-hub causal LM that reads images through inserted gated cross attention.
+
+    The Flamingo / Llama 3.2 Vision recipe: `GatedCrossAttentionBlock`s go
+    before every n-th layer of a pretrained language model (or at given
+    layers), reading the image encoder's patches. Their gates start at 0,
+    so the model starts as the bare language model, logit for logit;
+    `freeze_language_model()` leaves only the new blocks (and optionally
+    the encoder) to train. Text is `prompt [START] answer [END]`: the loss
+    falls on the answer, and `generate(images, prompts=...)` prefills each
+    prompt in one pass, then decodes with the LM's key/value cache and the
+    blocks' image keys/values computed once. An empty prompt captions.
+
+    Args:
+        language_model: a keras-hub `GPT2Backbone`, `GemmaBackbone` or
+            `LlamaBackbone`, or a `CausalLM` of one (its backbone is used).
+            Its weights are used in place.
+        encoder: a `vlm.models.ImageEncoder` (the ViT; a keras-hub preset
+            through `ImageEncoder.from_sizes(preset=...)`).
+        cross_attention_every, cross_attention_layers, num_heads,
+        num_key_value_heads, mlp_dim, dropout, sequence_length: where the
+            gated blocks go and their sizes (`CrossAttentionLanguageModel`).
+        preprocessor: optional `CaptionerPreprocessor`.
+        tokenizer: optional tokenizer instead of `preprocessor`.
+        **kwargs: Base `keras.Model` arguments.
+
+    Example:
+
+    >>> lm = keras_hub.models.GPT2Backbone.from_preset("gpt2_base_en")
+    >>> model = VisionLanguageModel(lm, encoder, cross_attention_every=4, tokenizer=tokenizer)
+    >>> model.freeze_language_model()["trainable_fraction"]
+    0.11
+    >>> model.generate(images, prompts=["question what colour is the circle answer"])
+    """
+
+    def __init__(self, language_model, encoder, cross_attention_every=None,
+                 cross_attention_layers=None, num_heads=None, num_key_value_heads=None,
+                 mlp_dim=None, dropout=0.0, sequence_length=None, preprocessor=None,
+                 tokenizer=None, **kwargs):
+        if not hasattr(language_model, "transformer_layers") and hasattr(
+                language_model, "backbone"):
+            language_model = language_model.backbone  # a CausalLM
+        if cross_attention_every is None and cross_attention_layers is None:
+            cross_attention_every = 1
+        decoder = CrossAttentionLanguageModel(
+            language_model, cross_attention_every=cross_attention_every,
+            cross_attention_layers=cross_attention_layers, num_heads=num_heads,
+            num_key_value_heads=num_key_value_heads, mlp_dim=mlp_dim, dropout=dropout,
+            sequence_length=sequence_length, name="language_model")
+        super().__init__(encoder, decoder, preprocessor=preprocessor, tokenizer=tokenizer,
+                         **kwargs)
+
+    @property
+    def language_model(self):
+        """The keras-hub backbone, whose weights this model uses in place."""
+        return self.decoder.backbone
+
+    def freeze_language_model(self, freeze_encoder=True):
+        """Freezes the language model (and the image encoder); returns what trains.
+
+        Call before `compile`. The gated blocks always train.
+
+        Returns:
+            dict: per part (`language_model`, `image_encoder`,
+            `cross_attention`) its `parameters` and whether it is
+            `trainable`, then `trainable_parameters`, `total_parameters` and
+            `trainable_fraction`.
+        """
+        self.language_model.trainable = False
+        self.encoder.trainable = not freeze_encoder
+        return self.parameter_report()
+
+    def parameter_report(self):
+        """Parameters per part and the trainable share (see `freeze_language_model`)."""
+        def count(weights):
+            return int(sum(np.prod(w.shape) for w in weights))
+
+        parts = {"language_model": self.language_model, "image_encoder": self.encoder}
+        report = {name: {"parameters": count(part.weights), "trainable": part.trainable}
+                  for name, part in parts.items()}
+        blocks = [w for b in self.decoder.blocks for w in b.weights]
+        report["cross_attention"] = {"parameters": count(blocks), "trainable": True}
+        report["trainable_parameters"] = count(self.trainable_weights)
+        report["total_parameters"] = count(self.weights)
+        report["trainable_fraction"] = report["trainable_parameters"] / report["total_parameters"]
+        return report
+
+    @property
+    def trainable_fraction(self):
+        """Trainable / total parameters, as the model stands."""
+        return self.parameter_report()["trainable_fraction"]
+
+    def generate(self, images, prompts=None, sampler="greedy", max_length=None,
+                 return_details=False):
+        """Answers (or captions) a batch of images, each after its prompt.
+
+        Args:
+            images: a `(batch, H, W, C)` array or a list of images of any
+                sizes.
+            prompts: None (captioning), one string for every image, or one
+                string per image, such as "question what colour is the
+                circle answer". Prompts of different token lengths are
+                decoded in groups, each length compiled once.
+            sampler: as `Captioner.generate`.
+            max_length: new tokens at most; defaults to what the longest
+                prompt leaves of the sequence length.
+            return_details: as `Captioner.generate`.
+
+        Returns:
+            As `Captioner.generate`: the generated text after each prompt.
+        """
+        sampler = samplers.get(sampler)
+        if isinstance(images, (list, tuple)) and not len(images):
+            raise ValueError("`images` is empty: give at least one image. Received: images=[]")
+        pixels = self.preprocessor(images)
+        batch = int(pixels.shape[0])
+        if batch == 0:
+            raise ValueError(f"`images` holds no image. Received: shape={tuple(pixels.shape)}")
+        if prompts is None or isinstance(prompts, str):
+            prompts = [prompts or ""] * batch
+        if len(prompts) != batch:
+            raise ValueError(f"Got {len(prompts)} prompts for {batch} images: give one per "
+                             "image, or one string for all.")
+        rows = self.preprocessor.prompt_ids(prompts)
+        longest = self.sequence_length - 2  # room for [START] and one new token
+        for i, row in enumerate(rows):
+            if len(row) > longest:
+                raise ValueError(
+                    f"Prompt {i} is {len(row)} tokens; this model's sequence_length "
+                    f"{self.sequence_length} allows at most {longest}. Received: {prompts[i]!r}")
+        if max_length is None:
+            max_length = self.sequence_length - 1 - max(len(r) for r in rows)
+        max_length = self.resolve_max_length(max_length)
+        ids, log_probs = self.generate_groups(pixels, rows, sampler, max_length)
+        answers = self.preprocessor.detokenize(ids)
+        if return_details:
+            return {"captions": answers, "token_ids": ids, "log_probs": log_probs}
+        return answers
+
+    def get_config(self):
+        config = {
+            "name": self.name,
+            "trainable": self.trainable,
+            "language_model": keras.saving.serialize_keras_object(self.language_model),
+            "encoder": keras.saving.serialize_keras_object(self.encoder),
+            "preprocessor": (None if self.preprocessor is None
+                             else keras.saving.serialize_keras_object(self.preprocessor)),
+        }
+        decoder = self.decoder.get_config()
+        config.update({key: decoder[key] for key in _BLOCK_ARGS})
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["language_model"] = keras.saving.deserialize_keras_object(
+            config["language_model"])
+        return super().from_config(config)
