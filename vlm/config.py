@@ -209,7 +209,7 @@ class Config:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)
 
 
-DATASETS = ("shapes", "shapes_change", "coco", "folder")
+DATASETS = ("shapes", "shapes_change", "shapes_qa", "coco", "folder")
 MULTI_IMAGE_DESIGNS = ("interleaved", "sources")
 MEDIA_MODES = ("immediate", "all_previous")
 PRECISIONS = (None, "mixed_float16", "mixed_bfloat16")

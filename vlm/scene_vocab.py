@@ -1,8 +1,9 @@
 """Words of the shapes scene language, shared by the data generator and the grounded metrics.
 
 `vlm.data.shapes` renders and describes scenes with these words and
-`vlm.metrics.grounded` reads captions back with them; keeping them here lets
-the metrics run without importing the data package (and TensorFlow).
+`vlm.metrics.grounded` reads captions back with them (`vlm.data.shapes_qa`
+and `vlm.metrics.qa` share the question types); keeping them here lets the
+metrics run without importing the data package (and TensorFlow).
 """
 
 import dataclasses
@@ -40,6 +41,8 @@ RELATION_PHRASES = {
 }
 # Optional openings of a reference caption; they carry no scene content.
 CAPTION_PREFIXES = ("", "there is ", "a picture of ", "an image of ", "a photo of ")
+# The kinds of question `vlm.data.shapes_qa` asks about a scene, one each per image, in this order.
+QUESTION_TYPES = ("colour", "shape", "size", "count", "existence", "relation")
 
 
 def dominant_relation(a, b):

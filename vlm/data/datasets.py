@@ -4,10 +4,12 @@ from vlm.data.coco import coco_examples
 from vlm.data.folder import folder_examples
 from vlm.data.shapes import load_shapes
 from vlm.data.shapes_change import load_shapes_change
+from vlm.data.shapes_qa import load_shapes_qa
 
 SPLITS = ("train", "validation", "test")
 # The datasets generated locally, all from the same size and seed fields.
-_GENERATED = {"shapes": load_shapes, "shapes_change": load_shapes_change}
+_GENERATED = {"shapes": load_shapes, "shapes_change": load_shapes_change,
+              "shapes_qa": load_shapes_qa}
 # COCO's Karpathy splits: "restval" joins the training images.
 _COCO_SPLITS = {"train": "train+restval", "validation": "val", "test": "test"}
 
@@ -23,9 +25,10 @@ def load_examples(data_config, split, image_size):
     Returns:
         A `tf.data.Dataset` of dicts with `image`, `captions`, `image_id`
         (and `objects`, the scene graph, for shapes; `images`, the before and
-        after image, in place of `image` and `change` for shapes_change), or
-        None when the dataset has no such split (a captions folder has only
-        "train").
+        after image, in place of `image` and `change` for shapes_change;
+        `objects` and six `questions`, `answers` and `question_types` for
+        shapes_qa), or None when the dataset has no such split (a captions
+        folder has only "train").
     """
     if split not in SPLITS:
         raise ValueError(f"`split` must be one of {SPLITS}. Received: split={split!r}")
