@@ -184,7 +184,7 @@ class CrossAttentionLanguageModel(keras.layers.Layer):
         return [block.compute_context_cache(context) for block in self.blocks]
 
     def empty_caches(self, batch, max_length):
-        """Zero keras-hub self-attention caches, one `(batch, 2, max_length, heads, dim)` per layer."""
+        """Zero keras-hub self-attention caches, `(batch, 2, max_length, heads, dim)` per layer."""
         heads, dim = self.family.cache_heads_and_dim(self.backbone)
         shape = (batch, 2, max_length, heads, dim)
         return [ops.zeros(shape, self.backbone.compute_dtype) for _ in range(self.num_layers)]

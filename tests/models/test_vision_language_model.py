@@ -1,0 +1,197 @@
+import os
+
+import keras
+import keras_hub
+import numpy as np
+import pytest
+
+from tests.test_case import assert_close
+from tests.test_case import jit_compile_for_backend
+from tests.test_case import to_numpy
+from vlm.backend import compiled_inference
+from vlm.data.tokenizer import train_tokenizer
+from vlm.models.cross_attention_language_model import cross_attention_positions
+from vlm.models.image_encoder import ImageEncoder
+from vlm.models.vision_language_model import VisionLanguageModel
+
+TEXTS = ["question what colour is the small circle answer red",
+         "question is there a large blue square answer yes",
+         "a small red circle left of a large blue square"]
+LENGTH = 16
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_tokenizer(TEXTS * 10, 60)
+
+
+def backbone(kind, vocabulary_size, num_layers=2):
+    sizes = dict(vocabulary_size=vocabulary_size, num_layers=num_layers, hidden_dim=16,
+                 intermediate_dim=32)
+    if kind == "gpt2":
+        return keras_hub.models.GPT2Backbone(num_heads=2, max_sequence_length=LENGTH, **sizes)
+    if kind == "llama":
+        return keras_hub.models.LlamaBackbone(num_query_heads=4, num_key_value_heads=2, **sizes)
+    return keras_hub.models.GemmaBackbone(num_query_heads=2, num_key_value_heads=1, head_dim=8,
+                                          **sizes)
+
+
+def encoder():
+    return ImageEncoder.from_sizes(image_size=16, patch_size=4, num_layers=1, num_heads=2,
+                                   hidden_dim=16, mlp_dim=32, name="encoder")
+
+
+def make_model(tokenizer, kind="gpt2", open_gates=True, **kwargs):
+    keras.utils.set_random_seed(0)
+    if "cross_attention_layers" not in kwargs:
+        kwargs.setdefault("cross_attention_every", 1)
+    model = VisionLanguageModel(backbone(kind, tokenizer.vocabulary_size()), encoder(),
+                                sequence_length=LENGTH, tokenizer=tokenizer, **kwargs)
+    if open_gates:  # as after training: the image changes the text
+        for i, block in enumerate(model.decoder.blocks):
+            block.cross_attention.gate.assign(0.8 + 0.1 * i)
+            block.mlp_gate.assign(-0.6)
+    return model
+
+
+def inputs(vocabulary_size, n=3, length=10, seed=0):
+    rng = np.random.default_rng(seed)
+    images = (rng.random((n, 16, 16, 3)) * 255).astype("float32")
+    return images, rng.integers(1, vocabulary_size, (n, length)).astype("int32")
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "gemma"])
+def test_identical_to_the_bare_language_model_at_initialisation(tokenizer, kind):
+    model = make_model(tokenizer, kind, open_gates=False)
+    lm = model.language_model
+    images, tokens = inputs(tokenizer.vocabulary_size())
+    ours = to_numpy(model({"images": images, "tokens": tokens}))
+    hidden = lm({"token_ids": tokens, "padding_mask": np.ones_like(tokens)})
+    bare = to_numpy(lm.token_embedding(hidden, reverse=True))
+    assert np.max(np.abs(ours - bare)) <= 1e-5
+    # The same weights, not a copy: moving the LM moves the model.
+    lm.token_embedding.embeddings.assign(lm.token_embedding.embeddings * 2.0)
+    assert np.max(np.abs(to_numpy(model({"images": images, "tokens": tokens})) - ours)) > 1e-3
+    # And once the gates open, the image matters.
+    model.decoder.blocks[0].cross_attention.gate.assign(1.0)
+    first = to_numpy(model({"images": images, "tokens": tokens}))
+    second = to_numpy(model({"images": images[::-1].copy(), "tokens": tokens}))
+    assert np.max(np.abs(first - second)) > 1e-4
+
+
+def test_blocks_go_before_every_nth_layer_or_where_asked():
+    assert cross_attention_positions(8, every=1) == tuple(range(8))
+    assert cross_attention_positions(8, every=4) == (3, 7)  # open_flamingo's layers
+    assert cross_attention_positions(8, layers=[5, 1]) == (1, 5)
+    with pytest.raises(ValueError, match=r"cross_attention_layers=\[1, 9\]"):
+        cross_attention_positions(8, layers=[1, 9])
+    with pytest.raises(ValueError, match="exactly one"):
+        cross_attention_positions(8, every=2, layers=[1])
+
+
+def test_freezing_reports_and_trains_only_the_blocks(tokenizer):
+    model = make_model(tokenizer, cross_attention_layers=[1], num_key_value_heads=1, mlp_dim=24)
+    report = model.freeze_language_model()
+    blocks = report["cross_attention"]["parameters"]
+    lm = report["language_model"]["parameters"]
+    encoder_parameters = report["image_encoder"]["parameters"]
+    assert lm == model.language_model.count_params() and not report["language_model"]["trainable"]
+    assert report["trainable_parameters"] == blocks
+    assert report["total_parameters"] == lm + encoder_parameters + blocks
+    total = lm + encoder_parameters + blocks
+    assert report["trainable_fraction"] == pytest.approx(blocks / total)
+    # 16 -> 2x16 query, 16 -> 8 key and value (one of two heads), 16 -> 16 output, biases,
+    # two LayerNorms, 16 -> 24 -> 16, two gates.
+    assert blocks == (16 * 16 + 16) + 2 * (16 * 8 + 8) + (16 * 16 + 16) + 4 * 16 + (
+        16 * 24 + 24) + (24 * 16 + 16) + 2
+    frozen = [to_numpy(w).copy() for w in model.language_model.weights + model.encoder.weights]
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), jit_compile=jit_compile_for_backend())
+    images, tokens = inputs(tokenizer.vocabulary_size(), n=4)
+    gate = to_numpy(model.decoder.blocks[0].mlp_gate).copy()
+    model.fit({"images": images, "tokens": tokens}, np.roll(tokens, -1, axis=1), epochs=2,
+              batch_size=4, verbose=0)
+    for before, weight in zip(frozen, model.language_model.weights + model.encoder.weights):
+        np.testing.assert_array_equal(to_numpy(weight), before)
+    assert to_numpy(model.decoder.blocks[0].mlp_gate) != gate
+
+
+def naive_answers(model, images, prompts, max_length):
+    """Greedy by re-running the whole model on prompt + [START] + answer so far.
+
+    One compiled forward pass over the fixed-length token array per step:
+    causal attention makes the padding after each row's prefix irrelevant.
+    """
+    tok = model.tokenizer
+    rows = model.preprocessor.prompt_ids(prompts)
+    tokens = np.zeros((len(rows), LENGTH), "int32")
+    for i, ids in enumerate(rows):
+        tokens[i, :len(ids) + 1] = list(ids) + [tok.start_token_id]
+    forward = compiled_inference(
+        lambda x, t: model({"images": x, "tokens": t}, training=False), model.variables)
+    out = np.full((len(rows), max_length), tok.pad_token_id, "int32")
+    done = np.zeros(len(rows), bool)
+    for step in range(max_length):
+        logits = to_numpy(forward(images, tokens))
+        for i, ids in enumerate(rows):
+            position = len(ids) + step  # of the last token read
+            if not done[i]:
+                out[i, step] = tokens[i, position + 1] = np.argmax(logits[i, position])
+                done[i] = out[i, step] == tok.end_token_id
+    return out
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_prompted_cached_generation_equals_uncached(tokenizer, kind):
+    model = make_model(tokenizer, kind)
+    images, _ = inputs(tokenizer.vocabulary_size())
+    prompts = ["question what colour is the small circle answer",
+               "question is there a square answer",
+               "question what colour is the large circle answer"]
+    details = model.generate(images, prompts=prompts, max_length=4, return_details=True)
+    np.testing.assert_array_equal(details["token_ids"],
+                                  naive_answers(model, images, prompts, 4))
+    # Two prompt lengths: two compiled loops, reused by a second call.
+    assert len(model._generate_functions) == 2
+    again = model.generate(images[::-1].copy(), prompts=prompts[::-1], max_length=4)
+    assert len(model._generate_functions) == 2
+    assert again[0] == details["captions"][-1]
+    if kind != "gpt2":
+        return
+    # An empty prompt captions: [START] first.
+    caption = model.generate(images[:1], max_length=4, return_details=True)["token_ids"]
+    np.testing.assert_array_equal(caption, naive_answers(model, images[:1], [""], 4))
+
+
+def test_save_and_load_give_the_same_logits_and_answers(tokenizer, tmp_path):
+    model = make_model(tokenizer, cross_attention_every=2)
+    model.freeze_language_model()
+    images, tokens = inputs(tokenizer.vocabulary_size())
+    path = os.path.join(tmp_path, "vlm.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded, VisionLanguageModel)
+    assert loaded.decoder.positions == (1,)
+    assert_close(loaded({"images": images, "tokens": tokens}),
+                 model({"images": images, "tokens": tokens}), atol=1e-6)
+    prompt = "question is there a large blue square answer"
+    assert loaded.generate(images, prompt, max_length=3) == model.generate(
+        images, prompt, max_length=3)
+
+
+def test_bad_input_is_named(tokenizer):
+    model = make_model(tokenizer, open_gates=False)
+    images, _ = inputs(tokenizer.vocabulary_size(), n=1)
+    with pytest.raises(ValueError, match=r"Prompt 0 is 20 tokens; .*at most 14"):
+        model.generate(images, prompts=["red " * 20])
+    with pytest.raises(ValueError, match=r"`images` is empty.*images=\[\]"):
+        model.generate([], prompts=[])
+    with pytest.raises(ValueError, match="2 prompts for 1 images"):
+        model.generate(images, prompts=["a", "b"])
+    vit = keras_hub.models.ViTBackbone(image_shape=(16, 16, 3), patch_size=4, num_layers=1,
+                                       num_heads=2, hidden_dim=8, mlp_dim=8)
+    with pytest.raises(ValueError, match=r"GPT2Backbone.*Received: ViTBackbone"):
+        VisionLanguageModel(vit, encoder())
+    broken = backbone("gpt2", 60)
+    del broken.layer_norm
+    with pytest.raises(ValueError, match=r"lacks the layers \['layer_norm'\]"):
+        VisionLanguageModel(broken, encoder())
