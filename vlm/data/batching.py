@@ -7,7 +7,9 @@ yields an *examples* dataset, one element per image, a dict with:
     "captions": tf.string (num_references,), at least one reference
     "image_id": scalar (int64 for COCO, the file name for folders)
 
-plus any other keys a source adds (the shapes dataset adds "objects"). An
+plus any other keys a source adds (the shapes dataset adds "objects"). With
+"prompts", tf.string (num_references,), each caption follows its prompt (a
+question before its answer: `vlm.data.shapes_qa.as_prompted`). An
 example of several images (`vlm.data.shapes_change`) has "images", uint8
 (num_images, height, width, 3), in place of "image"; its batches then hold
 (batch, num_images, S, S, 3) images.
@@ -22,6 +24,7 @@ import tensorflow as tf
 from vlm.data.images import preprocess_image
 from vlm.data.tokenizer import pack_captions
 from vlm.data.tokenizer import prefixed_captions
+from vlm.data.tokenizer import prompted_captions
 from vlm.data.tokenizer import tf_normalize_caption
 from vlm.validation import check_positive_int
 
@@ -144,24 +147,33 @@ def train_batches(
         check_positive_int("shuffle_buffer", shuffle_buffer, minimum=0)
     k = captions_per_image
 
+    prompted = "prompts" in examples.element_spec
+
     def resize_and_keep_captions(example):
         captions = example["captions"]
-        captions = tf.boolean_mask(captions, tf.strings.length(tf_normalize_caption(captions)) > 0)
-        return preprocess_image(_image_of(example), image_size), captions
+        kept = tf.strings.length(tf_normalize_caption(captions)) > 0
+        # Each caption with its prompt (a question before its answer), or "".
+        prompts = example["prompts"] if prompted else tf.zeros_like(captions)
+        texts = tf.stack([tf.boolean_mask(prompts, kept), tf.boolean_mask(captions, kept)], 1)
+        return preprocess_image(_image_of(example), image_size), texts
 
-    def groups_of_captions(image, captions):
-        # (ceil(n / k), k) captions, cycling; k = 1 gives each caption once.
-        count = tf.shape(captions)[0]
+    def groups_of_captions(image, texts):
+        # (ceil(n / k), k, 2) (prompt, caption) rows, cycling; k = 1 gives each once.
+        count = tf.shape(texts)[0]
         groups = (count + k - 1) // k
         index = tf.range(groups * k) % tf.maximum(count, 1)
-        grouped = tf.reshape(tf.gather(captions, index), (groups, k))
+        grouped = tf.reshape(tf.gather(texts, index), (groups, k, 2))
         return tf.data.Dataset.zip(
             tf.data.Dataset.from_tensors(image).repeat(),
             tf.data.Dataset.from_tensor_slices(grouped),
         )
 
-    def to_model_inputs(images, captions):
-        captions = tf.reshape(captions, (-1,))  # (B // k, k) -> (B,), per image
+    def to_model_inputs(images, texts):
+        texts = tf.reshape(texts, (-1, 2))  # (B // k, k, 2) -> (B, 2), per image
+        captions = texts[:, 1]
+        if prompted:
+            tokens, labels = prompted_captions(tokenizer, texts[:, 0], captions, sequence_length)
+            return {"images": images, "tokens": tokens}, labels
         if prefix_ids:
             tokens, labels = prefixed_captions(tokenizer, captions, sequence_length, prefix_ids)
             return {"images": images, "tokens": tokens}, labels

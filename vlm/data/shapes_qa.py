@@ -52,6 +52,7 @@ import dataclasses
 import pathlib
 
 import numpy as np
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from vlm.data.shapes import SPLITS
@@ -95,8 +96,13 @@ _ZERO_WEIGHT = 0.5
 
 
 def qa_prompt(question):
-    """The text a model continues with the answer: `"question {question} answer"`."""
-    return f"question {question} answer"
+    """The text a model continues with the answer: `"question {question} answer"`.
+
+    `question` may be a `str` or a string tensor (TensorFlow ops, any shape).
+    """
+    if isinstance(question, str):
+        return f"question {question} answer"
+    return tf.strings.join(["question ", question, " answer"])
 
 
 def qa_text(question, answer):
@@ -381,3 +387,20 @@ def load_shapes_qa(split, *, image_size=64, train_size=20000, validation_size=10
     """
     config = shapes_qa_config(image_size, train_size, validation_size, test_size, seed)
     return load_prepared(ShapesQA, config, split, data_dir, "shapes QA dataset")
+
+
+def as_prompted(examples):
+    """QA examples read as captions after prompts, for `train_batches` and the models.
+
+    Each example's answers become its "captions" and `qa_prompt` of its
+    questions its "prompts" (one per answer); the scene's reference
+    captions move to "scene_captions".
+    """
+    def convert(example):
+        example = dict(example)
+        example["scene_captions"] = example["captions"]
+        example["captions"] = example["answers"]
+        example["prompts"] = qa_prompt(example["questions"])
+        return example
+
+    return examples.map(convert, num_parallel_calls=tf.data.AUTOTUNE)

@@ -344,6 +344,67 @@ def prefixed_captions(tokenizer, captions, sequence_length, prefix_ids):
     return packed[:, :-1], labels
 
 
+def prompted_captions(tokenizer, prompts, captions, sequence_length, loss_on_prompt=False):
+    """Teacher-forcing `(tokens, labels)` of `prompt [START] caption [END]` rows.
+
+    Each row's prompt (a question, say) is tokenized without special tokens
+    and put before the packed caption (the answer); the row is cut to
+    `sequence_length + 1` ids (the answer's end first). No loss falls on the
+    prompt or on predicting [START], unless `loss_on_prompt` (training a
+    language model on the whole text). TensorFlow ops (graph safe, for
+    `tf.data`).
+
+    Args:
+        tokenizer: a `CaptionTokenizer`.
+        prompts: string vector, one per caption ("" for none).
+        captions: string vector.
+        sequence_length: int, the model's sequence length T.
+        loss_on_prompt: bool.
+
+    Returns:
+        int32 `(tokens, labels)`, `(batch, sequence_length)` each.
+    """
+    check_positive_int("sequence_length", sequence_length)
+    if tf.executing_eagerly():  # the TensorFlow path on every backend, as `pack_captions`
+        return tf.function(lambda p, c: prompted_captions(
+            tokenizer, p, c, sequence_length, loss_on_prompt), autograph=False)(
+                tf.convert_to_tensor(prompts, tf.string), tf.convert_to_tensor(captions, tf.string))
+    start_id, end_id, pad_id = (tokenizer.token_to_id(t) for t in (START, END, PAD))
+    prompt_ids = tokenizer.tokenize(tf.convert_to_tensor(prompts, tf.string))
+    answer_ids = tokenizer.tokenize(tf.convert_to_tensor(captions, tf.string))
+    if not isinstance(prompt_ids, tf.RaggedTensor):
+        prompt_ids = tf.RaggedTensor.from_tensor(prompt_ids, padding=0)
+        answer_ids = tf.RaggedTensor.from_tensor(answer_ids, padding=0)
+    prompt_ids = tf.cast(prompt_ids, tf.int32)
+    answer_ids = tf.cast(answer_ids, tf.int32)[:, : sequence_length - 1]
+    batch = tf.shape(answer_ids)[0]
+    start = tf.fill([batch, 1], start_id)
+    end = tf.fill([batch, 1], end_id)
+    packed = tf.concat([prompt_ids, start, answer_ids, end], axis=1)
+    # Which ids are targets: the answer and its [END] (or everything but [START]).
+    weight = tf.concat([tf.ones_like(prompt_ids) * int(loss_on_prompt), tf.zeros_like(start),
+                        tf.ones_like(answer_ids), tf.ones_like(end)], axis=1)
+    # Too long: keep the row's last sequence_length + 1 ids (the prompt's end).
+    keep = sequence_length + 1
+    length = packed.row_lengths()
+    cut = tf.maximum(length - keep, 0)
+    packed = tf.RaggedTensor.from_row_lengths(
+        _drop_row_heads(packed, cut), length - cut)
+    weight = tf.RaggedTensor.from_row_lengths(_drop_row_heads(weight, cut), length - cut)
+    packed = packed.to_tensor(default_value=pad_id, shape=[None, keep])
+    weight = weight.to_tensor(default_value=0, shape=[None, keep])
+    labels = tf.where(weight[:, 1:] > 0, packed[:, 1:], tf.zeros_like(packed[:, 1:]))
+    return packed[:, :-1], labels
+
+
+def _drop_row_heads(ragged, cut):
+    """The values of `ragged` without the first `cut[i]` of each row i."""
+    rows = ragged.value_rowids()
+    position = tf.range(tf.shape(ragged.values, out_type=tf.int64)[0]) - tf.gather(
+        ragged.row_starts(), rows)
+    return tf.boolean_mask(ragged.values, position >= tf.gather(cut, rows))
+
+
 def detokenize_captions(tokenizer, token_ids):
     """Turns rows of token ids back into caption strings (eager only).
 
