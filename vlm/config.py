@@ -54,6 +54,17 @@ class ModelConfig:
     num_images: int = 1
     multi_image: str = "interleaved"
     media_mode: str = "all_previous"
+    # "captioner" (vlm's own decoder) or "adapter": gated cross-attention
+    # blocks in a keras-hub language model (`VisionLanguageModel`), which is
+    # built from the decoder_* sizes as `language_model` ("gpt2", "gemma",
+    # "llama"), loaded from `language_model_from` (a .keras backbone), or
+    # downloaded as `language_model_preset` (its sizes win).
+    architecture: str = "captioner"
+    language_model: str = "gpt2"
+    language_model_from: Optional[str] = None
+    language_model_preset: Optional[str] = None
+    cross_attention_every: int = 1
+    adapter_mlp_dim: int = 256
 
     def validate(self, prefix="model"):
         """Raises `ConfigError` naming the first bad key and the value received."""
@@ -80,6 +91,12 @@ class ModelConfig:
         if self.multi_image not in MULTI_IMAGE_DESIGNS:
             raise ConfigError(f"{prefix}.multi_image must be one of {MULTI_IMAGE_DESIGNS}. "
                               f"Received: {self.multi_image!r}")
+        if self.architecture not in ARCHITECTURES:
+            raise ConfigError(f"{prefix}.architecture must be one of {ARCHITECTURES}. "
+                              f"Received: {self.architecture!r}")
+        if self.language_model not in LANGUAGE_MODELS:
+            raise ConfigError(f"{prefix}.language_model must be one of {LANGUAGE_MODELS}. "
+                              f"Received: {self.language_model!r}")
         if self.media_mode not in MEDIA_MODES:
             raise ConfigError(f"{prefix}.media_mode must be one of {MEDIA_MODES}. "
                               f"Received: {self.media_mode!r}")
@@ -146,6 +163,13 @@ class TrainConfig:
     model_shards: int = 2
     # Epochs at the start that train the decoder only (the encoder frozen).
     freeze_encoder_epochs: int = 0
+    # model.architecture="adapter": train only the gated blocks (and the
+    # encoder when it is not frozen), the language model frozen.
+    freeze_language_model: bool = True
+    # Epochs of language-model training on the dataset's text alone (no
+    # images) before the adapters train, standing in for a pretrained LM
+    # where none can be downloaded; 0 when the LM comes from elsewhere.
+    language_model_epochs: int = 0
 
     def validate(self, prefix="train"):
         """Raises `ConfigError` naming the first bad key and the value received."""
@@ -212,6 +236,8 @@ class Config:
 DATASETS = ("shapes", "shapes_change", "shapes_qa", "coco", "folder")
 MULTI_IMAGE_DESIGNS = ("interleaved", "sources")
 MEDIA_MODES = ("immediate", "all_previous")
+ARCHITECTURES = ("captioner", "adapter")
+LANGUAGE_MODELS = ("gpt2", "gemma", "llama")
 PRECISIONS = (None, "mixed_float16", "mixed_bfloat16")
 DISTRIBUTE_MODES = ("none", "data_parallel", "model_parallel", "auto")
 _SECTION_NAMES = {"ModelConfig": "model", "DataConfig": "data", "TrainConfig": "train"}
@@ -358,7 +384,7 @@ def _check_fields(section, prefix):
 
 # Fields where 0 is meaningful; every other number must be positive.
 _NON_NEGATIVE = {"dropout", "weight_decay", "warmup_fraction", "early_stopping_patience",
-                 "seed", "report_images", "freeze_encoder_epochs"}
+                 "seed", "report_images", "freeze_encoder_epochs", "language_model_epochs"}
 
 
 def _check_type(key, value, annotation):

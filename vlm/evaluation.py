@@ -13,6 +13,7 @@ from vlm.data.jsonl import read_jsonl
 from vlm.metrics.change import change_scores
 from vlm.metrics.coco import score_captions
 from vlm.metrics.grounded import grounded_scores
+from vlm.metrics.qa import answer_scores
 
 METRIC_KEYS = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "rouge_l", "cider_d")
 
@@ -173,6 +174,60 @@ def caption_split(model, examples, batch_size, sampler="greedy", keep_images=0):
     return ids, captions, references, scenes, kept_images, changes
 
 
+def answer_split(model, examples, batch_size, sampler="greedy", keep_images=0):
+    """Answers every question of a shapes_qa examples dataset, with a progress bar.
+
+    Each image is asked its questions as `qa_prompt(question)` prompts
+    (`VisionLanguageModel.generate`, or any model whose `generate` takes
+    `prompts`).
+
+    Returns:
+        `(rows, kept_images)`: one dict per question (`image_id`,
+        `question`, `type`, `answer`, `prediction`), and `{id: image}` for
+        the first `keep_images` examples.
+    """
+    import keras
+    import numpy as np
+
+    from vlm.data.batching import eval_batches
+    from vlm.data.shapes_qa import qa_prompt
+    from vlm.scene_vocab import QUESTION_TYPES
+
+    cardinality = int(examples.cardinality())
+    progress = keras.utils.Progbar(cardinality if cardinality > 0 else None,
+                                   unit_name="image")
+    rows, kept_images = [], {}
+    for batch in eval_batches(examples, image_size=model.image_size, batch_size=batch_size):
+        images = batch["images"].numpy()
+        questions = [[q.decode() for q in row] for row in batch["questions"].numpy()]
+        per_image = len(questions[0])
+        predictions = model.generate(np.repeat(images, per_image, axis=0), sampler=sampler,
+                                     prompts=[qa_prompt(q) for row in questions for q in row])
+        answers = batch["answers"].numpy()
+        types = batch["question_types"].numpy()
+        for i, image_id in enumerate(_plain(x) for x in batch["image_id"].numpy()):
+            for j, question in enumerate(questions[i]):
+                rows.append({"image_id": image_id, "question": question,
+                             "type": QUESTION_TYPES[int(types[i, j])],
+                             "answer": answers[i, j].decode(),
+                             "prediction": predictions[i * per_image + j]})
+            if len(kept_images) < keep_images:
+                kept_images[image_id] = images[i]
+        progress.add(len(images))
+    return rows, kept_images
+
+
+def answer_metrics(model, rows):
+    """`answer_scores` of `answer_split`'s rows, with the model's `trainable_fraction`."""
+    metrics = answer_scores([r["prediction"] for r in rows], [r["answer"] for r in rows],
+                            [r["type"] for r in rows])
+    fraction = getattr(model, "trainable_fraction", None)
+    if fraction is None:  # a captioner trains every weight
+        fraction = 1.0 if model.trainable else 0.0
+    metrics["trainable_fraction"] = float(fraction)
+    return metrics
+
+
 def evaluate_model(model, data_config, split="test", sampler="greedy", batch_size=64,
                    max_images=None, gallery_size=8):
     """Captions a whole split and scores it.
@@ -201,6 +256,8 @@ def evaluate_model(model, data_config, split="test", sampler="greedy", batch_siz
         raise ValueError(f"Dataset {data_config.dataset!r} has no {split!r} split.")
     if max_images:
         examples = examples.take(max_images)
+    if data_config.dataset == "shapes_qa":
+        return _evaluate_answers(model, examples, split, sampler, batch_size, gallery_size)
     ids, captions, references, scenes, kept_images, changes = caption_split(
         model, examples, batch_size, sampler=sampler, keep_images=gallery_size)
     metrics, per_image = score(ids, captions, references, scenes or None, changes or None)
@@ -233,6 +290,24 @@ def evaluate_model(model, data_config, split="test", sampler="greedy", batch_siz
     entries += [dict(row, image=kept_images[row["image_id"]],
                      label=f"worst: CIDEr-D {row['cider_d']:.2f}") for row in worst]
     return metrics, per_image, entries
+
+
+def _evaluate_answers(model, examples, split, sampler, batch_size, gallery_size):
+    """`evaluate_model` on shapes_qa: answer accuracies, per question type."""
+    from vlm import samplers
+
+    rows, kept_images = answer_split(model, examples, batch_size, sampler=sampler,
+                                     keep_images=gallery_size)
+    metrics = answer_metrics(model, rows)
+    metrics.update(split=split, sampler=repr(samplers.get(sampler)), dataset="shapes_qa")
+    entries = []
+    for image_id, image in kept_images.items():
+        asked = [r for r in rows if r["image_id"] == image_id]
+        entries.append({"image_id": image_id, "image": image,
+                        "caption": "; ".join(f"{r['question']}? {r['prediction']}"
+                                             for r in asked[:3]),
+                        "references": [f"{r['question']}? {r['answer']}" for r in asked[:3]]})
+    return metrics, rows, entries
 
 
 def _scenes_of(objects):

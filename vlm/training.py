@@ -10,6 +10,7 @@ import time
 import warnings
 
 import keras
+import tensorflow as tf
 
 from vlm.backend import resolve_jit_compile
 from vlm.backend import xla_has_float16_attention
@@ -22,16 +23,26 @@ from vlm.callbacks import atomic_write
 from vlm.callbacks import read_backup
 from vlm.callbacks import write_json_atomically
 from vlm.data.batching import count_pairs
+from vlm.data.batching import text_batches
+from vlm.data.batching import text_rows
 from vlm.data.batching import train_batches
 from vlm.data.datasets import load_examples
+from vlm.data.shapes_qa import as_prompted
 from vlm.data.tokenizer import IMAGE
 from vlm.data.tokenizer import train_tokenizer
 from vlm.distribution import plan_distribution
+from vlm.evaluation import answer_metrics
+from vlm.evaluation import answer_split
 from vlm.evaluation import caption_split
 from vlm.evaluation import change_scores_of
 from vlm.metrics.grounded import grounded_scores
+from vlm.models.captioner import CaptionLoss
+from vlm.models.captioner import MaskedTokenAccuracy
 from vlm.models.captioner import build_captioner
 from vlm.models.multi_image_captioner import build_multi_image_captioner
+from vlm.models.vision_language_model import build_language_model
+from vlm.models.vision_language_model import build_vision_language_model
+from vlm.saving import load_keras_file
 
 
 def output_paths(config):
@@ -44,6 +55,7 @@ def output_paths(config):
         "config": os.path.join(out, f"{name}.config.json"),
         "history": os.path.join(out, f"{name}.history.json"),
         "report": os.path.join(out, f"{name}.report.json"),
+        "language_model": os.path.join(out, f"{name}.language_model.keras"),
         "backup": os.path.join(run_logs, "backup"),
         "tensorboard": os.path.join(run_logs, "tensorboard"),
     }
@@ -142,6 +154,10 @@ def caption_report(model, examples, num_images, batch_size=250):
         dict with `num_images`, `samples` (a few image ids, captions and
         references) and, for shapes, the grounded scores.
     """
+    if "questions" in examples.element_spec:  # shapes_qa: answer accuracies
+        rows, _ = answer_split(model, examples.take(num_images), batch_size)
+        return {"num_images": num_images, "samples": rows[:12],
+                "answers": answer_metrics(model, rows)}
     ids, captions, references, scenes, _, changes = caption_split(
         model, examples.take(num_images), batch_size
     )
@@ -159,8 +175,11 @@ def caption_report(model, examples, num_images, batch_size=250):
     return report
 
 
-def build_model(model_config, tokenizer, dtype=None):
-    """A `Captioner`, or a `MultiImageCaptioner` for `model.num_images > 1`."""
+def build_model(model_config, tokenizer, dtype=None, language_model=None):
+    """A `Captioner`, a `MultiImageCaptioner` for `model.num_images > 1`, or for
+    `model.architecture="adapter"` a `VisionLanguageModel` around `language_model`."""
+    if model_config.architecture == "adapter":
+        return build_vision_language_model(model_config, tokenizer, language_model, dtype=dtype)
     build = build_multi_image_captioner if model_config.num_images > 1 else build_captioner
     return build(model_config, tokenizer.vocabulary_size(), tokenizer=tokenizer, dtype=dtype)
 
@@ -182,9 +201,54 @@ def copy_encoder(model, path):
     model.encoder.set_weights(source.get_weights())
 
 
+def prepare_language_model(config, tokenizer, examples, paths, jit_compile):
+    """The keras-hub backbone of an adapter model, trained on the text first if asked.
+
+    With `train.language_model_epochs`, a backbone of the config's sizes
+    learns the examples' text alone (questions, answers, captions; no
+    images) with `fit`, standing in for a pretrained language model, and is
+    saved to `paths["language_model"]`; a rerun (or resume) loads that file
+    instead of training again.
+    """
+    model_config, train_config = config.model, config.train
+    vocabulary_size = tokenizer.vocabulary_size()
+    epochs = train_config.language_model_epochs
+    if not epochs or model_config.language_model_preset or model_config.language_model_from:
+        return build_language_model(model_config, vocabulary_size,
+                                    dtype=train_config.mixed_precision)
+    path = paths["language_model"]
+    if os.path.exists(path):
+        print(f"Language model: {path}, trained on the text by an earlier run")
+        return load_keras_file(path)
+    backbone = build_language_model(model_config, vocabulary_size,
+                                    dtype=train_config.mixed_precision)
+    tokens = keras.Input((None,), dtype="int32", name="tokens")
+    hidden = backbone({"token_ids": tokens, "padding_mask": keras.ops.ones_like(tokens)})
+    logits = backbone.token_embedding(hidden, reverse=True)
+    text_model = keras.Model({"tokens": tokens}, logits, name="language_model_on_text")
+    batch_size = train_config.batch_size
+    texts = text_batches(examples, tokenizer, sequence_length=model_config.sequence_length,
+                         batch_size=batch_size, seed=train_config.seed, repeat=True)
+    steps = int(text_rows(examples).reduce(0, lambda count, _: count + 1)) // batch_size
+    text_model.compile(optimizer=make_optimizer(train_config, steps * epochs), loss=CaptionLoss(),
+                       metrics=[MaskedTokenAccuracy()], jit_compile=jit_compile)
+    print(f"Language model: {type(backbone).__name__}, {backbone.count_params():,} parameters, "
+          f"{epochs} epoch(s) of {steps} steps on the text alone")
+    text_model.fit(texts, epochs=epochs, steps_per_epoch=steps, verbose=2)
+    atomic_save(backbone, path)
+    print(f"Language model saved: {path}")
+    return backbone
+
+
 def uses_image_markers(model_config):
     """Whether the model's text holds an `<image>` marker per image."""
     return model_config.num_images > 1 and model_config.multi_image == "interleaved"
+
+
+def text_of(example):
+    """An example's text for the vocabulary: captions, and prompts and scene captions."""
+    return tf.concat([example[key] for key in ("captions", "prompts", "scene_captions")
+                      if key in example], 0)
 
 
 def cached(examples, data_config):
@@ -284,9 +348,12 @@ def _train(config):
                              train_config.captions_per_image)
     print(f"Devices: {plan.description}")
 
-    train_examples = cached(load_examples(data_config, "train", model_config.image_size),
-                            data_config)
+    train_examples = load_examples(data_config, "train", model_config.image_size)
     validation_examples = load_examples(data_config, "validation", model_config.image_size)
+    if data_config.dataset == "shapes_qa":  # answers after question prompts
+        train_examples, validation_examples = map(
+            as_prompted, (train_examples, validation_examples))
+    train_examples = cached(train_examples, data_config)
     captions_per_image = train_config.captions_per_image
     num_pairs = count_pairs(train_examples, captions_per_image)
     print(f"Training pairs (image, caption): {num_pairs}"
@@ -294,23 +361,34 @@ def _train(config):
              if captions_per_image > 1 else ""))
     markers = uses_image_markers(model_config)
     tokenizer = train_tokenizer(
-        train_examples.map(lambda e: e["captions"]), model_config.vocabulary_size,
+        train_examples.map(text_of), model_config.vocabulary_size,
         extra_special_tokens=(IMAGE,) if markers else (),
     )
     print(f"Vocabulary: {tokenizer.vocabulary_size()} tokens")
 
+    jit_compile = resolve_jit_compile(train_config.jit_compile) and plan.xla
     with plan.scope():  # the variables are laid out (JAX) or mirrored (TF) as made
-        model = build_model(model_config, tokenizer, dtype=train_config.mixed_precision)
+        language_model = None
+        if model_config.architecture == "adapter":
+            language_model = prepare_language_model(config, tokenizer, train_examples, paths,
+                                                     jit_compile)
+        model = build_model(model_config, tokenizer, dtype=train_config.mixed_precision,
+                            language_model=language_model)
         if model_config.encoder_from:
             copy_encoder(model, model_config.encoder_from)
             print(f"Image encoder: the weights of {model_config.encoder_from}")
+        if language_model is not None and train_config.freeze_language_model:
+            report = model.freeze_language_model(
+                freeze_encoder=train_config.freeze_encoder_epochs >= train_config.epochs)
+            print(f"Language model frozen: {report['trainable_parameters']:,} of "
+                  f"{report['total_parameters']:,} parameters train "
+                  f"({report['trainable_fraction']:.1%})")
     steps_per_epoch = train_config.steps_per_epoch or num_pairs // train_config.batch_size
     if steps_per_epoch < 1:
         raise ValueError(
             f"train.batch_size={train_config.batch_size} is larger than the "
             f"{num_pairs} training pairs: not one batch per epoch."
         )
-    jit_compile = resolve_jit_compile(train_config.jit_compile) and plan.xla
     if jit_compile and train_config.mixed_precision == "mixed_float16" and (
             not xla_has_float16_attention()):
         print("mixed_float16 on JAX's CPU backend trains without jit_compile: XLA:CPU "
@@ -380,6 +458,7 @@ def _train(config):
         "train_seconds": train_seconds,  # this run only
         "backend": keras.config.backend(),
         "parameters": model.count_params(),
+        "trainable_parameters": int(sum(math.prod(w.shape) for w in model.trainable_weights)),
         # Of the last phase's optimizer when train.freeze_encoder_epochs > 0.
         "optimizer_steps": int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
         "resumed_after_epoch": resumed["epoch"] if resumed else 0,
@@ -410,8 +489,14 @@ def _train(config):
                       backend=keras.config.backend())
         write_json(paths["report"], report)
         for sample in report["samples"][:3]:
-            print(f"  {sample['caption']!r}  (reference: {sample['references'][0]!r})")
-        for key, value in {**report.get("grounded", {}), **report.get("change", {})}.items():
+            if "question" in sample:
+                print(f"  {sample['question']!r}: {sample['prediction']!r} "
+                      f"(answer: {sample['answer']!r})")
+            else:
+                print(f"  {sample['caption']!r}  (reference: {sample['references'][0]!r})")
+        scores = {**report.get("grounded", {}), **report.get("change", {}),
+                  **report.get("answers", {})}
+        for key, value in scores.items():
             print(f"  {key:>22}: {value:.4f}")
         print(f"Report: {paths['report']}")
     return paths

@@ -203,6 +203,51 @@ def train_batches(
     return batches.prefetch(AUTOTUNE)
 
 
+def text_rows(examples):
+    """The `(prompt, caption)` text rows of `text_batches`, unbatched: see there."""
+    spec = examples.element_spec
+
+    def rows(example):
+        captions = example["captions"]
+        prompts = example["prompts"] if "prompts" in spec else tf.zeros_like(captions)
+        if "scene_captions" in spec:
+            more = example["scene_captions"]
+            prompts = tf.concat([prompts, tf.zeros_like(more)], 0)
+            captions = tf.concat([captions, more], 0)
+        return tf.data.Dataset.from_tensor_slices((prompts, captions))
+
+    return examples.flat_map(rows)
+
+
+def text_batches(examples, tokenizer, *, sequence_length, batch_size, shuffle_buffer=10000,
+                 seed=0, repeat=False):
+    """Language-model batches of an examples dataset's text alone, no images.
+
+    Every caption after its prompt (with the loss on the prompt too: the
+    model learns the questions as well as the answers) and every
+    "scene_captions" entry (`vlm.data.shapes_qa.as_prompted`), each its own
+    row: `prompt [START] caption [END]` (`prompted_captions`).
+
+    Returns:
+        A `tf.data.Dataset` of `({"tokens": int32 (B, T)}, labels int32 (B, T))`.
+    """
+    check_positive_int("sequence_length", sequence_length)
+    check_positive_int("batch_size", batch_size)
+    texts = text_rows(examples)
+    if shuffle_buffer:
+        texts = texts.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        texts = texts.repeat()
+
+    def pack(prompts, captions):
+        tokens, labels = prompted_captions(tokenizer, prompts, captions, sequence_length,
+                                           loss_on_prompt=True)
+        return {"tokens": tokens}, labels
+
+    texts = texts.batch(batch_size, drop_remainder=True)
+    return texts.map(pack, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+
+
 def _image_of(example):
     """The example's image, or its images `(num_images, H, W, 3)`."""
     return example["images"] if "images" in example else example["image"]

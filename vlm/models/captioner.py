@@ -363,19 +363,7 @@ def build_encoder_decoder(model_config, vocabulary_size, dtype=None, sources=Non
         dtype: optional dtype policy name.
         sources: optional context names for the decoder (`TextDecoder`).
     """
-    encoder = ImageEncoder.from_sizes(
-        image_size=model_config.image_size,
-        patch_size=model_config.patch_size,
-        num_layers=model_config.encoder_layers,
-        num_heads=model_config.encoder_heads,
-        hidden_dim=model_config.encoder_dim,
-        mlp_dim=model_config.encoder_mlp_dim,
-        dropout=model_config.dropout,
-        preset=model_config.encoder_preset,
-        add_2d_positions=model_config.add_2d_positions,
-        dtype=dtype,
-        name="encoder",
-    )
+    encoder = build_encoder(model_config, dtype=dtype)
     decoder = TextDecoder(
         vocabulary_size=vocabulary_size,
         sequence_length=model_config.sequence_length,
@@ -391,3 +379,20 @@ def build_encoder_decoder(model_config, vocabulary_size, dtype=None, sources=Non
         name="decoder",
     )
     return encoder, decoder
+
+
+def build_encoder(model_config, dtype=None):
+    """The `ImageEncoder` of a `configs` model section."""
+    return ImageEncoder.from_sizes(
+        image_size=model_config.image_size,
+        patch_size=model_config.patch_size,
+        num_layers=model_config.encoder_layers,
+        num_heads=model_config.encoder_heads,
+        hidden_dim=model_config.encoder_dim,
+        mlp_dim=model_config.encoder_mlp_dim,
+        dropout=model_config.dropout,
+        preset=model_config.encoder_preset,
+        add_2d_positions=model_config.add_2d_positions,
+        dtype=dtype,
+        name="encoder",
+    )

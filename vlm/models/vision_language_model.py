@@ -1,11 +1,14 @@
 """`VisionLanguageModel`: a keras-hub language model given eyes by gated cross attention."""
 
 import keras
+import keras_hub
 import numpy as np
 
 from vlm import samplers
 from vlm.models.captioner import Captioner
+from vlm.models.captioner import build_encoder
 from vlm.models.cross_attention_language_model import CrossAttentionLanguageModel
+from vlm.saving import load_keras_file
 
 _BLOCK_ARGS = ("cross_attention_every", "cross_attention_layers", "num_heads",
                "num_key_value_heads", "mlp_dim", "dropout", "sequence_length")
@@ -170,3 +173,51 @@ class VisionLanguageModel(Captioner):
         config["language_model"] = keras.saving.deserialize_keras_object(
             config["language_model"])
         return super().from_config(config)
+
+
+def build_language_model(model_config, vocabulary_size, dtype=None):
+    """The keras-hub backbone a `configs` model section names.
+
+    `language_model_preset` downloads a pretrained one (its sizes win);
+    `language_model_from` loads a `.keras` backbone or `CausalLM`; otherwise
+    a `language_model` family ("gpt2", "gemma", "llama") is built with the
+    `decoder_*` sizes and random weights.
+    """
+    if model_config.language_model_preset:
+        return keras_hub.models.Backbone.from_preset(model_config.language_model_preset,
+                                                     dtype=dtype)
+    if model_config.language_model_from:
+        loaded = load_keras_file(model_config.language_model_from)
+        backbone = getattr(loaded, "backbone", loaded)
+        if backbone.vocabulary_size != vocabulary_size:
+            raise ValueError(
+                f"model.language_model_from={model_config.language_model_from!r} has a "
+                f"vocabulary of {backbone.vocabulary_size}, the tokenizer {vocabulary_size}.")
+        return backbone
+    sizes = dict(vocabulary_size=vocabulary_size, num_layers=model_config.decoder_layers,
+                 hidden_dim=model_config.decoder_dim,
+                 intermediate_dim=model_config.decoder_mlp_dim, dtype=dtype)
+    heads = model_config.decoder_heads
+    kv_heads = model_config.num_key_value_heads or heads
+    if model_config.language_model == "gpt2":
+        return keras_hub.models.GPT2Backbone(
+            num_heads=heads, dropout=model_config.dropout,
+            max_sequence_length=model_config.sequence_length, **sizes)
+    if model_config.language_model == "llama":
+        return keras_hub.models.LlamaBackbone(
+            num_query_heads=heads, num_key_value_heads=kv_heads,
+            dropout=model_config.dropout, **sizes)
+    return keras_hub.models.GemmaBackbone(
+        num_query_heads=heads, num_key_value_heads=kv_heads,
+        head_dim=model_config.decoder_dim // heads, dropout=model_config.dropout, **sizes)
+
+
+def build_vision_language_model(model_config, tokenizer, language_model, dtype=None):
+    """A `VisionLanguageModel` of a `configs` model section around `language_model`."""
+    return VisionLanguageModel(
+        language_model, build_encoder(model_config, dtype=dtype),
+        cross_attention_every=model_config.cross_attention_every,
+        num_key_value_heads=model_config.num_key_value_heads,
+        mlp_dim=model_config.adapter_mlp_dim, dropout=model_config.dropout,
+        sequence_length=model_config.sequence_length, tokenizer=tokenizer,
+        name="vision_language_model")

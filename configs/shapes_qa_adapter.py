@@ -1,0 +1,50 @@
+"""Questions about shapes scenes, answered by a frozen GPT-2-config language model given eyes.
+
+    python train.py --config configs/shapes_qa_adapter.py
+    python evaluate.py --model saved_models/shapes_qa_adapter.keras
+
+The Flamingo recipe, offline: no pretrained language model can be downloaded
+here, so a small GPT-2 first learns the task's text alone (questions,
+answers and captions, no images; `train.language_model_epochs`), is saved
+beside the model and frozen; then gated cross-attention blocks, inserted
+before every second layer with their gates at 0, learn to read the shapes
+captioner's frozen ViT. Only the blocks train.
+"""
+
+from vlm.config import Config
+from vlm.config import DataConfig
+from vlm.config import ModelConfig
+from vlm.config import TrainConfig
+
+
+def get_config():
+    return Config(
+        model=ModelConfig(
+            architecture="adapter",
+            language_model="gpt2",
+            image_size=64,
+            patch_size=8,
+            encoder_layers=3,
+            encoder_heads=4,
+            encoder_dim=128,
+            encoder_mlp_dim=256,
+            # The shipped shapes captioner's encoder (these sizes), frozen.
+            encoder_from="saved_models/shapes.keras",
+            # The language model: GPT-2's layout at these sizes.
+            decoder_layers=4,
+            decoder_heads=4,
+            decoder_dim=128,
+            decoder_mlp_dim=512,
+            sequence_length=24,  # the longest question, [START], answer, [END]
+            vocabulary_size=200,
+            dropout=0.0,
+            cross_attention_every=2,
+            adapter_mlp_dim=256,
+        ),
+        data=DataConfig(dataset="shapes_qa", train_size=20000, validation_size=1000,
+                        test_size=1000),
+        train=TrainConfig(name="shapes_qa_adapter", epochs=3, batch_size=96,
+                          captions_per_image=6, learning_rate=1e-3, weight_decay=0.01,
+                          report_images=200, freeze_encoder_epochs=3,
+                          freeze_language_model=True, language_model_epochs=1),
+    )
