@@ -30,9 +30,11 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=DEFAULT_MODEL, help="default: %(default)s")
-    parser.add_argument("--dataset", choices=("shapes", "shapes_change", "coco", "folder"),
+    parser.add_argument("--dataset",
+                        choices=("shapes", "shapes_change", "shapes_qa", "coco", "folder"),
                         help="default: the model's own (shapes_change for a model that "
-                             "reads image pairs, else shapes)")
+                             "reads image pairs, shapes_qa for a language model with "
+                             "cross-attention adapters, else shapes)")
     parser.add_argument("--split", default="test", choices=("train", "validation", "test"))
     parser.add_argument("--captions-file", help="for --dataset folder: CSV or JSONL")
     parser.add_argument("--data-dir", help="TFDS data folder (default: the vlm cache)")
@@ -81,7 +83,8 @@ def _evaluate_model(args):
     sampler = sampler_from_args(args)
     model = load_captioner(args.model)
     if args.dataset is None:
-        args.dataset = "shapes_change" if hasattr(model, "num_images") else "shapes"
+        args.dataset = ("shapes_change" if hasattr(model, "num_images") else
+                        "shapes_qa" if hasattr(model, "freeze_language_model") else "shapes")
     data_config = DataConfig(dataset=args.dataset, captions_file=args.captions_file,
                              data_dir=args.data_dir)
     print(f"Captioning the {args.dataset} {args.split} split with {args.model}")

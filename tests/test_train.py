@@ -115,3 +115,42 @@ def test_preparing_the_shapes_dataset_prints_one_progress_line(tmp_path, capsys,
     assert not any("custom data configuration" in w or "dataset_info.json" in w
                    for w in warnings), warnings
     assert sorted(int(e["image_id"]) for e in examples) == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.slow
+def test_adapter_recipe_trains_only_the_blocks_of_a_text_trained_language_model(tmp_path):
+    """The offline Flamingo recipe at toy size: LM on text, frozen, then gated blocks."""
+    from vlm.config import DataConfig
+    from vlm.evaluation import evaluate_model
+    from vlm.models.vision_language_model import VisionLanguageModel
+
+    out = tmp_path / "models"
+    code = train.main([
+        "--config", os.path.join(REPO, "configs", "tiny.py"),
+        "--set", "model.architecture=adapter", "--set", "model.decoder_layers=2",
+        "--set", "model.sequence_length=20", "--set", "model.adapter_mlp_dim=16",
+        "--set", "data.dataset=shapes_qa", "--set", "train.name=qa",
+        "--set", "train.language_model_epochs=1", "--set", "train.epochs=1",
+        "--set", "train.captions_per_image=4", "--set", "train.report_images=0",
+        "--set", "train.freeze_encoder_epochs=1",
+        "--set", f"train.output_dir={out}", "--set", f"train.log_dir={tmp_path / 'logs'}",
+    ])
+    assert code == 0
+    language_model = keras.saving.load_model(out / "qa.language_model.keras")
+    model = keras.saving.load_model(out / "qa.keras")
+    assert isinstance(model, VisionLanguageModel) and model.decoder.positions == (0, 1)
+    # The LM trained on text, then stayed frozen: the model holds its weights as saved.
+    for ours, saved in zip(model.language_model.weights, language_model.weights):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(ours),
+                                      keras.ops.convert_to_numpy(saved))
+    blocks = sum(int(np.prod(w.shape)) for b in model.decoder.blocks for w in b.weights)
+    history = json.loads((out / "qa.history.json").read_text())
+    assert history["trainable_parameters"] == blocks  # the encoder frozen too
+    data = DataConfig(dataset="shapes_qa", train_size=64, validation_size=16, test_size=16)
+    metrics, rows, _ = evaluate_model(model, data, "test", batch_size=8, max_images=4)
+    assert len(rows) == 24 and metrics["num_questions"] == 24
+    assert metrics["trainable_fraction"] == pytest.approx(blocks / model.count_params())
+    hits = [r["prediction"] == r["answer"] for r in rows]
+    assert metrics["answer_accuracy"] == pytest.approx(np.mean(hits))
+    colour = [h for h, r in zip(hits, rows) if r["type"] == "colour"]
+    assert metrics["answer_accuracy_colour"] == pytest.approx(np.mean(colour))

@@ -234,7 +234,7 @@ def prepare_language_model(config, tokenizer, examples, paths, jit_compile):
                        metrics=[MaskedTokenAccuracy()], jit_compile=jit_compile)
     print(f"Language model: {type(backbone).__name__}, {backbone.count_params():,} parameters, "
           f"{epochs} epoch(s) of {steps} steps on the text alone")
-    text_model.fit(texts, epochs=epochs, steps_per_epoch=steps, verbose=2)
+    text_model.fit(texts, epochs=epochs, steps_per_epoch=steps)
     atomic_save(backbone, path)
     print(f"Language model saved: {path}")
     return backbone

@@ -204,3 +204,45 @@ def test_examples_of_image_pairs_with_markers_before_each_caption(tokenizer):
     evaluation = next(iter(eval_batches(examples, image_size=16, batch_size=4)))
     assert evaluation["images"].shape == (4, 2, 16, 16, 3)
     assert evaluation["change"].numpy()[0].decode() == rows[0]["change"]
+
+
+def test_answers_after_question_prompts_and_the_text_alone(tokenizer):
+    """shapes_qa examples: `prompt [START] answer [END]`, the loss on the answer only."""
+    from vlm.data.batching import text_batches
+    from vlm.data.tokenizer import prompted_captions
+
+    examples = tf.data.Dataset.from_tensor_slices({
+        "image": np.zeros((2, 8, 8, 3), "uint8"),
+        "captions": [["a dog", "grass"], ["a cat", "a dog"]],
+        "prompts": [["a dog on", "the dog on the grass a cat"], ["on", ""]],
+        "scene_captions": [["a dog on the grass"], ["a cat"]],
+        "image_id": [0, 1],
+    })
+    batches = train_batches(examples, tokenizer, image_size=8, sequence_length=8,
+                            batch_size=4, captions_per_image=2, shuffle_buffer=0)
+    (inputs, labels), = list(batches.take(1).as_numpy_iterator())
+    ids = {w: tokenizer.token_to_id(w) for w in ("a", "dog", "on", "the", "grass", "cat")}
+    start, end = 2, 3
+    np.testing.assert_array_equal(inputs["tokens"][0], [ids["a"], ids["dog"], ids["on"], start,
+                                                        ids["a"], ids["dog"], end, 0])
+    np.testing.assert_array_equal(labels[0], [0, 0, 0, ids["a"], ids["dog"], end, 0, 0])
+    # Too long: the prompt's head goes, the answer and [END] stay.
+    np.testing.assert_array_equal(inputs["tokens"][1], [ids["dog"], ids["on"], ids["the"],
+                                                        ids["grass"], ids["a"], ids["cat"],
+                                                        start, ids["grass"]])
+    np.testing.assert_array_equal(labels[1], [0] * 6 + [ids["grass"], end])
+    np.testing.assert_array_equal(inputs["tokens"][3], [start, ids["a"], ids["dog"], end,
+                                                        0, 0, 0, 0])  # "" prompt
+    np.testing.assert_array_equal(labels[3], [ids["a"], ids["dog"], end, 0, 0, 0, 0, 0])
+    # Language-model rows: every (prompt, answer) and scene caption, the prompt learned too.
+    texts = list(text_batches(examples, tokenizer, sequence_length=8, batch_size=6,
+                              shuffle_buffer=0).as_numpy_iterator())
+    (rows, text_labels), = texts
+    assert rows["tokens"].shape == (6, 8)  # 2 x (2 answers + 1 scene caption)
+    np.testing.assert_array_equal(rows["tokens"][2], [start, ids["a"], ids["dog"], ids["on"],
+                                                      ids["the"], ids["grass"], end, 0])
+    tokens, expected = prompted_captions(tokenizer, ["a dog on"], ["a dog"], 8,
+                                         loss_on_prompt=True)
+    np.testing.assert_array_equal(rows["tokens"][0], tokens.numpy()[0])
+    np.testing.assert_array_equal(text_labels[0], [ids["dog"], ids["on"], 0, ids["a"],
+                                                   ids["dog"], end, 0, 0])
