@@ -18,6 +18,7 @@ tests/test_callbacks.py fails loudly when Keras changes them.
 import json
 import math
 import os
+import time
 
 import keras
 import numpy as np
@@ -360,3 +361,42 @@ class LearningRateLogger(keras.callbacks.Callback):
             logs["learning_rate"] = float(
                 ops.convert_to_numpy(self.model.optimizer.learning_rate)
             )
+
+
+class AnswerAccuracyLogger(keras.callbacks.Callback):
+    """Adds the greedy exact-match answer accuracy on validation images to each epoch's logs.
+
+    Logs `val_answer_accuracy`, one `val_answer_accuracy_<type>` per
+    question type, and `elapsed_seconds`, the training time so far in this
+    run without these evaluations, so a history can tell the time a model
+    took to reach an accuracy. Put it before the callbacks that record or
+    checkpoint an epoch's logs.
+
+    Args:
+        examples: a shapes_qa examples dataset (validation split), of which
+            the first `num_images` images are asked all their questions.
+        num_images: int.
+        batch_size: images per generation batch.
+    """
+
+    def __init__(self, examples, num_images=100, batch_size=100):
+        super().__init__()
+        self.examples = examples.take(num_images)
+        self.batch_size = batch_size
+
+    def on_train_begin(self, logs=None):
+        self._start, self._evaluating = time.time(), 0.0
+
+    def on_epoch_end(self, epoch, logs=None):
+        from vlm.evaluation import answer_split
+        from vlm.metrics.qa import answer_scores
+
+        begin = time.time()
+        rows, _ = answer_split(self.model, self.examples, self.batch_size, verbose=0)
+        scores = answer_scores([r["prediction"] for r in rows], [r["answer"] for r in rows],
+                               [r["type"] for r in rows])
+        if logs is not None:
+            logs.update({f"val_{k}": v for k, v in scores.items() if k != "num_questions"})
+            logs["elapsed_seconds"] = begin - self._start - self._evaluating
+        self._evaluating += time.time() - begin
+        print(f" - val_answer_accuracy: {scores['answer_accuracy']:.4f}")

@@ -174,7 +174,7 @@ def caption_split(model, examples, batch_size, sampler="greedy", keep_images=0):
     return ids, captions, references, scenes, kept_images, changes
 
 
-def answer_split(model, examples, batch_size, sampler="greedy", keep_images=0):
+def answer_split(model, examples, batch_size, sampler="greedy", keep_images=0, verbose=1):
     """Answers every question of a shapes_qa examples dataset, with a progress bar.
 
     Each image is asked its questions as `qa_prompt(question)` prompts
@@ -195,7 +195,7 @@ def answer_split(model, examples, batch_size, sampler="greedy", keep_images=0):
 
     cardinality = int(examples.cardinality())
     progress = keras.utils.Progbar(cardinality if cardinality > 0 else None,
-                                   unit_name="image")
+                                   unit_name="image", verbose=verbose)
     rows, kept_images = [], {}
     for batch in eval_batches(examples, image_size=model.image_size, batch_size=batch_size):
         images = batch["images"].numpy()

@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from vlm.backend import resolve_jit_compile
 from vlm.backend import xla_has_float16_attention
+from vlm.callbacks import AnswerAccuracyLogger
 from vlm.callbacks import AtomicBackupAndRestore
 from vlm.callbacks import AtomicModelCheckpoint
 from vlm.callbacks import LearningRateLogger
@@ -86,7 +87,7 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the message says where."""
 
 
-def make_callbacks(config, paths, has_validation):
+def make_callbacks(config, paths, has_validation, answer_examples=None):
     """Checkpoint of the best model, resumable backups, TensorBoard, NaN stop.
 
     The learning rate goes into the epoch logs first; the best-model
@@ -99,6 +100,7 @@ def make_callbacks(config, paths, has_validation):
     done = (read_backup(paths["backup"]) or {}).get("history", {}).get(monitor)
     callbacks = [
         LearningRateLogger(),
+        *([AnswerAccuracyLogger(answer_examples)] if answer_examples is not None else []),
         AtomicModelCheckpoint(
             paths["best"], monitor=monitor, save_best_only=True, verbose=0,
             initial_value_threshold=min(done) if done else None,
@@ -432,7 +434,10 @@ def _train(config):
     os.makedirs(train_config.output_dir, exist_ok=True)
     write_json(paths["config"], config.to_dict())
 
-    callbacks = make_callbacks(config, paths, validation_data is not None)
+    answer_examples = None
+    if data_config.dataset == "shapes_qa":  # the questions of 100 validation images
+        answer_examples = load_examples(data_config, "validation", model_config.image_size)
+    callbacks = make_callbacks(config, paths, validation_data is not None, answer_examples)
     start = time.time()
     history = fit_in_phases(
         model, train_data, plan,

@@ -130,8 +130,9 @@ class Captioner(keras.Model):
     def tokenizer(self):
         return None if self.preprocessor is None else self.preprocessor.tokenizer
 
-    def generate(self, images, sampler="greedy", max_length=None, return_details=False):
-        """Captions a batch of images.
+    def generate(self, images, sampler="greedy", max_length=None, return_details=False,
+                 prompts=None):
+        """Captions a batch of images, or continues a prompt for each.
 
         The images are encoded once and every decoder block's cross-attention
         keys and values computed once; the decoding loop runs compiled (XLA on
@@ -146,6 +147,12 @@ class Captioner(keras.Model):
             max_length: new tokens at most (default `sequence_length - 1`).
             return_details: also return the token ids and the sequences'
                 log-probabilities.
+            prompts: optional text before [START]: one string for every
+                image or one per image (a question, for a model trained on
+                `prompt [START] answer`). Each prompt is read in one pass
+                before the loop; prompts of different token lengths are
+                decoded in groups, each length compiled once. `max_length`
+                then defaults to what the longest prompt leaves.
 
         Returns:
             A list of caption strings, or with `return_details` a dict with
@@ -153,10 +160,12 @@ class Captioner(keras.Model):
             (batch,).
         """
         sampler = samplers.get(sampler)
-        max_length = self.resolve_max_length(max_length)
         if self.preprocessor is None:
             raise ValueError("This model has no preprocessor: it cannot turn ids into "
                              "captions.")
+        if prompts is not None:
+            return self._generate_prompted(images, prompts, sampler, max_length, return_details)
+        max_length = self.resolve_max_length(max_length)
         pixels = self.preprocessor(images)
         batch = int(ops.shape(pixels)[0])
         if batch == 0:
@@ -167,6 +176,35 @@ class Captioner(keras.Model):
             ids = ops.convert_to_numpy(ids).astype("int32")
             log_probs = ops.convert_to_numpy(log_probs).astype("float32")
         captions = self.preprocessor.detokenize(ids) if batch else []
+        if return_details:
+            return {"captions": captions, "token_ids": ids, "log_probs": log_probs}
+        return captions
+
+    def _generate_prompted(self, images, prompts, sampler, max_length, return_details):
+        """`generate` with `prompts`: checked, tokenized, decoded by prompt length."""
+        if isinstance(images, (list, tuple)) and not len(images):
+            raise ValueError("`images` is empty: give at least one image. Received: images=[]")
+        pixels = self.preprocessor(images)
+        batch = int(pixels.shape[0])
+        if batch == 0:
+            raise ValueError(f"`images` holds no image. Received: shape={tuple(pixels.shape)}")
+        if isinstance(prompts, str):
+            prompts = [prompts] * batch
+        if len(prompts) != batch:
+            raise ValueError(f"Got {len(prompts)} prompts for {batch} images: give one per "
+                             "image, or one string for all.")
+        rows = self.preprocessor.prompt_ids(prompts)
+        longest = self.sequence_length - 2  # room for [START] and one new token
+        for i, row in enumerate(rows):
+            if len(row) > longest:
+                raise ValueError(
+                    f"Prompt {i} is {len(row)} tokens; this model's sequence_length "
+                    f"{self.sequence_length} allows at most {longest}. Received: {prompts[i]!r}")
+        if max_length is None:
+            max_length = self.sequence_length - 1 - max(len(r) for r in rows)
+        max_length = self.resolve_max_length(max_length)
+        ids, log_probs = self.generate_groups(pixels, rows, sampler, max_length)
+        captions = self.preprocessor.detokenize(ids)
         if return_details:
             return {"captions": captions, "token_ids": ids, "log_probs": log_probs}
         return captions

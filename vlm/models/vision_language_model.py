@@ -4,7 +4,6 @@ import keras
 import keras_hub
 import numpy as np
 
-from vlm import samplers
 from vlm.models.captioner import Captioner
 from vlm.models.captioner import build_encoder
 from vlm.models.cross_attention_language_model import CrossAttentionLanguageModel
@@ -114,45 +113,17 @@ class VisionLanguageModel(Captioner):
         Args:
             images: a `(batch, H, W, C)` array or a list of images of any
                 sizes.
-            prompts: None (captioning), one string for every image, or one
-                string per image, such as "question what colour is the
-                circle answer". Prompts of different token lengths are
-                decoded in groups, each length compiled once.
-            sampler: as `Captioner.generate`.
-            max_length: new tokens at most; defaults to what the longest
-                prompt leaves of the sequence length.
-            return_details: as `Captioner.generate`.
+            prompts: None (captioning: the empty prompt), one string for
+                every image, or one per image, such as "question what
+                colour is the circle answer".
+            sampler, max_length, return_details: as `Captioner.generate`.
 
         Returns:
-            As `Captioner.generate`: the generated text after each prompt.
+            As `Captioner.generate`: the text generated after each prompt.
         """
-        sampler = samplers.get(sampler)
-        if isinstance(images, (list, tuple)) and not len(images):
-            raise ValueError("`images` is empty: give at least one image. Received: images=[]")
-        pixels = self.preprocessor(images)
-        batch = int(pixels.shape[0])
-        if batch == 0:
-            raise ValueError(f"`images` holds no image. Received: shape={tuple(pixels.shape)}")
-        if prompts is None or isinstance(prompts, str):
-            prompts = [prompts or ""] * batch
-        if len(prompts) != batch:
-            raise ValueError(f"Got {len(prompts)} prompts for {batch} images: give one per "
-                             "image, or one string for all.")
-        rows = self.preprocessor.prompt_ids(prompts)
-        longest = self.sequence_length - 2  # room for [START] and one new token
-        for i, row in enumerate(rows):
-            if len(row) > longest:
-                raise ValueError(
-                    f"Prompt {i} is {len(row)} tokens; this model's sequence_length "
-                    f"{self.sequence_length} allows at most {longest}. Received: {prompts[i]!r}")
-        if max_length is None:
-            max_length = self.sequence_length - 1 - max(len(r) for r in rows)
-        max_length = self.resolve_max_length(max_length)
-        ids, log_probs = self.generate_groups(pixels, rows, sampler, max_length)
-        answers = self.preprocessor.detokenize(ids)
-        if return_details:
-            return {"captions": answers, "token_ids": ids, "log_probs": log_probs}
-        return answers
+        return super().generate(images, sampler=sampler, max_length=max_length,
+                                return_details=return_details,
+                                prompts="" if prompts is None else prompts)
 
     def get_config(self):
         config = {
