@@ -192,3 +192,29 @@ def test_several_images_per_example_are_one_row_of_bytes(tmp_path):
     pixels = np.stack([[model.preprocessor.resize(i).numpy() for i in pair] for pair in pairs])
     out = served.signatures["serve_pixels"](images=tf.constant(pixels))
     assert [c.decode() for c in out["captions"].numpy()] == expected
+
+
+@pytest.mark.skipif(keras.config.backend() != "tensorflow",
+                    reason="export_model runs in the TensorFlow backend's process")
+def test_a_vision_language_model_serves_image_bytes_and_a_prompt_each(tmp_path):
+    from tests.models.test_vision_language_model import make_model
+    from tests.models.test_vision_language_model import make_tokenizer
+    from vlm.export.saved_model import export_model
+
+    model = make_model(make_tokenizer())
+    rng = np.random.default_rng(0)
+    images = [(rng.random((16 + 8 * i, 16, 3)) * 255).astype("uint8") for i in range(3)]
+    prompts = ["question what colour is the small circle answer",
+               "Question: is there a square? Answer:", ""]  # normalised as the tokenizer does
+    folder = str(tmp_path / "serving")
+    export_model(model, folder, max_length=4)
+    served = tf.saved_model.load(folder)
+    out = served.signatures["serving_default"](
+        images=tf.constant([encode(image, "PNG") for image in images]),
+        prompts=tf.constant(prompts))
+    expected = model.generate(images, prompts=prompts, max_length=4, return_details=True)
+    assert [c.decode() for c in out["captions"].numpy()] == expected["captions"]
+    np.testing.assert_allclose(out["log_probs"].numpy(), expected["log_probs"], atol=1e-4)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="longer than the 11 tokens"):
+        served.signatures["serve_pixels"](images=tf.zeros((1, 16, 16, 3)),
+                                          prompts=tf.constant(["red " * 12]))

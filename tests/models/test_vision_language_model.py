@@ -20,9 +20,13 @@ TEXTS = ["question what colour is the small circle answer red",
 LENGTH = 16
 
 
+def make_tokenizer():
+    return train_tokenizer(TEXTS * 10, 60)
+
+
 @pytest.fixture(scope="module")
 def tokenizer():
-    return train_tokenizer(TEXTS * 10, 60)
+    return make_tokenizer()
 
 
 def backbone(kind, vocabulary_size, num_layers=2):

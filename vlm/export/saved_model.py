@@ -18,6 +18,12 @@ example, `num_images` of them, in one row:
     serving_default(images: tf.string [batch, num_images]) -> captions, log_probs
     serve_pixels(images: tf.float32 [batch, num_images, H, W, 3]) -> captions, log_probs
 
+A `VisionLanguageModel` answers a prompt per image, each decoded on its own
+(its prompt read in one pass, then the cached loop):
+
+    serving_default(images: tf.string [batch], prompts: tf.string [batch]) -> captions, log_probs
+    serve_pixels(images: tf.float32 [batch, H, W, 3], prompts: tf.string [batch]) -> ...
+
 A request with an empty, unknown, truncated or corrupt image fails with
 `InvalidArgumentError` saying why; an image over `MAX_IMAGE_PIXELS` (50
 megapixels) is refused from its header before decoding, and the message
@@ -36,6 +42,7 @@ import keras
 import tensorflow as tf
 
 from vlm import samplers
+from vlm.data.tokenizer import tf_normalize_caption
 
 # Samplers a SavedModel serves: the deterministic ones (a sampling seed
 # would be baked into the graph).
@@ -135,6 +142,58 @@ class _ServingModule(tf.Module):
         def serve_pixels(images):
             flat = tf.reshape(images, tf.concat([[-1], tf.shape(images)[-3:]], 0))
             return self._caption(rows_of(preprocessor.resize(flat), images))
+
+        self.serve_bytes = serve_bytes
+        self.serve_pixels = serve_pixels
+        if hasattr(model, "language_model"):  # a VisionLanguageModel: a prompt per image
+            self._prompted(model, preprocessor, noise, sampler, max_length, xla)
+
+    def _prompted(self, model, preprocessor, noise, sampler, max_length, xla):
+        """`serving_default(images, prompts)` and `serve_pixels(images, prompts)`."""
+        size = model.image_size
+        vocabulary = model.tokenizer.get_vocabulary()
+        # Prompt words to ids with core TensorFlow ops: a word outside the
+        # vocabulary is [UNK] (the Keras tokenizer would split it into pieces).
+        self._table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(tf.constant(vocabulary),
+                                                tf.range(len(vocabulary), dtype=tf.int32)),
+            default_value=model.tokenizer.token_to_id("[UNK]"))
+        longest = model.sequence_length - 1 - max_length
+        self._decode_prompted = tf.function(
+            lambda images, prompt: model.generate_step(images, noise, sampler, max_length,
+                                                       prompt), jit_compile=xla)
+
+        def answer(pixels, prompts):
+            def one(args):
+                image, prompt = args
+                ids = self._table.lookup(tf.strings.split(tf_normalize_caption(prompt)))[None]
+                check = tf.debugging.assert_less_equal(
+                    tf.size(ids), longest, message=f"A prompt is longer than the {longest} "
+                    f"tokens this SavedModel takes (sequence_length {model.sequence_length} "
+                    f"- 1 - max_length {max_length})")
+                with tf.control_dependencies([check]):
+                    out, log_prob = tf.cond(
+                        tf.size(ids) > 0,
+                        lambda: self._decode_prompted(image[None], ids),
+                        lambda: self._decode(image[None]))
+                return out[0], log_prob[0]
+
+            ids, log_probs = tf.map_fn(one, (pixels, prompts), fn_output_signature=(
+                tf.TensorSpec([max_length], tf.int32), tf.TensorSpec([], tf.float32)))
+            return {"captions": self._detokenize(ids), "log_probs": log_probs}
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images"),
+                                      tf.TensorSpec([None], tf.string, name="prompts")])
+        def serve_bytes(images, prompts):
+            pixels = tf.map_fn(lambda contents: decode_one(preprocessor, contents), images,
+                               fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
+            return answer(pixels, prompts)
+
+        @tf.function(input_signature=[
+            tf.TensorSpec([None, None, None, 3], tf.float32, name="images"),
+            tf.TensorSpec([None], tf.string, name="prompts")])
+        def serve_pixels(images, prompts):
+            return answer(preprocessor.resize(images), prompts)
 
         self.serve_bytes = serve_bytes
         self.serve_pixels = serve_pixels

@@ -284,8 +284,8 @@ class Captioner(keras.Model):
             sampler: a `vlm.samplers.Sampler`.
             max_length: int, new tokens at most.
             prompt: optional int32 `(batch, prompt_length)` tokens before
-                [START] (for example `<image>` markers), read in one pass
-                before the loop.
+                [START] (for example `<image>` markers or a question), read
+                in one pass before the loop; at least one token.
 
         Returns:
             `(ids, log_probs)`: int32 `(batch, max_length)` and float32
@@ -298,9 +298,11 @@ class Captioner(keras.Model):
         # a copy per beam (`CrossAttention` shares a context between rows).
         rows = ops.shape(keras.tree.flatten(context_caches[0])[0])[0] * sampler.rows_per_input
         prompt_length = 0 if prompt is None else prompt.shape[1]
+        if prompt_length is None:  # a TensorFlow graph for any prompt length (SavedModel)
+            prompt_length = ops.shape(prompt)[1]
         caches = self.decoder.empty_caches(rows, prompt_length + max_length)
         seen = ops.zeros((rows,), "int32")  # images seen so far, per row
-        if prompt_length:
+        if prompt is not None:
             prompt = ops.repeat(ops.cast(prompt, "int32"), sampler.rows_per_input, axis=0)
             mask, seen = self.cross_attention_mask(prompt, seen)
             _, caches = self.decoder.call_with_cache(prompt, context_caches, caches, 0, mask)
