@@ -146,6 +146,10 @@ def test_adapter_recipe_trains_only_the_blocks_of_a_text_trained_language_model(
     blocks = sum(int(np.prod(w.shape)) for b in model.decoder.blocks for w in b.weights)
     history = json.loads((out / "qa.history.json").read_text())
     assert history["trainable_parameters"] == blocks  # the encoder frozen too
+    # Each epoch logs the validation answer accuracy (16 images x 6 questions) and its time.
+    accuracy = history["history"]["val_answer_accuracy"]
+    assert len(accuracy) == 1 and accuracy[0] in [k / 96 for k in range(97)]
+    assert 0 < history["history"]["elapsed_seconds"][0] <= history["train_seconds"]
     data = DataConfig(dataset="shapes_qa", train_size=64, validation_size=16, test_size=16)
     metrics, rows, _ = evaluate_model(model, data, "test", batch_size=8, max_images=4)
     assert len(rows) == 24 and metrics["num_questions"] == 24
