@@ -20,3 +20,17 @@ def test_plots_each_run_against_minutes(tmp_path):
     image = np.asarray(PIL.Image.open(out))
     assert image.shape[0] > 300 and image.shape[1] > 800
     assert main([str(out)]) == 2  # no runs: the usage line
+
+
+def test_a_panel_per_measure_and_epochs_at_their_logged_time(tmp_path):
+    record = {"history": {"val_loss": [2.0, 1.0], "val_answer_accuracy": [0.5, 0.9],
+                          "elapsed_seconds": [100.0, 400.0]}, "train_seconds": 450.0}
+    path = tmp_path / "qa.history.json"
+    path.write_text(json.dumps(record))
+    two, three = tmp_path / "two.png", tmp_path / "three.png"
+    assert main([str(two), f"qa={path}"]) == 0
+    old = tmp_path / "old.history.json"
+    old.write_text(json.dumps({"history": {"val_token_accuracy": [0.3]}, "train_seconds": 60.0}))
+    assert main([str(three), f"qa={path}", f"old={old}"]) == 0
+    width = np.asarray(PIL.Image.open(two)).shape[1]
+    assert np.asarray(PIL.Image.open(three)).shape[1] > width * 1.4  # 3 panels, not 2

@@ -10,7 +10,8 @@ import sys
 
 from vlm.viz.figures import plt
 
-PANELS = (("val_loss", "validation loss"), ("val_token_accuracy", "validation token accuracy"))
+PANELS = (("val_loss", "validation loss"), ("val_token_accuracy", "validation token accuracy"),
+          ("val_answer_accuracy", "validation answer accuracy"))
 
 
 def plot_training_curves(runs, path, title=None):
@@ -18,17 +19,22 @@ def plot_training_curves(runs, path, title=None):
 
     Args:
         runs: `{label: history}`, each a `train.py` history file's contents
-            (`history` per epoch and `train_seconds`); epochs are placed
-            evenly over `train_seconds`.
+            (`history` per epoch and `train_seconds`); an epoch is placed at
+            its `elapsed_seconds` where logged, else evenly over
+            `train_seconds`. A panel is drawn for each measure some run has.
         path: the PNG to write.
         title: optional figure title.
     """
-    figure, axes = plt.subplots(1, len(PANELS), figsize=(5 * len(PANELS), 3.6))
+    panels = [(k, n) for k, n in PANELS if any(k in r["history"] for r in runs.values())]
+    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    axes = axes[0]
     for label, record in runs.items():
         history = record["history"]
         epochs = len(next(iter(history.values())))
         minutes = [record["train_seconds"] / 60 * (i + 1) / epochs for i in range(epochs)]
-        for axis, (key, name) in zip(axes, PANELS):
+        if "elapsed_seconds" in history:
+            minutes = [s / 60 for s in history["elapsed_seconds"]]
+        for axis, (key, name) in zip(axes, panels):
             if key in history:
                 axis.plot(minutes, history[key], marker="o", label=label)
                 axis.set_xlabel("training minutes (2-core CPU)")
