@@ -42,10 +42,11 @@ class VisionLanguageModel(Captioner):
 
     Example:
 
-    >>> lm = keras_hub.models.GPT2Backbone.from_preset("gpt2_base_en")
-    >>> model = VisionLanguageModel(lm, encoder, cross_attention_every=4, tokenizer=tokenizer)
-    >>> model.freeze_language_model()["trainable_fraction"]
-    0.11
+    >>> lm = keras_hub.models.GPT2Backbone(
+    ...     vocabulary_size=tokenizer.vocabulary_size(), num_layers=4, num_heads=4,
+    ...     hidden_dim=128, intermediate_dim=512, max_sequence_length=24)
+    >>> model = VisionLanguageModel(lm, encoder, cross_attention_every=2, tokenizer=tokenizer)
+    >>> model.freeze_language_model()["trainable_parameters"]  # the blocks only
     >>> model.generate(images, prompts=["question what colour is the circle answer"])
     """
 
