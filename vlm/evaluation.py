@@ -218,13 +218,15 @@ def answer_split(model, examples, batch_size, sampler="greedy", keep_images=0, v
 
 
 def answer_metrics(model, rows):
-    """`answer_scores` of `answer_split`'s rows, with the model's `trainable_fraction`."""
+    """`answer_scores` of `answer_split`'s rows, and the model's `trainable_fraction`.
+
+    `trainable_fraction` is trainable / total parameters as the model stands
+    (a loaded model's layers keep the `trainable` they were saved with).
+    """
     metrics = answer_scores([r["prediction"] for r in rows], [r["answer"] for r in rows],
                             [r["type"] for r in rows])
-    fraction = getattr(model, "trainable_fraction", None)
-    if fraction is None:  # a captioner trains every weight
-        fraction = 1.0 if model.trainable else 0.0
-    metrics["trainable_fraction"] = float(fraction)
+    trainable = sum(math.prod(w.shape) for w in model.trainable_weights)
+    metrics["trainable_fraction"] = trainable / sum(math.prod(w.shape) for w in model.weights)
     return metrics
 
 
