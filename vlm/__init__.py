@@ -20,7 +20,8 @@ def load_captioner(path):
             another kind of model.
     """
     import vlm.data.tokenizer  # noqa: F401  registers CaptionTokenizer
-    from vlm.models.captioner import Captioner  # registers Captioner and its parts
+    import vlm.models  # noqa: F401  registers every model class and its parts
+    from vlm.models.captioner import Captioner
     from vlm.saving import load_keras_file
 
     model = load_keras_file(path)

@@ -125,6 +125,12 @@ class Captioner(keras.Model):
             preprocessor = CaptionerPreprocessor(
                 tokenizer, encoder.image_size, decoder.sequence_length, name="preprocessor")
         self.preprocessor = preprocessor
+        # A part saved frozen (`trainable=False` in its config) gets the flag
+        # before it makes its sublayers, which then start trainable: freeze
+        # them too, so a loaded model trains (and counts) what the saved one did.
+        for layer in self._flatten_layers(include_self=False):
+            if not layer.trainable:
+                layer.trainable = False
 
     @property
     def tokenizer(self):
