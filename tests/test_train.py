@@ -118,6 +118,10 @@ def test_preparing_the_shapes_dataset_prints_one_progress_line(tmp_path, capsys,
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(keras.config.backend() == "tensorflow",
+                    reason="about 5 min on TensorFlow, which compiles a decoding loop per "
+                           "prompt length; its adapter paths are tested in "
+                           "tests/models/test_vision_language_model.py and the export test")
 def test_adapter_recipe_trains_only_the_blocks_of_a_text_trained_language_model(tmp_path):
     """The offline Flamingo recipe at toy size: LM on text, frozen, then gated blocks."""
     from vlm.config import DataConfig
@@ -151,8 +155,8 @@ def test_adapter_recipe_trains_only_the_blocks_of_a_text_trained_language_model(
     assert len(accuracy) == 1 and accuracy[0] in [k / 96 for k in range(97)]
     assert 0 < history["history"]["elapsed_seconds"][0] <= history["train_seconds"]
     data = DataConfig(dataset="shapes_qa", train_size=64, validation_size=16, test_size=16)
-    metrics, rows, _ = evaluate_model(model, data, "test", batch_size=8, max_images=4)
-    assert len(rows) == 24 and metrics["num_questions"] == 24
+    metrics, rows, _ = evaluate_model(model, data, "test", batch_size=8, max_images=2)
+    assert len(rows) == 12 and metrics["num_questions"] == 12
     assert metrics["trainable_fraction"] == pytest.approx(blocks / model.count_params())
     hits = [r["prediction"] == r["answer"] for r in rows]
     assert metrics["answer_accuracy"] == pytest.approx(np.mean(hits))

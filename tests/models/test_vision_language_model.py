@@ -175,6 +175,9 @@ def test_save_and_load_give_the_same_logits_and_answers(tokenizer, tmp_path):
     loaded = keras.saving.load_model(path)
     assert isinstance(loaded, VisionLanguageModel)
     assert loaded.decoder.positions == (1,)
+    # Frozen as saved, sublayers included: the same weights train.
+    assert loaded.parameter_report() == model.parameter_report()
+    assert len(loaded.trainable_weights) == len(model.trainable_weights)
     assert_close(loaded({"images": images, "tokens": tokens}),
                  model({"images": images, "tokens": tokens}), atol=1e-6)
     prompt = "question is there a large blue square answer"
