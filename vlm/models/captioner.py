@@ -131,6 +131,8 @@ class Captioner(keras.Model):
         for layer in self._flatten_layers(include_self=False):
             if not layer.trainable:
                 layer.trainable = False
+                for variable in layer.weights:
+                    variable.trainable = False
 
     @property
     def tokenizer(self):
