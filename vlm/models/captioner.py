@@ -293,7 +293,7 @@ class Captioner(keras.Model):
             max_length: int, new tokens at most.
             prompt: optional int32 `(batch, prompt_length)` tokens before
                 [START] (for example `<image>` markers or a question), read
-                in one pass before the loop; at least one token.
+                in one pass before the loop (a traced length: at least one token).
 
         Returns:
             `(ids, log_probs)`: int32 `(batch, max_length)` and float32
@@ -310,7 +310,7 @@ class Captioner(keras.Model):
             prompt_length = ops.shape(prompt)[1]
         caches = self.decoder.empty_caches(rows, prompt_length + max_length)
         seen = ops.zeros((rows,), "int32")  # images seen so far, per row
-        if prompt is not None:
+        if not isinstance(prompt_length, int) or prompt_length > 0:
             prompt = ops.repeat(ops.cast(prompt, "int32"), sampler.rows_per_input, axis=0)
             mask, seen = self.cross_attention_mask(prompt, seen)
             _, caches = self.decoder.call_with_cache(prompt, context_caches, caches, 0, mask)
