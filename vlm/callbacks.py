@@ -388,13 +388,12 @@ class AnswerAccuracyLogger(keras.callbacks.Callback):
         self._start, self._evaluating = time.time(), 0.0
 
     def on_epoch_end(self, epoch, logs=None):
+        from vlm.evaluation import answer_scores_of
         from vlm.evaluation import answer_split
-        from vlm.metrics.qa import answer_scores
 
         begin = time.time()
-        rows, _ = answer_split(self.model, self.examples, self.batch_size, verbose=0)
-        scores = answer_scores([r["prediction"] for r in rows], [r["answer"] for r in rows],
-                               [r["type"] for r in rows])
+        scores = answer_scores_of(
+            answer_split(self.model, self.examples, self.batch_size, verbose=0)[0])
         if logs is not None:
             logs.update({f"val_{k}": v for k, v in scores.items() if k != "num_questions"})
             logs["elapsed_seconds"] = begin - self._start - self._evaluating

@@ -217,14 +217,19 @@ def answer_split(model, examples, batch_size, sampler="greedy", keep_images=0, v
     return rows, kept_images
 
 
+def answer_scores_of(rows):
+    """`answer_scores` of `answer_split`'s rows."""
+    return answer_scores([r["prediction"] for r in rows], [r["answer"] for r in rows],
+                         [r["type"] for r in rows])
+
+
 def answer_metrics(model, rows):
     """`answer_scores` of `answer_split`'s rows, and the model's `trainable_fraction`.
 
     `trainable_fraction` is trainable / total parameters as the model stands
     (a loaded model's layers keep the `trainable` they were saved with).
     """
-    metrics = answer_scores([r["prediction"] for r in rows], [r["answer"] for r in rows],
-                            [r["type"] for r in rows])
+    metrics = answer_scores_of(rows)
     trainable = sum(math.prod(w.shape) for w in model.trainable_weights)
     metrics["trainable_fraction"] = trainable / sum(math.prod(w.shape) for w in model.weights)
     return metrics

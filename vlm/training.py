@@ -213,17 +213,17 @@ def prepare_language_model(config, tokenizer, examples, paths, jit_compile):
     instead of training again.
     """
     model_config, train_config = config.model, config.train
-    vocabulary_size = tokenizer.vocabulary_size()
     epochs = train_config.language_model_epochs
-    if not epochs or model_config.language_model_preset or model_config.language_model_from:
-        return build_language_model(model_config, vocabulary_size,
-                                    dtype=train_config.mixed_precision)
+    pretrain = epochs and not (model_config.language_model_preset
+                               or model_config.language_model_from)
     path = paths["language_model"]
-    if os.path.exists(path):
+    if pretrain and os.path.exists(path):
         print(f"Language model: {path}, trained on the text by an earlier run")
         return load_keras_file(path)
-    backbone = build_language_model(model_config, vocabulary_size,
+    backbone = build_language_model(model_config, tokenizer.vocabulary_size(),
                                     dtype=train_config.mixed_precision)
+    if not pretrain:
+        return backbone
     tokens = keras.Input((None,), dtype="int32", name="tokens")
     hidden = backbone({"token_ids": tokens, "padding_mask": keras.ops.ones_like(tokens)})
     logits = backbone.token_embedding(hidden, reverse=True)

@@ -1,7 +1,6 @@
 """A keras-hub causal language model with gated cross-attention blocks between its layers."""
 
 import keras
-import numpy as np
 from keras import ops
 
 from vlm.layers.gated_cross_attention_block import GatedCrossAttentionBlock
@@ -219,12 +218,6 @@ class CrossAttentionLanguageModel(keras.layers.Layer):
 
     def compute_output_shape(self, tokens_shape, context_shape=None):
         return tuple(tokens_shape) + (self.vocabulary_size,)
-
-    def parameter_counts(self):
-        """`{"language_model", "cross_attention"}` parameter counts."""
-        return {"language_model": self.backbone.count_params(),
-                "cross_attention": int(sum(np.prod(w.shape) for b in self.blocks
-                                           for w in b.weights))}
 
     def get_config(self):
         config = super().get_config()
