@@ -3,14 +3,18 @@
     python -m tests                 # TensorFlow, JAX and PyTorch
     python -m tests --fast          # the same without the tests marked `slow`
     python -m tests --backends jax  # one backend
+    python -m tests --workers 1     # one pytest worker per backend (default: 2)
     python -m tests -- -k cross     # extra arguments go to pytest
     python -m tests -- tests/layers # paths given replace the whole suite
 
 `KERAS_BACKEND` is fixed once per process, so each backend gets its own
-pytest process. The exit code is non-zero if any backend failed.
+pytest run. Most tests keep one core busy, so the run uses two pytest-xdist
+workers where there are two cores, each taking whole test files (a module's
+fixtures are built once). The exit code is non-zero if any backend failed.
 """
 
 import argparse
+import importlib.util
 import os
 import subprocess
 import sys
@@ -28,23 +32,33 @@ def parse_args(argv):
                         help="comma-separated subset of: " + ", ".join(BACKENDS))
     parser.add_argument("--fast", action="store_true",
                         help="deselect the tests marked `slow` (CI runs them all)")
+    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+                        help="pytest-xdist workers per backend, each taking whole "
+                             "test files; 1 runs in one process (default: %(default)s)")
     parser.add_argument("pytest_args", nargs="*", help="passed on to pytest")
     args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error(f"--workers must be at least 1, got {args.workers}")
+    if args.workers > 1 and importlib.util.find_spec("xdist") is None:
+        parser.error(f"--workers {args.workers} needs pytest-xdist "
+                     "(pip install -e \".[dev]\"), or pass --workers 1")
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown:
         parser.error(f"unknown backend(s) {unknown}; choose from {list(BACKENDS)}")
-    return backends, args.pytest_args, args.fast
+    return backends, args.pytest_args, args.fast, args.workers
 
 
-def run_backend(backend, pytest_args, report_dir, fast=False):
+def run_backend(backend, pytest_args, report_dir, fast=False, workers=1):
     report = os.path.join(report_dir, f"{backend}.xml")
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
     # Paths among the extra arguments replace the whole `tests` folder.
     paths = [a for a in pytest_args if not a.startswith("-") and os.path.exists(a.split("::")[0])]
     command = [sys.executable, "-m", "pytest", *([] if paths else ["tests"]), "-q",
                "-p", "no:cacheprovider", f"--junitxml={report}",
-               *(["-m", "not slow"] if fast else []), *pytest_args]
+               *(["-m", "not slow"] if fast else []),
+               *(["-n", str(workers), "--dist", "loadfile"] if workers > 1 else []),
+               *pytest_args]
     print(f"\n=== KERAS_BACKEND={backend}: {' '.join(command[1:])}", flush=True)
     start = time.time()
     returncode = subprocess.call(command, env=env)
@@ -70,11 +84,11 @@ def minutes(seconds):
 
 
 def main(argv=None):
-    backends, pytest_args, fast = parse_args(sys.argv[1:] if argv is None else argv)
+    backends, pytest_args, fast, workers = parse_args(sys.argv[1:] if argv is None else argv)
     results = {}
     with tempfile.TemporaryDirectory() as report_dir:
         for backend in backends:
-            results[backend] = run_backend(backend, pytest_args, report_dir, fast)
+            results[backend] = run_backend(backend, pytest_args, report_dir, fast, workers)
     print("\n=== Summary")
     totals = {"passed": 0, "failed": 0, "skipped": 0}
     for backend, (ok, counts, seconds) in results.items():

@@ -162,3 +162,64 @@ def test_adapter_recipe_trains_only_the_blocks_of_a_text_trained_language_model(
     assert metrics["answer_accuracy"] == pytest.approx(np.mean(hits))
     colour = [h for h, r in zip(hits, rows) if r["type"] == "colour"]
     assert metrics["answer_accuracy_colour"] == pytest.approx(np.mean(colour))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(keras.config.backend() == "tensorflow",
+                    reason="TensorFlow compiles a decoding loop per prompt length (minutes); "
+                           "the preset wiring is the same Python on every backend")
+def test_the_gemma_preset_recipe_trains_its_blocks_with_gemmas_tokenizer(tmp_path, monkeypatch):
+    """configs/coco_gemma_adapter.py, presets replaced by tiny models built offline."""
+    import keras_hub
+
+    from tests.preset_stand_ins import gemma_tokenizer
+    from vlm.config import load_config
+    from vlm.export.saved_model import export_model
+    from vlm.training import train as train_config
+
+    # Made by `from_preset`, after train() seeds TensorFlow: seeding clears the
+    # eager kernels, and with them a SentencePiece tokenizer made earlier.
+    tokenizer = gemma_tokenizer()
+    loaded = []
+
+    def stand_in(make):
+        def from_preset(preset, **kwargs):
+            loaded.append(preset)
+            return make()
+        return from_preset
+
+    monkeypatch.setattr(keras_hub.models.Tokenizer, "from_preset", stand_in(gemma_tokenizer))
+    monkeypatch.setattr(keras_hub.models.Backbone, "from_preset", stand_in(
+        lambda: keras_hub.models.GemmaBackbone(
+            vocabulary_size=tokenizer.vocabulary_size(), num_layers=6, num_query_heads=4,
+            num_key_value_heads=1, hidden_dim=16, intermediate_dim=32, head_dim=4)))
+    monkeypatch.setattr(keras_hub.models.ViTBackbone, "from_preset", stand_in(
+        lambda: keras_hub.models.ViTBackbone(image_shape=(16, 16, 3), patch_size=4, num_layers=1,
+                                             num_heads=2, hidden_dim=8, mlp_dim=16)))
+    config = load_config(os.path.join(REPO, "configs", "coco_gemma_adapter.py"))
+    config.model.image_size, config.model.patch_size, config.model.adapter_mlp_dim = 16, 4, 8
+    config.data = DataConfig(train_size=16, validation_size=8, test_size=8, shuffle_buffer=16)
+    train = config.train
+    train.epochs = train.freeze_encoder_epochs = 1
+    train.steps_per_epoch, train.batch_size, train.distribute = 2, 4, "none"
+    train.mixed_precision, train.learning_rate = None, 1e-2
+    train.output_dir, train.log_dir = str(tmp_path), str(tmp_path / "logs")
+    paths = train_config(config)
+    assert loaded == ["gemma_2b_en", "gemma_2b_en", "vit_base_patch16_224_imagenet"]
+
+    model = keras.saving.load_model(paths["model"])
+    assert type(model.tokenizer).__name__ == "GemmaTokenizer"
+    assert model.tokenizer.get_vocabulary() == tokenizer.get_vocabulary()
+    assert model.decoder.positions == (5,)  # before every 6th layer
+    history = json.loads(open(paths["history"]).read())
+    blocks = sum(int(np.prod(w.shape)) for b in model.decoder.blocks for w in b.weights)
+    assert history["trainable_parameters"] == blocks and history["optimizer_steps"] == 2
+    gates = keras.ops.convert_to_numpy(model.decoder.blocks[0].cross_attention.gate)
+    assert np.all(gates != 0)  # they trained
+    images = np.zeros((2, 16, 16, 3), "float32")
+    captions = model.generate(images, max_length=4)
+    answers = model.generate(images, prompts=["is there a red circle", "what colour is the circle"],
+                             max_length=3)
+    assert all(isinstance(c, str) for c in captions + answers)
+    with pytest.raises(ValueError, match="this model's tokenizer is a GemmaTokenizer"):
+        export_model(model, str(tmp_path / "served"))

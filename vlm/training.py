@@ -43,6 +43,7 @@ from vlm.models.captioner import build_captioner
 from vlm.models.multi_image_captioner import build_multi_image_captioner
 from vlm.models.vision_language_model import build_language_model
 from vlm.models.vision_language_model import build_vision_language_model
+from vlm.models.vision_language_model import preset_tokenizer
 from vlm.saving import load_keras_file
 
 
@@ -362,11 +363,16 @@ def _train(config):
           + (f", {captions_per_image} captions per image in a batch"
              if captions_per_image > 1 else ""))
     markers = uses_image_markers(model_config)
-    tokenizer = train_tokenizer(
-        train_examples.map(text_of), model_config.vocabulary_size,
-        extra_special_tokens=(IMAGE,) if markers else (),
-    )
-    print(f"Vocabulary: {tokenizer.vocabulary_size()} tokens")
+    if model_config.language_model_preset:  # the pretrained model's own
+        tokenizer = preset_tokenizer(model_config)
+        print(f"Vocabulary: {tokenizer.vocabulary_size()} tokens "
+              f"({model_config.language_model_preset}'s {type(tokenizer).__name__})")
+    else:
+        tokenizer = train_tokenizer(
+            train_examples.map(text_of), model_config.vocabulary_size,
+            extra_special_tokens=(IMAGE,) if markers else (),
+        )
+        print(f"Vocabulary: {tokenizer.vocabulary_size()} tokens")
 
     jit_compile = resolve_jit_compile(train_config.jit_compile) and plan.xla
     with plan.scope():  # the variables are laid out (JAX) or mirrored (TF) as made

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.preset_stand_ins import gemma_tokenizer
+from tests.preset_stand_ins import gpt2_tokenizer
 from vlm.config import ModelConfig
 from vlm.data.tokenizer import END
 from vlm.data.tokenizer import PAD
@@ -17,6 +19,8 @@ from vlm.data.tokenizer import CaptionTokenizer
 from vlm.data.tokenizer import detokenize_captions
 from vlm.data.tokenizer import normalize_caption
 from vlm.data.tokenizer import pack_captions
+from vlm.data.tokenizer import prompted_captions
+from vlm.data.tokenizer import special_token_ids
 from vlm.data.tokenizer import tf_normalize_caption
 from vlm.data.tokenizer import train_tokenizer
 
@@ -284,3 +288,33 @@ def test_a_learned_vocabulary_maps_unseen_characters_to_unk():
     assert ids[0] == tokenizer.token_to_id("the") and ids[2] == tokenizer.token_to_id("sits")
     assert ids[1] == unk and ids[3] == unk and len(ids) == 4
     assert detokenize_captions(tokenizer, ids) == "the [UNK] sits [UNK]"
+
+
+
+def test_a_language_models_sentencepiece_tokenizer_packs_and_detokenizes():
+    """A Gemma preset's tokenizer (here learned offline) in place of vlm's own."""
+    tokenizer = gemma_tokenizer()
+    assert special_token_ids(tokenizer) == (1, 2, 0)  # <bos>, <eos>, <pad>
+    words = [list(np.asarray(tokenizer(text))) for text in ("a small red circle", "is there")]
+    packed = pack_captions(tokenizer, ["a small red circle", "is there"], 6).numpy()
+    np.testing.assert_array_equal(packed, [[1, *words[0], 2, 0],
+                                           [1, *words[1], 2, 0, 0, 0]])
+    assert detokenize_captions(tokenizer, packed) == ["a small red circle", "is there"]
+    tokens, labels = prompted_captions(tokenizer, ["is there"], ["a red circle"], 8)
+    answer = list(np.asarray(tokenizer("a red circle")))
+    np.testing.assert_array_equal(tokens, [[*words[1], 1, *answer, 2, 0]])
+    np.testing.assert_array_equal(labels, [[0, 0, *answer, 2, 0, 0]])
+
+
+def test_gpt2s_tokenizer_starts_and_ends_with_one_token():
+    tokenizer = gpt2_tokenizer()
+    assert special_token_ids(tokenizer) == (8, 8, 0)
+    packed = pack_captions(tokenizer, ["a red", "a"], 4).numpy()
+    np.testing.assert_array_equal(packed, [[8, 0, 7, 8, 0], [8, 0, 8, 0, 0]])
+    assert detokenize_captions(tokenizer, packed) == ["a red", "a"]
+
+
+def test_a_tokenizer_that_does_not_pad_with_zero_is_refused():
+    tokenizer = gemma_tokenizer(pad_id=3, unk_id=0)
+    with pytest.raises(ValueError, match="GemmaTokenizer pads with id 3 and ends with id 2"):
+        pack_captions(tokenizer, ["a red circle"], 6)

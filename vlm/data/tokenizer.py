@@ -11,6 +11,10 @@ applies the normalisation itself, so calling it on raw text gives the same ids
 as the training pipeline. Its vocabulary starts with the four special tokens:
 
     id 0 [PAD]   id 1 [UNK]   id 2 [START]   id 3 [END]
+
+Packing and detokenizing also take a pretrained language model's keras-hub
+tokenizer (GPT-2's, Gemma's, Llama's): they read its `start_token_id`,
+`end_token_id` and `pad_token_id`, and need padding to be id 0.
 """
 
 import weakref
@@ -240,6 +244,33 @@ def train_tokenizer(captions, vocabulary_size, *, sequence_length=None, name="ca
     return CaptionTokenizer(vocabulary=vocabulary, sequence_length=sequence_length, name=name)
 
 
+def special_token_ids(tokenizer):
+    """`(start, end, pad)` ids of a `CaptionTokenizer` or a keras-hub tokenizer.
+
+    Labels are padded with id 0 and the losses skip `pad_token_id`, so a
+    tokenizer must pad with id 0 and end on an id of its own.
+
+    Raises:
+        ValueError: the tokenizer lacks one of the three, pads with another
+            id than 0, or ends with its padding id.
+    """
+    names = ("start_token_id", "end_token_id", "pad_token_id")
+    ids = tuple(getattr(tokenizer, name, None) for name in names)
+    missing = [name for name, i in zip(names, ids) if i is None]
+    if missing:
+        raise ValueError(
+            f"{type(tokenizer).__name__} has no {', '.join(missing)}: vlm packs text as "
+            "`start ... end pad...` and needs all three (CaptionTokenizer and keras-hub's "
+            "GPT-2, Gemma and Llama tokenizers have them).")
+    start_id, end_id, pad_id = (int(i) for i in ids)
+    if pad_id != 0 or end_id == pad_id:
+        raise ValueError(
+            f"{type(tokenizer).__name__} pads with id {pad_id} and ends with id {end_id}: "
+            "vlm needs padding to be id 0 and an end token of its own (its labels are "
+            "zero-padded and the loss skips padding).")
+    return start_id, end_id, pad_id
+
+
 def _pack_graph(tokenizer, captions, sequence_length, ids):
     start_id, end_id, pad_id = ids
     captions = tf.convert_to_tensor(captions, tf.string)
@@ -281,8 +312,8 @@ def pack_captions(tokenizer, captions, sequence_length):
     on every backend).
 
     Args:
-        tokenizer: a `CaptionTokenizer` (or any WordPiece tokenizer whose
-            vocabulary has `[START]`, `[END]` and `[PAD]`).
+        tokenizer: a `CaptionTokenizer`, or a keras-hub tokenizer padding
+            with id 0 (`special_token_ids`).
         captions: string scalar or vector (`str`, list, `tf.Tensor`).
         sequence_length: int >= 1. Model sequence length T.
 
@@ -296,7 +327,7 @@ def pack_captions(tokenizer, captions, sequence_length):
     array([[2, 4, 5, 3, 0]], dtype=int32)
     """
     check_positive_int("sequence_length", sequence_length)
-    ids = tuple(tokenizer.token_to_id(token) for token in (START, END, PAD))
+    ids = special_token_ids(tokenizer)
     if not tf.executing_eagerly():
         return _pack_graph(tokenizer, captions, sequence_length, ids)
     captions = tf.convert_to_tensor(captions, tf.string)
@@ -369,7 +400,7 @@ def prompted_captions(tokenizer, prompts, captions, sequence_length, loss_on_pro
         return tf.function(lambda p, c: prompted_captions(
             tokenizer, p, c, sequence_length, loss_on_prompt), autograph=False)(
                 tf.convert_to_tensor(prompts, tf.string), tf.convert_to_tensor(captions, tf.string))
-    start_id, end_id, pad_id = (tokenizer.token_to_id(t) for t in (START, END, PAD))
+    start_id, end_id, pad_id = special_token_ids(tokenizer)
     prompt_ids = tokenizer.tokenize(tf.convert_to_tensor(prompts, tf.string))
     answer_ids = tokenizer.tokenize(tf.convert_to_tensor(captions, tf.string))
     if not isinstance(prompt_ids, tf.RaggedTensor):
@@ -409,7 +440,7 @@ def detokenize_captions(tokenizer, token_ids):
     """Turns rows of token ids back into caption strings (eager only).
 
     Each row is cut at its first `[END]`; `[START]` and `[PAD]` are dropped;
-    word pieces are joined (`"run", "##s"` -> `"runs"`).
+    the tokenizer joins the rest (word pieces: `"run", "##s"` -> `"runs"`).
 
     Args:
         tokenizer: the tokenizer that produced the ids.
@@ -432,13 +463,21 @@ def detokenize_captions(tokenizer, token_ids):
     single = not rows or not isinstance(rows[0], (list, tuple))
     if single:
         rows = [rows]
-    start_id, end_id, pad_id = (tokenizer.token_to_id(t) for t in (START, END, PAD))
+    start_id, end_id, pad_id = special_token_ids(tokenizer)
+    # Dropped wherever they are: the start and padding ids that are special
+    # tokens. GPT-2's padding id 0 is "!", a word: only trailing ids 0 go.
+    dropped = {start_id, pad_id} & set(getattr(tokenizer, "special_token_ids", [start_id]))
     cleaned = []
     for row in rows:
         row = [int(i) for i in row]
+        if row and row[0] == start_id:  # GPT-2's start is its end token
+            row = row[1:]
         if end_id in row:
             row = row[: row.index(end_id)]
-        cleaned.append([i for i in row if i not in (start_id, pad_id)])
+        else:
+            while row and row[-1] == pad_id:
+                row.pop()
+        cleaned.append([i for i in row if i not in dropped])
     nonempty = [row for row in cleaned if row]
     decoded = iter(tokenizer.detokenize(nonempty) if nonempty else [])
     texts = [next(decoded) if row else "" for row in cleaned]

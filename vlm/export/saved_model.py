@@ -42,6 +42,7 @@ import keras
 import tensorflow as tf
 
 from vlm import samplers
+from vlm.data.tokenizer import CaptionTokenizer
 from vlm.data.tokenizer import tf_normalize_caption
 
 # Samplers a SavedModel serves: the deterministic ones (a sampling seed
@@ -84,6 +85,13 @@ def export(model_path, output_dir, sampler="greedy", max_length=None, xla=True):
 
 def export_model(model, output_dir, sampler="greedy", max_length=None, xla=True):
     """Writes the serving SavedModel of an in-memory `Captioner` (TensorFlow backend)."""
+    if not isinstance(model.tokenizer, CaptionTokenizer):
+        # Its word lookup and detokenization are core TF ops over a word-piece
+        # vocabulary; a SentencePiece model needs tensorflow_text's ops.
+        raise ValueError(
+            f"The SavedModel serves vlm's own CaptionTokenizer with plain TensorFlow ops; "
+            f"this model's tokenizer is a {type(model.tokenizer).__name__}. Serve it from "
+            "Keras (`model.generate`) instead.")
     if keras.config.backend() != "tensorflow":
         raise RuntimeError("export_model needs KERAS_BACKEND=tensorflow; use `export`.")
     sampler = _serving_sampler(sampler)

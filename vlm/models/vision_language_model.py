@@ -4,6 +4,7 @@ import keras
 import keras_hub
 import numpy as np
 
+from vlm.data.tokenizer import special_token_ids
 from vlm.models.captioner import Captioner
 from vlm.models.captioner import build_encoder
 from vlm.models.cross_attention_language_model import CrossAttentionLanguageModel
@@ -182,6 +183,22 @@ def build_language_model(model_config, vocabulary_size, dtype=None):
     return keras_hub.models.GemmaBackbone(
         num_query_heads=heads, num_key_value_heads=kv_heads,
         head_dim=model_config.decoder_dim // heads, dropout=model_config.dropout, **sizes)
+
+
+def preset_tokenizer(model_config):
+    """The tokenizer of `model.language_model_preset` (downloaded), checked to fit vlm's text.
+
+    Raises:
+        ValueError: it pads with another id than 0 (GPT-2's), as
+            `vlm.data.tokenizer.special_token_ids` says.
+    """
+    preset = model_config.language_model_preset
+    tokenizer = keras_hub.models.Tokenizer.from_preset(preset)
+    try:
+        special_token_ids(tokenizer)
+    except ValueError as error:
+        raise ValueError(f"model.language_model_preset={preset!r}: {error}") from None
+    return tokenizer
 
 
 def build_vision_language_model(model_config, tokenizer, language_model, dtype=None):
