@@ -7,12 +7,14 @@ Rerun the same command after an interruption to resume where it stopped.
 
 Exit codes: 0 trained; 2 a bad config or command line (one line on stderr
 names the key and the value); 3 the loss became NaN or infinite (one line
-on stderr says where; the final model is not written).
+on stderr says where; the final model is not written); 130 interrupted
+(Ctrl-C: one line says what is saved and how to resume).
 """
 
 import argparse
 import os
 import sys
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
 
@@ -23,6 +25,7 @@ from vlm.config import load_config  # noqa: E402
 
 DEFAULT_CONFIG = "configs/shapes.py"
 EXIT_DIVERGED = 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
 
 
 def parse_args(argv=None):
@@ -53,8 +56,12 @@ def main(argv=None):
     from vlm.training import TrainingDiverged  # heavy: after the config is good
     from vlm.training import train  # heavy: after the config is good
 
+    started = time.time()
     try:
         train(config)
+    except KeyboardInterrupt:
+        print(f"train.py: {interrupted(config, started)}", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
     except DistributionError as error:
         print(f"train.py: error: {error}", file=sys.stderr)
         return 2
@@ -62,6 +69,26 @@ def main(argv=None):
         print(f"train.py: error: {error}", file=sys.stderr)
         return EXIT_DIVERGED
     return 0
+
+
+def interrupted(config, started):
+    """What an interrupted run leaves, and how to go on, in one line."""
+    from vlm.callbacks import read_backup
+    from vlm.training import output_paths
+
+    paths = output_paths(config)
+    model = paths["model"]
+    if os.path.exists(model) and os.path.getmtime(model) >= started:
+        return (f"interrupted after training: {model} is saved, its report is not "
+                f"(python evaluate.py --model {model} scores it)")
+    backup = read_backup(paths["backup"])
+    if backup:
+        done = backup["epoch"]
+        saved = f"epoch {done} is" if done == 1 else f"epochs 1-{done} are"
+        return (f"interrupted in epoch {done + 1}; {saved} saved in {paths['backup']}: "
+                "rerun the same command to resume")
+    return ("interrupted before the first epoch ended; nothing is saved yet: rerun the same "
+            "command to start again")
 
 
 if __name__ == "__main__":

@@ -19,8 +19,8 @@ import sys
 import time
 
 from benchmarks.report import markdown
-from benchmarks.run import machine
-from benchmarks.run import matmul_peak_gflops
+from vlm.machine import machine
+from vlm.machine import matmul_peak_gflops
 
 BATCHES = (1, 32)
 

@@ -117,6 +117,10 @@ def _describe(results):
     parts = [machine.get("cpu") or results.get("device")]
     if machine.get("cores"):
         parts.append(f"{machine['cores']} cores")
+    if machine.get("vector_extensions"):
+        parts.append(machine["vector_extensions"])
+    if machine.get("matmul_peak_gflops"):
+        parts.append(f"float32 matmul peak {machine['matmul_peak_gflops']} GFLOP/s")
     if machine.get("python"):
         parts.append(f"Python {machine['python']}")
     lines = []

@@ -27,7 +27,6 @@ minutes here; it runs only with `--torch-compile`.
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -35,6 +34,8 @@ import sys
 import time
 
 from benchmarks.report import markdown
+from vlm.machine import machine
+from vlm.machine import matmul_peak_gflops
 
 BACKENDS = ("tensorflow", "jax", "torch")
 NEW_TOKENS = 20
@@ -83,38 +84,6 @@ def vocabulary(size):
     from vlm.data.tokenizer import SPECIAL_TOKENS
 
     return list(SPECIAL_TOKENS) + [f"w{i}" for i in range(size - len(SPECIAL_TOKENS))]
-
-
-def matmul_peak_gflops(size=2048, repeats=10):
-    """Best fp32 GFLOP/s of a square matmul through the backend's own op."""
-    import keras
-    import numpy as np
-
-    backend = keras.config.backend()
-    a = np.random.default_rng(0).standard_normal((size, size)).astype("float32")
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        x = tf.constant(a)
-        run = lambda: tf.matmul(x, x).numpy()  # noqa: E731
-    elif backend == "jax":
-        import jax
-
-        x = jax.device_put(a)
-        f = jax.jit(lambda m: m @ m)
-        run = lambda: f(x).block_until_ready()  # noqa: E731
-    else:
-        import torch
-
-        x = torch.from_numpy(a)
-        run = lambda: torch.matmul(x, x)  # noqa: E731
-    run()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best / 1e9
 
 
 def step_timer(warmup):
@@ -356,17 +325,6 @@ def serving(repeats):
     return measure_serving("saved_models/shapes.keras", repeats)
 
 
-def machine():
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -379,6 +337,10 @@ def main(argv=None):
     parser.add_argument("--modes", help="comma-separated jit|nojit:POLICY, e.g. "
                         "jit:float32,nojit:mixed_bfloat16 (default: per backend)")
     parser.add_argument("--no-serving", action="store_true")
+    parser.add_argument("--time-to-quality", action="store_true",
+                        help="also run the default `train.py` per backend until validation "
+                             "relation accuracy >= 0.97 (minutes each: "
+                             "benchmarks/time_to_quality.py)")
     parser.add_argument("--output", default="benchmarks/results/benchmarks.json")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--memory", choices=("train", "generate"), help=argparse.SUPPRESS)
@@ -403,6 +365,15 @@ def main(argv=None):
     if not args.no_serving:
         log("... serving (TensorFlow SavedModel)")
         results["serving"] = serving(args.repeats)
+    if args.time_to_quality:
+        from benchmarks.time_to_quality import TARGET
+        from benchmarks.time_to_quality import time_to_quality
+
+        results["time_to_quality"] = {}
+        for entry in results["backends"]:
+            log(f"... time to quality, {entry['backend']}")
+            results["time_to_quality"][entry["backend"]] = time_to_quality(
+                entry["backend"], "configs/shapes.py", TARGET)
     results["markdown"] = markdown(results)
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
     with open(args.output, "w") as f:

@@ -48,6 +48,7 @@ def get_config():
         # the validation answer accuracy is logged four times.
         train=TrainConfig(name="shapes_qa_adapter", epochs=4, steps_per_epoch=375,
                           batch_size=96, captions_per_image=6, learning_rate=2e-3,
-                          weight_decay=0.01, report_images=1000, freeze_encoder_epochs=4,
+                          weight_decay=0.01, report_images=1000, validation_images=100,
+                          freeze_encoder_epochs=4,
                           freeze_language_model=True, language_model_epochs=1),
     )

@@ -21,6 +21,9 @@ from benchmarks.report import report
 from benchmarks.run import markdown
 from benchmarks.run import ref_config
 from benchmarks.run import training_flops_per_example
+from benchmarks.time_to_quality import first_epoch_meeting
+from benchmarks.time_to_quality import time_to_quality
+from vlm.config import parse_targets
 
 SMALL = dict(image_size=16, patch_size=4, encoder_layers=2, encoder_heads=2,
              encoder_dim=32, encoder_mlp_dim=64, decoder_layers=2, decoder_heads=2,
@@ -168,3 +171,27 @@ def test_report_reads_every_results_shape():
                             "extra": {"a": 1}})
     assert "11.0 ms/image at batch 1, 2.7 ms/image at batch 32" in text
     assert "| a | 1 |" in text
+
+
+def test_time_to_quality_reads_the_first_epoch_that_meets_the_target():
+    history = {"loss": [3.0, 2.0, 1.0], "val_relation_accuracy": [0.5, 0.97, 0.99],
+               "val_hallucination_rate": [0.2, 0.02, 0.0]}
+    assert first_epoch_meeting(history, parse_targets("relation_accuracy>=0.97")) == 2
+    assert first_epoch_meeting(history, parse_targets(
+        "relation_accuracy>=0.97,hallucination_rate<=0.01")) == 3
+    assert first_epoch_meeting(history, parse_targets("relation_accuracy>=0.995")) is None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(keras.config.backend() != "jax",
+                    reason="it drives train.py in a subprocess of the backend asked for: one "
+                           "suite is enough, and train.py is tested on every backend")
+def test_time_to_quality_runs_train_py_from_a_fresh_cache_until_the_target():
+    entry = time_to_quality("jax", "configs/tiny.py", "object_accuracy>=0.0",
+                            ["--set", "train.validation_images=8", "--set", "train.epochs=3",
+                             "--set", "train.report_images=8"])
+    assert entry["reached"] and entry["epochs"] == 1  # met after the first epoch
+    assert 0 < entry["train_seconds_to_target"] < entry["wall_seconds"]
+    assert set(entry["validation"]) == {"object_accuracy", "relation_accuracy",
+                                        "hallucination_rate", "exact_scene_accuracy"}
+    assert 0.0 <= entry["test"]["object_accuracy"] <= 1.0

@@ -259,3 +259,40 @@ def test_fit_still_starts_at_the_private_initial_epoch():
     assert model._initial_epoch is None, f"keras.Model._initial_epoch changed: {RECHECK}"
     assert "self._initial_epoch" in inspect.getsource(type(model).fit), (
         f"{keras.config.backend()}'s Model.fit no longer reads _initial_epoch: {RECHECK}")
+
+
+def test_epoch_line_says_elapsed_time_left_and_scores(capsys, monkeypatch):
+    line = vlm_callbacks.EpochLine(epochs=4)
+    clock = iter([100.0, 160.0, 230.0])
+    monkeypatch.setattr(vlm_callbacks.time, "time", lambda: next(clock))
+    line.on_train_begin()
+    line.on_epoch_end(0, {"loss": 1.5, "val_relation_accuracy": 0.5, "learning_rate": 1e-3})
+    line.on_epoch_end(1, {"loss": 1.0, "val_loss": 0.9})
+    assert capsys.readouterr().out.splitlines() == [
+        "Epoch 1/4: 1:00 elapsed, about 3:00 left - loss 1.5000 - val_relation_accuracy 0.5000",
+        "Epoch 2/4: 2:10 elapsed, about 2:10 left - loss 1.0000 - val_loss 0.9000"]
+    assert vlm_callbacks.clock(3725) == "1:02:05"
+
+
+def test_validation_scores_stop_training_once_they_meet_the_target(capsys):
+    import tensorflow as tf
+
+    examples = tf.data.Dataset.from_tensor_slices({"image": np.zeros((3, 4, 4, 3), "uint8")})
+    with pytest.raises(ValueError, match="No validation score is called 'relation_acc'"):
+        vlm_callbacks.ValidationScoreLogger(examples, targets={"relation_acc": (">=", 0.9)})
+    logger = vlm_callbacks.ValidationScoreLogger(
+        examples, targets={"relation_accuracy": (">=", 0.9), "hallucination_rate": ("<=", 0.01)})
+    logger.set_model(small_model())
+    scores = iter([{"relation_accuracy": 0.95, "hallucination_rate": 0.02},
+                   {"relation_accuracy": 0.9, "hallucination_rate": 0.01}])
+    logger.scores = lambda: next(scores)
+    logger.on_train_begin()
+    logs = {}
+    logger.on_epoch_end(0, logs)
+    assert not logger.model.stop_training and logger.reached_in_epoch is None
+    assert logs["val_relation_accuracy"] == 0.95 and logs["elapsed_seconds"] >= 0
+    logger.on_epoch_end(1, logs)
+    assert logger.model.stop_training and logger.reached_in_epoch == 2
+    assert capsys.readouterr().out == (
+        "Validation reached the target after epoch 2 (relation_accuracy 0.9000 >= 0.9, "
+        "hallucination_rate 0.0100 <= 0.01): training stops here.\n")

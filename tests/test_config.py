@@ -10,6 +10,7 @@ from vlm.config import ModelConfig
 from vlm.config import TrainConfig
 from vlm.config import apply_overrides
 from vlm.config import load_config
+from vlm.config import parse_targets
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -94,6 +95,12 @@ def test_jit_compile_is_true_false_or_auto(raw, value):
          r"Received: num_key_value_heads=3, decoder_heads=4$"),
         ("model.num_key_value_heads=0", r"^model.num_key_value_heads must be positive. "
                                         r"Received: 0$"),
+        # Stopping targets.
+        ("train.stop_at=relation_accuracy>0.97",
+         r"^train.stop_at: each target must look like score>=number or score<=number, .* "
+         r"got 'relation_accuracy>0.97'. Received: 'relation_accuracy>0.97'$"),
+        ("train.stop_at=relation_accuracy>=0.97",
+         r"^train.stop_at needs train.validation_images > 0"),
     ],
 )
 def test_bad_overrides_name_the_key_and_value(override, message):
@@ -165,3 +172,9 @@ def test_config_file_errors(tmp_path):
         "def get_config():\n    c = Config()\n    c.train.epochs = '3'\n    return c\n")
     with pytest.raises(ConfigError, match=r"train.epochs must be int. Received: '3' \(str\)"):
         load_config(str(path))
+
+
+def test_stopping_targets_parse_to_comparisons():
+    assert parse_targets("") == {}
+    assert parse_targets("relation_accuracy>=0.97, hallucination_rate<=0.01") == {
+        "relation_accuracy": (">=", 0.97), "hallucination_rate": ("<=", 0.01)}

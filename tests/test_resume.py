@@ -1,4 +1,4 @@
-"""SIGKILL `train.py` in the middle of an epoch, rerun it, and get the uninterrupted run.
+"""Interrupt `train.py` (SIGKILL, Ctrl-C), rerun it, and get the uninterrupted run.
 
 Runs `configs/tiny.py` in subprocesses under the test process' Keras backend.
 """
@@ -64,10 +64,13 @@ def train_args(out):
     ]
 
 
-def start(args, **kwargs):
+def start(args, cache_dir=None, **kwargs):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    if cache_dir:
+        env["VLM_CACHE_DIR"] = str(cache_dir)
+    kwargs.setdefault("stderr", subprocess.STDOUT)
     return subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs)
+                            stdout=subprocess.PIPE, **kwargs)
 
 
 def finish(process, timeout=300):
@@ -87,11 +90,13 @@ def schedule(step):
 
 
 @pytest.mark.slow
-def test_sigkill_mid_epoch_then_rerun_equals_an_uninterrupted_run(tmp_path):
+def test_sigkill_mid_epoch_then_rerun_equals_an_uninterrupted_run_on_a_fresh_cache(tmp_path):
+    """Also reproducibility: the uninterrupted run prepares the dataset in an empty cache,
+    the killed and resumed one reads the cache this test made; the weights are equal."""
     config = load_config(os.path.join(REPO, "configs", "tiny.py"))
-    load_examples(config.data, "train", config.model.image_size)  # both runs find it made
+    load_examples(config.data, "train", config.model.image_size)  # the killed run finds it
     straight_out, killed_out = str(tmp_path / "straight"), str(tmp_path / "killed")
-    straight = start(["train.py", *train_args(straight_out)])
+    straight = start(["train.py", *train_args(straight_out)], cache_dir=tmp_path / "empty")
     killed = start(["-c", PAUSED_TRAIN_PY, REPO, *train_args(killed_out)])
     try:
         lines = []
@@ -124,6 +129,8 @@ def test_sigkill_mid_epoch_then_rerun_equals_an_uninterrupted_run(tmp_path):
     assert "Epoch 1/3" not in output and "Epoch 2/3" in output
     code, output = finish(straight)
     assert code == 0, output[-3000:]
+    assert "Preparing shapes dataset" in output
+    assert "Preparing" not in "".join(lines)
 
     resumed, uninterrupted = read_history(killed_out), read_history(straight_out)
     assert resumed["resumed_after_epoch"] == 1 and uninterrupted["resumed_after_epoch"] == 0
@@ -166,3 +173,24 @@ def test_a_resumed_run_keeps_its_best_checkpoint_unless_beaten(tmp_path):
     })
     resumed = checkpoint()
     assert resumed.monitor == "val_loss" and resumed.best == 2.7
+
+
+def test_ctrl_c_says_in_one_line_what_is_saved_and_exits_130(tmp_path, monkeypatch, capsys):
+    """Ctrl-C (a KeyboardInterrupt in the main thread) in epoch 2: no traceback, exit 130."""
+    import train
+    import vlm.training as training
+
+    class CtrlC(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if self.model.optimizer.iterations.numpy() == STEPS + 3:  # epoch 2, batch 3
+                raise KeyboardInterrupt
+
+    make = training.make_callbacks
+    monkeypatch.setattr(training, "make_callbacks", lambda *args: make(*args) + [CtrlC()])
+    out = str(tmp_path / "out")
+    assert train.main(train_args(out)) == 130
+    backup = os.path.join(out, "logs", "tiny", "backup")
+    assert json.load(open(os.path.join(backup, "training_metadata.json")))["epoch"] == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"train.py: interrupted in epoch 2; epoch 1 is saved in {backup}: "
+        "rerun the same command to resume"]

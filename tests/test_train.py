@@ -136,7 +136,7 @@ def test_adapter_recipe_trains_only_the_blocks_of_a_text_trained_language_model(
         "--set", "data.dataset=shapes_qa", "--set", "train.name=qa",
         "--set", "train.language_model_epochs=1", "--set", "train.epochs=1",
         "--set", "train.captions_per_image=4", "--set", "train.report_images=0",
-        "--set", "train.freeze_encoder_epochs=1",
+        "--set", "train.freeze_encoder_epochs=1", "--set", "train.validation_images=16",
         "--set", f"train.output_dir={out}", "--set", f"train.log_dir={tmp_path / 'logs'}",
     ])
     assert code == 0

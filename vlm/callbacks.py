@@ -363,39 +363,118 @@ class LearningRateLogger(keras.callbacks.Callback):
             )
 
 
-class AnswerAccuracyLogger(keras.callbacks.Callback):
-    """Adds the greedy exact-match answer accuracy on validation images to each epoch's logs.
+class ValidationScoreLogger(keras.callbacks.Callback):
+    """Adds what greedy decoding gets right on validation images to each epoch's logs.
 
-    Logs `val_answer_accuracy`, one `val_answer_accuracy_<type>` per
-    question type, and `elapsed_seconds`, the training time so far in this
-    run without these evaluations, so a history can tell the time a model
-    took to reach an accuracy. Put it before the callbacks that record or
-    checkpoint an epoch's logs.
+    Shapes examples (with their scene graph, `objects`) are captioned and
+    scored against the scene (`val_object_accuracy`, `val_relation_accuracy`,
+    ... of `vlm.metrics.grounded.grounded_scores`); shapes_qa examples are
+    asked their questions (`val_answer_accuracy` and one
+    `val_answer_accuracy_<type>` per question type). Also logs
+    `elapsed_seconds`, the training time so far in this run without these
+    evaluations, so a history can tell the time a model took to reach a
+    quality. Put it before the callbacks that record or checkpoint an
+    epoch's logs.
 
     Args:
-        examples: a shapes_qa examples dataset (validation split), of which
-            the first `num_images` images are asked all their questions.
+        examples: a validation examples dataset, of which the first
+            `num_images` images are scored.
         num_images: int.
         batch_size: images per generation batch.
+        targets: optional `{score: (">=" or "<=", threshold)}`
+            (`vlm.config.parse_targets`): training stops after the first
+            epoch whose scores meet them all, and says so.
     """
 
-    def __init__(self, examples, num_images=100, batch_size=100):
+    GROUNDED = ("object_accuracy", "color_accuracy", "shape_accuracy", "size_accuracy",
+                "relation_accuracy", "exact_scene_accuracy", "hallucination_rate")
+
+    def __init__(self, examples, num_images=100, batch_size=100, targets=None):
         super().__init__()
+        from vlm.scene_vocab import QUESTION_TYPES
+
         self.examples = examples.take(num_images)
         self.batch_size = batch_size
+        self.targets = dict(targets or {})
+        names = (("answer_accuracy", *(f"answer_accuracy_{t}" for t in QUESTION_TYPES))
+                 if "questions" in examples.element_spec else self.GROUNDED)
+        unknown = [name for name in self.targets if name not in names]
+        if unknown:
+            raise ValueError(f"No validation score is called {unknown[0]!r}; the scores of "
+                             f"this dataset are: {', '.join(names)}.")
+        self.reached_in_epoch = None
 
     def on_train_begin(self, logs=None):
         self._start, self._evaluating = time.time(), 0.0
 
-    def on_epoch_end(self, epoch, logs=None):
+    def scores(self):
+        """The scores of the model as it stands: `{name: value}`."""
         from vlm.evaluation import answer_scores_of
         from vlm.evaluation import answer_split
+        from vlm.evaluation import caption_split
+        from vlm.metrics.grounded import grounded_scores
 
+        if "questions" in self.examples.element_spec:
+            rows = answer_split(self.model, self.examples, self.batch_size, verbose=0)[0]
+            return {k: v for k, v in answer_scores_of(rows).items() if k != "num_questions"}
+        _, captions, _, scenes, _, _ = caption_split(self.model, self.examples,
+                                                     self.batch_size, verbose=0)
+        return grounded_scores(captions, scenes)
+
+    def on_epoch_end(self, epoch, logs=None):
         begin = time.time()
-        scores = answer_scores_of(
-            answer_split(self.model, self.examples, self.batch_size, verbose=0)[0])
+        scores = self.scores()
         if logs is not None:
-            logs.update({f"val_{k}": v for k, v in scores.items() if k != "num_questions"})
+            logs.update({f"val_{k}": v for k, v in scores.items()})
             logs["elapsed_seconds"] = begin - self._start - self._evaluating
         self._evaluating += time.time() - begin
-        print(f" - val_answer_accuracy: {scores['answer_accuracy']:.4f}")
+        if self.targets and all(
+                scores[name] >= bound if op == ">=" else scores[name] <= bound
+                for name, (op, bound) in self.targets.items()):
+            self.reached_in_epoch = epoch + 1
+            self.model.stop_training = True
+            met = ", ".join(f"{name} {scores[name]:.4f} {op} {bound}"
+                            for name, (op, bound) in self.targets.items())
+            print(f"Validation reached the target after epoch {epoch + 1} ({met}): "
+                  "training stops here.", flush=True)
+
+
+class EpochLine(keras.callbacks.Callback):
+    """Prints one line per epoch: time so far, time left, and the epoch's scores.
+
+    `Epoch 3/8: 4:12 elapsed, about 9:30 left - loss 0.3120 - val_loss 0.2990
+    - val_relation_accuracy 0.9310`. The estimate is the mean epoch time of
+    this run times the epochs left (an upper bound when training stops at a
+    target). Readable in a log file, where the progress bar is not: put it
+    after the callbacks that add to the logs.
+
+    Args:
+        epochs: the run's epochs in all.
+        keys: the logs to print, in order, where present.
+    """
+
+    KEYS = ("loss", "val_loss", "val_object_accuracy", "val_relation_accuracy",
+            "val_hallucination_rate", "val_exact_scene_accuracy", "val_answer_accuracy")
+
+    def __init__(self, epochs, keys=KEYS):
+        super().__init__()
+        self.epochs, self.keys = epochs, keys
+
+    def on_train_begin(self, logs=None):
+        self._start, self._done = time.time(), 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._done += 1
+        elapsed = time.time() - self._start
+        left = elapsed / self._done * max(self.epochs - epoch - 1, 0)
+        scores = "".join(f" - {key} {logs[key]:.4f}" for key in self.keys
+                         if logs and isinstance(logs.get(key), (int, float)))
+        print(f"Epoch {epoch + 1}/{self.epochs}: {clock(elapsed)} elapsed, about "
+              f"{clock(left)} left{scores}", flush=True)
+
+
+def clock(seconds):
+    """`h:mm:ss` or `m:ss` of a duration in seconds."""
+    minutes, seconds = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"

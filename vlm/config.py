@@ -154,8 +154,14 @@ class TrainConfig:
     output_dir: str = "saved_models"
     log_dir: str = "logs"
     seed: int = 0
-    # Images of the validation split captioned for the report (0: none).
+    # Images of the test split captioned for the report (0: none).
     report_images: int = 1000
+    # Validation images captioned (or asked their questions) after each epoch
+    # and scored: val_relation_accuracy, ... in the history (0: none).
+    validation_images: int = 0
+    # Stop after the first epoch whose validation scores meet these, e.g.
+    # "relation_accuracy>=0.97,hallucination_rate<=0.01" ("": run all epochs).
+    stop_at: str = ""
     # Devices: "none", "data_parallel", "model_parallel" (JAX) or "auto" (data
     # parallel when several devices are visible); `train.py --distribute`.
     distribute: str = "none"
@@ -200,11 +206,38 @@ class TrainConfig:
                 f"{prefix}.distribute must be one of {DISTRIBUTE_MODES}. "
                 f"Received: {self.distribute!r}"
             )
+        try:
+            parse_targets(self.stop_at)
+        except ValueError as error:
+            raise ConfigError(f"{prefix}.stop_at: {error} Received: {self.stop_at!r}") from None
+        if self.stop_at and not self.validation_images:
+            raise ConfigError(f"{prefix}.stop_at needs {prefix}.validation_images > 0 (the "
+                              f"images it is measured on). Received: {self.stop_at!r}")
         if not self.name or os.sep in self.name or self.name in (".", ".."):
             raise ConfigError(
                 f"{prefix}.name must be a file name (it names the run's files). "
                 f"Received: {self.name!r}"
             )
+
+
+def parse_targets(text):
+    """`{"relation_accuracy": (">=", 0.97), ...}` from `"relation_accuracy>=0.97,..."`.
+
+    Raises:
+        ValueError: a part is not `score>=number` or `score<=number`.
+    """
+    targets = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        match = re.fullmatch(r"(\w+)\s*(>=|<=)\s*([0-9.eE+-]+)", part)
+        try:
+            bound = float(match[3]) if match else None
+        except ValueError:
+            bound = None
+        if bound is None:
+            raise ValueError(f"each target must look like score>=number or score<=number, "
+                             f"e.g. relation_accuracy>=0.97; got {part!r}.")
+        targets[match[1]] = (match[2], bound)
+    return targets
 
 
 @dataclasses.dataclass
@@ -384,7 +417,8 @@ def _check_fields(section, prefix):
 
 # Fields where 0 is meaningful; every other number must be positive.
 _NON_NEGATIVE = {"dropout", "weight_decay", "warmup_fraction", "early_stopping_patience",
-                 "seed", "report_images", "freeze_encoder_epochs", "language_model_epochs"}
+                 "seed", "report_images", "validation_images", "freeze_encoder_epochs",
+                 "language_model_epochs"}
 
 
 def _check_type(key, value, annotation):

@@ -136,8 +136,8 @@ def perplexity(loss):
     return math.exp(min(loss, 700.0))
 
 
-def caption_split(model, examples, batch_size, sampler="greedy", keep_images=0):
-    """Captions every image of an examples dataset, with a progress bar.
+def caption_split(model, examples, batch_size, sampler="greedy", keep_images=0, verbose=1):
+    """Captions every image of an examples dataset, with a progress bar (`verbose=1`).
 
     Returns:
         `(ids, captions, references, scenes, kept_images, changes)`: per
@@ -153,7 +153,7 @@ def caption_split(model, examples, batch_size, sampler="greedy", keep_images=0):
 
     cardinality = int(examples.cardinality())
     progress = keras.utils.Progbar(cardinality if cardinality > 0 else None,
-                                   unit_name="image")
+                                   unit_name="image", verbose=verbose)
     ids, captions, references, scenes, kept_images, changes = [], [], [], [], {}, []
     for batch in eval_batches(examples, image_size=model.image_size, batch_size=batch_size):
         images = batch["images"].numpy()

@@ -6,6 +6,7 @@
 import math
 import os
 import shutil
+import sys
 import time
 import warnings
 
@@ -14,15 +15,17 @@ import tensorflow as tf
 
 from vlm.backend import resolve_jit_compile
 from vlm.backend import xla_has_float16_attention
-from vlm.callbacks import AnswerAccuracyLogger
 from vlm.callbacks import AtomicBackupAndRestore
 from vlm.callbacks import AtomicModelCheckpoint
+from vlm.callbacks import EpochLine
 from vlm.callbacks import LearningRateLogger
 from vlm.callbacks import ResumableEarlyStopping
 from vlm.callbacks import TerminateOnNaNWithReason
+from vlm.callbacks import ValidationScoreLogger
 from vlm.callbacks import atomic_write
 from vlm.callbacks import read_backup
 from vlm.callbacks import write_json_atomically
+from vlm.config import parse_targets
 from vlm.data.batching import count_pairs
 from vlm.data.batching import text_batches
 from vlm.data.batching import text_rows
@@ -36,6 +39,7 @@ from vlm.evaluation import answer_metrics
 from vlm.evaluation import answer_split
 from vlm.evaluation import caption_split
 from vlm.evaluation import change_scores_of
+from vlm.machine import describe_machine
 from vlm.metrics.grounded import grounded_scores
 from vlm.models.captioner import CaptionLoss
 from vlm.models.captioner import MaskedTokenAccuracy
@@ -88,10 +92,13 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the message says where."""
 
 
-def make_callbacks(config, paths, has_validation, answer_examples=None):
-    """Checkpoint of the best model, resumable backups, TensorBoard, NaN stop.
+def make_callbacks(config, paths, has_validation, score_examples=None):
+    """Checkpoint of the best model, resumable backups, TensorBoard, NaN stop, a line per epoch.
 
-    The learning rate goes into the epoch logs first; the best-model
+    With `score_examples` (the validation examples), the first
+    `train.validation_images` of them are scored after each epoch, and
+    training stops where they meet `train.stop_at`. The learning rate and
+    those scores go into the epoch logs first; the best-model
     checkpoint is written before the backup commits the epoch, so a kill
     between the two redoes the epoch rather than losing its checkpoint.
     Both are written atomically (`vlm.callbacks`).
@@ -101,7 +108,9 @@ def make_callbacks(config, paths, has_validation, answer_examples=None):
     done = (read_backup(paths["backup"]) or {}).get("history", {}).get(monitor)
     callbacks = [
         LearningRateLogger(),
-        *([AnswerAccuracyLogger(answer_examples)] if answer_examples is not None else []),
+        *([ValidationScoreLogger(score_examples, config.train.validation_images,
+                                 targets=parse_targets(config.train.stop_at))]
+          if score_examples is not None and config.train.validation_images else []),
         AtomicModelCheckpoint(
             paths["best"], monitor=monitor, save_best_only=True, verbose=0,
             initial_value_threshold=min(done) if done else None,
@@ -119,6 +128,7 @@ def make_callbacks(config, paths, has_validation, answer_examples=None):
                 previous_values=done,
             )
         )
+    callbacks.append(EpochLine(config.train.epochs))
     return callbacks
 
 
@@ -342,10 +352,10 @@ def train(config):
 def _train(config):
     model_config, data_config, train_config = config.model, config.data, config.train
     paths = output_paths(config)
-    keras.utils.set_random_seed(train_config.seed)
     if train_config.mixed_precision:
         keras.config.set_dtype_policy(train_config.mixed_precision)
     print(f"Backend: {keras.config.backend()}; run '{train_config.name}'")
+    print(f"Machine: {describe_machine()}")
     plan = plan_distribution(train_config.distribute, train_config.batch_size,
                              model_config, train_config.model_shards,
                              train_config.captions_per_image)
@@ -363,6 +373,11 @@ def _train(config):
           + (f", {captions_per_image} captions per image in a batch"
              if captions_per_image > 1 else ""))
     markers = uses_image_markers(model_config)
+    # Seeded here, after the data is read: preparing it (a fresh cache) or not
+    # (a warm one) then leaves the weights and dropout the same. Before the
+    # tokenizer: seeding TensorFlow clears its eager kernels, and with them a
+    # SentencePiece tokenizer's model.
+    keras.utils.set_random_seed(train_config.seed)
     if model_config.language_model_preset:  # the pretrained model's own
         tokenizer = preset_tokenizer(model_config)
         print(f"Vocabulary: {tokenizer.vocabulary_size()} tokens "
@@ -440,10 +455,11 @@ def _train(config):
     os.makedirs(train_config.output_dir, exist_ok=True)
     write_json(paths["config"], config.to_dict())
 
-    answer_examples = None
-    if data_config.dataset == "shapes_qa":  # the questions of 100 validation images
-        answer_examples = load_examples(data_config, "validation", model_config.image_size)
-    callbacks = make_callbacks(config, paths, validation_data is not None, answer_examples)
+    score_examples = None
+    if train_config.validation_images and data_config.dataset in ("shapes", "shapes_qa"):
+        # Scored against their scene graphs (or asked their questions) each epoch.
+        score_examples = load_examples(data_config, "validation", model_config.image_size)
+    callbacks = make_callbacks(config, paths, validation_data is not None, score_examples)
     start = time.time()
     history = fit_in_phases(
         model, train_data, plan,
@@ -456,6 +472,7 @@ def _train(config):
         validation_data=validation_data,
         validation_steps=validation_steps,
         callbacks=callbacks,
+        verbose=1 if sys.stdout.isatty() else 0,  # a log file gets EpochLine's lines, no bar
     )
     train_seconds = time.time() - start
     all_epochs = {k: list(v) for k, v in (resumed or {}).get("history", {}).items()}

@@ -34,3 +34,16 @@ def test_a_panel_per_measure_and_epochs_at_their_logged_time(tmp_path):
     assert main([str(three), f"qa={path}", f"old={old}"]) == 0
     width = np.asarray(PIL.Image.open(two)).shape[1]
     assert np.asarray(PIL.Image.open(three)).shape[1] > width * 1.4  # 3 panels, not 2
+
+
+def test_chosen_measures_only_in_their_order(tmp_path):
+    record = {"history": {"val_loss": [2.0, 1.0], "val_relation_accuracy": [0.5, 0.9],
+                          "val_object_accuracy": [0.8, 0.99]}, "train_seconds": 60.0}
+    path = tmp_path / "run.history.json"
+    path.write_text(json.dumps(record))
+    one, two = tmp_path / "one.png", tmp_path / "two.png"
+    assert main(["--keys", "val_relation_accuracy", str(one), f"run={path}"]) == 0
+    assert main(["--keys", "val_relation_accuracy,val_object_accuracy,val_hallucination_rate",
+                 str(two), f"run={path}"]) == 0  # no run has the third: two panels
+    width = np.asarray(PIL.Image.open(one)).shape[1]
+    assert 1.6 * width < np.asarray(PIL.Image.open(two)).shape[1] < 2.4 * width

@@ -3,6 +3,8 @@
     python -m vlm.viz.training_curves docs/shapes_change_curves.png \
         interleaved=saved_models/shapes_change.history.json \
         sources=results/shapes_change_sources.history.json
+    python -m vlm.viz.training_curves --keys val_relation_accuracy,val_object_accuracy \
+        docs/shapes_training_curves.png new=saved_models/shapes.history.json ...
 """
 
 import json
@@ -11,10 +13,14 @@ import sys
 from vlm.viz.figures import plt
 
 PANELS = (("val_loss", "validation loss"), ("val_token_accuracy", "validation token accuracy"),
-          ("val_answer_accuracy", "validation answer accuracy"))
+          ("val_answer_accuracy", "validation answer accuracy"),
+          ("val_object_accuracy", "validation object accuracy"),
+          ("val_relation_accuracy", "validation relation accuracy"),
+          ("val_exact_scene_accuracy", "validation exact scenes"),
+          ("val_hallucination_rate", "validation hallucination rate"))
 
 
-def plot_training_curves(runs, path, title=None):
+def plot_training_curves(runs, path, title=None, keys=None, targets=None):
     """One line per run: each validation measure after each epoch, against minutes.
 
     Args:
@@ -24,8 +30,14 @@ def plot_training_curves(runs, path, title=None):
             `train_seconds`. A panel is drawn for each measure some run has.
         path: the PNG to write.
         title: optional figure title.
+        keys: the measures to draw, in order (default: every one of `PANELS`
+            some run has).
+        targets: optional `{key: value}` drawn as a dashed line in its panel.
     """
-    panels = [(k, n) for k, n in PANELS if any(k in r["history"] for r in runs.values())]
+    names = dict(PANELS)
+    keys = keys or [k for k, _ in PANELS]
+    panels = [(k, names.get(k, k)) for k in keys
+              if any(k in r["history"] for r in runs.values())]
     figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
     axes = axes[0]
     for label, record in runs.items():
@@ -39,7 +51,10 @@ def plot_training_curves(runs, path, title=None):
                 axis.plot(minutes, history[key], marker="o", label=label)
                 axis.set_xlabel("training minutes (2-core CPU)")
                 axis.set_title(name)
-    axes[0].legend()
+    for axis, (key, _) in zip(axes, panels):
+        if key in (targets or {}):
+            axis.axhline(targets[key], color="gray", linestyle="--", linewidth=1)
+    axes[0].legend(fontsize=8)
     for axis in axes:
         axis.grid(alpha=0.3)
     if title:
@@ -51,17 +66,20 @@ def plot_training_curves(runs, path, title=None):
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
+    argv = list(sys.argv[1:] if argv is None else argv)
+    keys = None
+    if argv[:1] == ["--keys"] and len(argv) > 1:
+        keys, argv = argv[1].split(","), argv[2:]
     if len(argv) < 2 or not all("=" in a for a in argv[1:]):
-        print("usage: python -m vlm.viz.training_curves OUT.png LABEL=HISTORY.json ...",
-              file=sys.stderr)
+        print("usage: python -m vlm.viz.training_curves [--keys K1,K2] OUT.png "
+              "LABEL=HISTORY.json ...", file=sys.stderr)
         return 2
     runs = {}
     for argument in argv[1:]:
         label, path = argument.split("=", 1)
         with open(path) as f:
             runs[label] = json.load(f)
-    print(plot_training_curves(runs, argv[0]))
+    print(plot_training_curves(runs, argv[0], keys=keys))
     return 0
 
 
