@@ -44,6 +44,10 @@ def parse_args(argv=None):
     parser.add_argument("--beams", type=int, help="beams for --sampler beam")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-images", type=int, help="only the first N images")
+    parser.add_argument("--scenes-seed", type=int,
+                        help="score scenes never trained on: render --max-images (default "
+                             "1000) shapes scenes from this seed, which no split of the "
+                             "training data uses, and caption them")
     parser.add_argument("--output", default="results/results.json",
                         help="metrics JSON; the report files go beside it (default: %(default)s)")
     parser.add_argument("--predictions", help="JSONL of {image_id, caption}: score these")
@@ -87,12 +91,43 @@ def _evaluate_model(args):
                         "shapes_qa" if hasattr(model, "freeze_language_model") else "shapes")
     data_config = DataConfig(dataset=args.dataset, captions_file=args.captions_file,
                              data_dir=args.data_dir)
-    print(f"Captioning the {args.dataset} {args.split} split with {args.model}")
+    if args.scenes_seed is not None:
+        data_config, args.split = fresh_scenes(args, data_config), "test"
+        print(f"Captioning {data_config.test_size} shapes scenes of seed {args.scenes_seed} "
+              f"with {args.model}")
+    else:
+        print(f"Captioning the {args.dataset} {args.split} split with {args.model}")
     metrics, per_image, entries = evaluate_model(
         model, data_config, args.split, sampler=sampler, batch_size=args.batch_size,
         max_images=args.max_images)
-    title = f"{os.path.basename(args.model)} on {args.dataset}/{args.split} ({sampler!r})"
+    where = f"seed {args.scenes_seed}" if args.scenes_seed is not None else args.split
+    if args.scenes_seed is not None:
+        metrics["scenes_seed"] = args.scenes_seed
+    title = f"{os.path.basename(args.model)} on {args.dataset}/{where} ({sampler!r})"
     return metrics, per_image, entries, title
+
+
+def fresh_scenes(args, data_config):
+    """A shapes dataset of `--max-images` scenes (its test split) from `--scenes-seed`.
+
+    Its scenes come from their own example stream: `split_seed(seed, "test")`
+    is none of the default dataset's split streams (checked).
+    """
+    import dataclasses
+
+    from vlm.config import DataConfig
+    from vlm.data.shapes import SPLITS
+    from vlm.data.shapes import split_seed
+
+    if args.dataset != "shapes":
+        raise ValueError(f"--scenes-seed renders shapes scenes; it does not apply to "
+                         f"--dataset {args.dataset}.")
+    default = DataConfig()
+    if split_seed(args.scenes_seed, "test") in {split_seed(default.seed, s) for s in SPLITS}:
+        raise ValueError(f"--scenes-seed {args.scenes_seed} renders the scenes of a "
+                         "training split.")
+    return dataclasses.replace(data_config, train_size=1, validation_size=1,
+                               test_size=args.max_images or 1000, seed=args.scenes_seed)
 
 
 if __name__ == "__main__":

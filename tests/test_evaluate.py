@@ -177,3 +177,27 @@ def test_scores_the_shipped_change_model_on_its_own_task(tmp_path):
     assert metrics["change_type_accuracy"] >= metrics["change_object_accuracy"] >= (
         metrics["exact_change_accuracy"])
     assert entries[0]["image"].shape == (64, 128, 3)  # the pair, side by side
+
+
+@pytest.mark.slow
+def test_scores_scenes_rendered_from_a_seed_no_split_uses(tmp_path, capsys):
+    import numpy as np
+
+    from vlm.data.shapes import generate_examples
+    from vlm.data.shapes import split_seed
+
+    out = tmp_path / "fresh.json"
+    assert evaluate.main(["--model", MODEL, "--scenes-seed", "7", "--max-images", "16",
+                          "--batch-size", "16", "--output", str(out)]) == 0
+    metrics = json.loads(out.read_text())
+    assert metrics["scenes_seed"] == 7 and metrics["num_images"] == 16
+    assert metrics["object_accuracy"] > 0.8
+    # Not the test split's scenes: another example stream.
+    first = [next(generate_examples(1, split_seed(seed, "test")))["image"] for seed in (7, 0)]
+    assert not np.array_equal(*first)
+    capsys.readouterr()
+    assert evaluate.main(["--model", MODEL, "--scenes-seed", "7", "--dataset", "shapes_change",
+                          "--output", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        "evaluate.py: error: --scenes-seed renders shapes scenes; it does not apply to "
+        "--dataset shapes_change.\n")
