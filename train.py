@@ -52,6 +52,9 @@ def main(argv=None):
     except ConfigError as error:
         print(f"train.py: error: {error}", file=sys.stderr)
         return 2
+    note = choose_backend(config.train.backend)
+    if note:
+        print(note, flush=True)
     from vlm.distribution import DistributionError
     from vlm.training import TrainingDiverged  # heavy: after the config is good
     from vlm.training import train  # heavy: after the config is good
@@ -69,6 +72,23 @@ def main(argv=None):
         print(f"train.py: error: {error}", file=sys.stderr)
         return EXIT_DIVERGED
     return 0
+
+
+def choose_backend(backend):
+    """Sets KERAS_BACKEND to the config's `train.backend` unless the user chose one.
+
+    KERAS_BACKEND, when set, wins, and so does a Keras already imported (a
+    backend is fixed once per process). Returns a line to print, or None.
+    """
+    if not backend or "KERAS_BACKEND" in os.environ or "keras" in sys.modules:
+        return None
+    import importlib.util
+
+    if importlib.util.find_spec(backend) is None:
+        return (f"train.backend={backend!r} trains this config fastest, but {backend} is not "
+                "installed: Keras' default backend runs it")
+    os.environ["KERAS_BACKEND"] = backend
+    return None
 
 
 def interrupted(config, started):

@@ -95,6 +95,8 @@ def test_jit_compile_is_true_false_or_auto(raw, value):
          r"Received: num_key_value_heads=3, decoder_heads=4$"),
         ("model.num_key_value_heads=0", r"^model.num_key_value_heads must be positive. "
                                         r"Received: 0$"),
+        ("train.backend=numpy", r"^train.backend must be one of \(None, 'tensorflow', 'jax', "
+                                r"'torch'\). Received: 'numpy'$"),
         # Stopping targets.
         ("train.stop_at=relation_accuracy>0.97",
          r"^train.stop_at: each target must look like score>=number or score<=number, .* "

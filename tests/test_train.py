@@ -223,3 +223,18 @@ def test_the_gemma_preset_recipe_trains_its_blocks_with_gemmas_tokenizer(tmp_pat
     assert all(isinstance(c, str) for c in captions + answers)
     with pytest.raises(ValueError, match="this model's tokenizer is a GemmaTokenizer"):
         export_model(model, str(tmp_path / "served"))
+
+
+def test_the_configs_backend_is_used_unless_the_user_chose_one(monkeypatch):
+    monkeypatch.delitem(sys.modules, "keras")  # as in a fresh train.py process
+    monkeypatch.delenv("KERAS_BACKEND", raising=False)
+    assert train.choose_backend("torch") is None
+    assert os.environ["KERAS_BACKEND"] == "torch"
+    monkeypatch.setenv("KERAS_BACKEND", "jax")  # the user's choice wins
+    assert train.choose_backend("tensorflow") is None and os.environ["KERAS_BACKEND"] == "jax"
+    monkeypatch.delenv("KERAS_BACKEND")
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)  # not installed
+    assert train.choose_backend("torch") == (
+        "train.backend='torch' trains this config fastest, but torch is not installed: "
+        "Keras' default backend runs it")
+    assert "KERAS_BACKEND" not in os.environ

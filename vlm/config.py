@@ -135,6 +135,9 @@ class TrainConfig:
     """Optimisation, and where the results go."""
 
     name: str = "shapes"
+    # The Keras backend train.py runs on when KERAS_BACKEND is not set (None:
+    # Keras' own choice). A config names the one it trains fastest on.
+    backend: Optional[str] = None
     epochs: int = 10
     batch_size: int = 64  # captions per batch
     # Captions read with each image in a batch (k): the batch holds
@@ -196,6 +199,9 @@ class TrainConfig:
                 f"{prefix}.jit_compile must be True, False or 'auto'. "
                 f"Received: {self.jit_compile!r}"
             )
+        if self.backend not in BACKENDS:
+            raise ConfigError(
+                f"{prefix}.backend must be one of {BACKENDS}. Received: {self.backend!r}")
         if self.mixed_precision not in PRECISIONS:
             raise ConfigError(
                 f"{prefix}.mixed_precision must be one of {PRECISIONS}. "
@@ -272,6 +278,7 @@ MEDIA_MODES = ("immediate", "all_previous")
 ARCHITECTURES = ("captioner", "adapter")
 LANGUAGE_MODELS = ("gpt2", "gemma", "llama")
 PRECISIONS = (None, "mixed_float16", "mixed_bfloat16")
+BACKENDS = (None, "tensorflow", "jax", "torch")
 DISTRIBUTE_MODES = ("none", "data_parallel", "model_parallel", "auto")
 _SECTION_NAMES = {"ModelConfig": "model", "DataConfig": "data", "TrainConfig": "train"}
 
