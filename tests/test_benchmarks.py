@@ -195,3 +195,13 @@ def test_time_to_quality_runs_train_py_from_a_fresh_cache_until_the_target():
     assert set(entry["validation"]) == {"object_accuracy", "relation_accuracy",
                                         "hallucination_rate", "exact_scene_accuracy"}
     assert 0.0 <= entry["test"]["object_accuracy"] <= 1.0
+
+
+def test_training_speed_times_fit_steps_of_a_configs_model():
+    from benchmarks.training_speed import measure
+
+    row = measure("configs/tiny.py", captions_per_image=2, steps=2)
+    assert row["backend"] == keras.config.backend() and row["batch_size"] == 16
+    assert row["ms_per_step"] > 0
+    assert row["ms_per_caption"] == pytest.approx(row["ms_per_step"] / 16, abs=0.01)
+    assert row["ms_per_image"] == pytest.approx(row["ms_per_step"] / 8, abs=0.01)

@@ -1,0 +1,121 @@
+"""Training speed of a config's model on each backend: ms per `fit` step, ms per caption.
+
+    python -m benchmarks.training_speed --config configs/shapes.py \
+        --backends tensorflow,jax,torch --captions-per-image 1,4 \
+        --output benchmarks/results/cpu_training_speed_DATE.json
+
+One subprocess per backend (`KERAS_BACKEND` is fixed per process) builds the
+config's model at its sizes, compiles it as `train.py` does (`jit_compile`
+"auto": XLA on TensorFlow and JAX, eager on PyTorch) and times `fit` on one
+random batch of the config's shape, repeated: the difference between a
+short and a long `fit` over the extra steps, so setup and compilation do not
+count. The data pipeline is not timed (`train.py` reads cached arrays).
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+from benchmarks.report import markdown
+from vlm.machine import machine
+from vlm.machine import matmul_peak_gflops
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BACKENDS = ("tensorflow", "jax", "torch")
+
+
+def measure(config_path, captions_per_image, steps=30):
+    """ms per step of the config's model under this process' backend."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from vlm.backend import resolve_jit_compile
+    from vlm.config import apply_overrides
+    from vlm.config import load_config
+    from vlm.data.tokenizer import SPECIAL_TOKENS
+    from vlm.data.tokenizer import CaptionTokenizer
+    from vlm.training import build_model
+    from vlm.training import make_optimizer
+
+    config = apply_overrides(load_config(config_path),
+                             [f"train.captions_per_image={captions_per_image}"])
+    model_config, train_config = config.model, config.train
+    vocabulary = list(SPECIAL_TOKENS) + [f"w{i}" for i in range(
+        model_config.vocabulary_size - len(SPECIAL_TOKENS))]
+    tokenizer = CaptionTokenizer(vocabulary=vocabulary)
+    keras.utils.set_random_seed(0)
+    model = build_model(model_config, tokenizer)
+    model.compile(optimizer=make_optimizer(train_config, 1000),
+                  jit_compile=resolve_jit_compile(train_config.jit_compile))
+    batch = train_config.batch_size
+    rng = np.random.default_rng(0)
+    size = model_config.image_size
+    images = rng.uniform(0, 255, (batch // captions_per_image, size, size, 3)).astype("float32")
+    tokens = rng.integers(4, model_config.vocabulary_size,
+                          (batch, model_config.sequence_length)).astype("int32")
+    data = tf.data.Dataset.from_tensors(({"images": images, "tokens": tokens}, tokens)).repeat()
+    model.fit(data, epochs=1, steps_per_epoch=3, verbose=0)  # compile, warm up
+    seconds = []
+    for count in (5, 5 + steps):
+        start = time.perf_counter()
+        model.fit(data, epochs=1, steps_per_epoch=count, verbose=0)
+        seconds.append(time.perf_counter() - start)
+    per_step = (seconds[1] - seconds[0]) / steps
+    return {"backend": keras.config.backend(), "captions_per_image": captions_per_image,
+            "batch_size": batch, "ms_per_step": round(per_step * 1000, 1),
+            "ms_per_caption": round(per_step * 1000 / batch, 2),
+            "ms_per_image": round(per_step * 1000 / (batch // captions_per_image), 2)}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.training_speed",
+                                     description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/shapes.py")
+    parser.add_argument("--backends", default=",".join(BACKENDS))
+    parser.add_argument("--captions-per-image", default="1,4")
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per measurement")
+    parser.add_argument("--output", default="benchmarks/results/training_speed.json")
+    parser.add_argument("--child", nargs=2, metavar=("CONFIG", "K"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(measure(args.child[0], int(args.child[1]), args.steps)))
+        return 0
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown:
+        parser.error(f"unknown backend(s) {unknown}; choose from {list(BACKENDS)}")
+    rows = {}
+    for backend in backends:
+        for k in (int(k) for k in args.captions_per_image.split(",")):
+            print(f"... {backend}, {k} caption(s) per image", flush=True)
+            result = subprocess.run(
+                [sys.executable, "-m", "benchmarks.training_speed", "--steps", str(args.steps),
+                 "--child", args.config, str(k)],
+                cwd=REPO, capture_output=True, text=True,
+                env=dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3"))
+            if result.returncode:
+                raise RuntimeError(f"{backend}: {result.stderr[-3000:]}")
+            row = json.loads(result.stdout.strip().splitlines()[-1])
+            rows[f"{backend}, {k} per image"] = row
+            print(json.dumps(row), flush=True)
+    results = {"command": "python -m benchmarks.training_speed "
+                          + " ".join(argv if argv is not None else sys.argv[1:]),
+               "machine": dict(machine(), matmul_peak_gflops=round(matmul_peak_gflops(), 1)),
+               "date": time.strftime("%Y-%m-%d"), "backends": [],
+               "training_speed": rows}
+    results["markdown"] = markdown(results)
+    os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
+    with open(args.output, "w") as f:
+        json.dump(results, f, indent=2)
+    print(results["markdown"])
+    print(f"\nWrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
