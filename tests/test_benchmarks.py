@@ -200,7 +200,7 @@ def test_time_to_quality_runs_train_py_from_a_fresh_cache_until_the_target():
 def test_training_speed_times_fit_steps_of_a_configs_model():
     from benchmarks.training_speed import measure
 
-    row = measure("configs/tiny.py", captions_per_image=2, steps=2)
+    row = measure("configs/tiny.py", captions_per_image=2, steps=2, rounds=1)
     assert row["backend"] == keras.config.backend() and row["batch_size"] == 16
     assert row["ms_per_step"] > 0
     assert row["ms_per_caption"] == pytest.approx(row["ms_per_step"] / 16, abs=0.01)
