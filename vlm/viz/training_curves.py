@@ -8,7 +8,10 @@
 """
 
 import json
+import math
 import sys
+
+from matplotlib.lines import Line2D
 
 from vlm.viz.figures import plt
 
@@ -40,7 +43,7 @@ def plot_training_curves(runs, path, title=None, keys=None, targets=None):
               if any(k in r["history"] for r in runs.values())]
     figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
     axes = axes[0]
-    for label, record in runs.items():
+    for index, (label, record) in enumerate(runs.items()):
         history = record["history"]
         epochs = len(next(iter(history.values())))
         minutes = [record["train_seconds"] / 60 * (i + 1) / epochs for i in range(epochs)]
@@ -48,13 +51,17 @@ def plot_training_curves(runs, path, title=None, keys=None, targets=None):
             minutes = [s / 60 for s in history["elapsed_seconds"]]
         for axis, (key, name) in zip(axes, panels):
             if key in history:
-                axis.plot(minutes, history[key], marker="o", label=label)
+                # One colour per run in every panel, whichever measures it has.
+                values = [math.nan if v is None else v for v in history[key]]
+                axis.plot(minutes, values, marker="o", color=f"C{index}", label=label)
                 axis.set_xlabel("training minutes (2-core CPU)")
                 axis.set_title(name)
     for axis, (key, _) in zip(axes, panels):
         if key in (targets or {}):
             axis.axhline(targets[key], color="gray", linestyle="--", linewidth=1)
-    axes[0].legend(fontsize=8)
+    handles = [Line2D([], [], color=f"C{i}", marker="o", label=label)
+               for i, label in enumerate(runs)]
+    axes[0].legend(handles=handles, fontsize=8)
     for axis in axes:
         axis.grid(alpha=0.3)
     if title:
