@@ -234,6 +234,16 @@ def markdown(results):
     return "\n".join(lines).rstrip("\n")
 
 
+def write_results(results, path):
+    """Adds the `markdown` of `results`, writes them as JSON to `path` and prints the tables."""
+    results["markdown"] = markdown(results)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(results, f, indent=2)
+    print(results["markdown"])
+    print(f"\nWrote {path}")
+
+
 def _sort_key(item):
     name, data = item
     date = data.get("date", "") if isinstance(data, dict) else ""

@@ -33,7 +33,7 @@ import subprocess
 import sys
 import time
 
-from benchmarks.report import markdown
+from benchmarks.report import write_results
 from vlm.machine import machine
 from vlm.machine import matmul_peak_gflops
 
@@ -374,12 +374,7 @@ def main(argv=None):
             log(f"... time to quality, {entry['backend']}")
             results["time_to_quality"][entry["backend"]] = time_to_quality(
                 entry["backend"], "configs/shapes.py", TARGET)
-    results["markdown"] = markdown(results)
-    os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(results, f, indent=2)
-    print(results["markdown"])
-    print(f"\nWrote {args.output}")
+    write_results(results, args.output)
     return 0
 
 

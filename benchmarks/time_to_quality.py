@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 
-from benchmarks.report import markdown
+from benchmarks.report import write_results
 from vlm.config import parse_targets
 from vlm.machine import machine
 from vlm.machine import matmul_peak_gflops
@@ -108,12 +108,7 @@ def main(argv=None):
         entry = time_to_quality(backend, args.config, args.target, overrides)
         results["time_to_quality"][backend] = entry
         print(json.dumps(entry), flush=True)
-    results["markdown"] = markdown(results)
-    os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(results, f, indent=2)
-    print(results["markdown"])
-    print(f"\nWrote {args.output}")
+    write_results(results, args.output)
     return 0
 
 

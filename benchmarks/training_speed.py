@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 
-from benchmarks.report import markdown
+from benchmarks.report import write_results
 from vlm.machine import machine
 from vlm.machine import matmul_peak_gflops
 
@@ -110,12 +110,7 @@ def main(argv=None):
                "machine": dict(machine(), matmul_peak_gflops=round(matmul_peak_gflops(), 1)),
                "date": time.strftime("%Y-%m-%d"), "backends": [],
                "training_speed": rows}
-    results["markdown"] = markdown(results)
-    os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(results, f, indent=2)
-    print(results["markdown"])
-    print(f"\nWrote {args.output}")
+    write_results(results, args.output)
     return 0
 
 
