@@ -103,11 +103,15 @@ def test_jit_compile_is_true_false_or_auto(raw, value):
          r"got 'relation_accuracy>0.97'. Received: 'relation_accuracy>0.97'$"),
         ("train.stop_at=relation_accuracy>=0.97",
          r"^train.stop_at needs train.validation_images > 0"),
+        ("train.validation_images=8 data.dataset=coco",
+         r"^train.validation_images scores captions against scene graphs or answers: "
+         r"data.dataset must be one of \('shapes', 'shapes_qa'\). Received: "
+         r"validation_images=8, dataset='coco'$"),
     ],
 )
 def test_bad_overrides_name_the_key_and_value(override, message):
     with pytest.raises(ConfigError, match=message) as error:
-        apply_overrides(Config(), [override])
+        apply_overrides(Config(), override.split(" "))  # one override, or several
     assert "\n" not in str(error.value)  # one line
 
 

@@ -263,6 +263,12 @@ class Config:
                     f"Received: {type(section).__name__}"
                 )
             section.validate(field.name)
+        if self.train.validation_images and self.data.dataset not in SCORED_DATASETS:
+            raise ConfigError(
+                f"train.validation_images scores captions against scene graphs or answers: "
+                f"data.dataset must be one of {SCORED_DATASETS}. Received: "
+                f"validation_images={self.train.validation_images!r}, "
+                f"dataset={self.data.dataset!r}")
         return self
 
     def to_dict(self):
@@ -279,6 +285,8 @@ ARCHITECTURES = ("captioner", "adapter")
 LANGUAGE_MODELS = ("gpt2", "gemma", "llama")
 PRECISIONS = (None, "mixed_float16", "mixed_bfloat16")
 BACKENDS = (None, "tensorflow", "jax", "torch")
+# Datasets whose validation images `train.validation_images` can score.
+SCORED_DATASETS = ("shapes", "shapes_qa")
 DISTRIBUTE_MODES = ("none", "data_parallel", "model_parallel", "auto")
 _SECTION_NAMES = {"ModelConfig": "model", "DataConfig": "data", "TrainConfig": "train"}
 

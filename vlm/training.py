@@ -456,7 +456,7 @@ def _train(config):
     write_json(paths["config"], config.to_dict())
 
     score_examples = None
-    if train_config.validation_images and data_config.dataset in ("shapes", "shapes_qa"):
+    if train_config.validation_images:  # shapes or shapes_qa (Config.validate)
         # Scored against their scene graphs (or asked their questions) each epoch.
         score_examples = load_examples(data_config, "validation", model_config.image_size)
     callbacks = make_callbacks(config, paths, validation_data is not None, score_examples)
