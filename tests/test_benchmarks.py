@@ -16,9 +16,8 @@ from benchmarks.baseline import compile_baseline
 from benchmarks.baseline import make_greedy_generate
 from benchmarks.report import RESULTS_DIR
 from benchmarks.report import RESULTS_MD
-from benchmarks.report import markdown as report_markdown
+from benchmarks.report import markdown
 from benchmarks.report import report
-from benchmarks.run import markdown
 from benchmarks.run import ref_config
 from benchmarks.run import training_flops_per_example
 from benchmarks.time_to_quality import first_epoch_meeting
@@ -155,7 +154,7 @@ def test_report_reads_every_results_shape():
                                                 "speedup": 3.0}},
                    "generation": {"batch_1": {"ours_cached_ms": 2.0,
                                               "baseline_cached_ms": 4.0, "vs_baseline": 2.0}}}
-    text = report_markdown(accelerator)
+    text = markdown(accelerator)
     assert "Machine: GPU. Date: 2026-01-01." in text
     assert "| jax | on | float32 | 9.0 | 3.0 | 3.0x | 1.5 | 0.5 |" in text
     assert "| jax | 1 | 2.0 | 4.0 | 2.0x |" in text
@@ -163,11 +162,11 @@ def test_report_reads_every_results_shape():
     generation = [{"backend": "torch", "new_tokens": 24,
                    "batch_32": {"cached_ms_per_caption": 5.0, "naive_ms_per_caption": 40.0,
                                 "speedup": 8.0}}]
-    text = report_markdown(generation)
+    text = markdown(generation)
     assert "(24 new tokens, greedy)" in text
     assert "| torch | 32 | 5.0 | 40.0 | 8.0x |" in text
     # benchmarks/serving.py, plus a key the report does not know: shown, not dropped.
-    text = report_markdown({"batch_1_ms_per_image": 11.0, "batch_32_ms_per_image": 2.7,
+    text = markdown({"batch_1_ms_per_image": 11.0, "batch_32_ms_per_image": 2.7,
                             "extra": {"a": 1}})
     assert "11.0 ms/image at batch 1, 2.7 ms/image at batch 32" in text
     assert "| a | 1 |" in text
