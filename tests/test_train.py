@@ -165,9 +165,9 @@ def test_adapter_recipe_trains_only_the_blocks_of_a_text_trained_language_model(
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(keras.config.backend() == "tensorflow",
-                    reason="TensorFlow compiles a decoding loop per prompt length (minutes); "
-                           "the preset wiring is the same Python on every backend")
+@pytest.mark.skipif(keras.config.backend() != "torch",
+                    reason="the preset wiring is the same Python on every backend: one suite "
+                           "runs it, PyTorch's (25 s; JAX's takes 80, TensorFlow's minutes)")
 def test_the_gemma_preset_recipe_trains_its_blocks_with_gemmas_tokenizer(tmp_path, monkeypatch):
     """configs/coco_gemma_adapter.py, presets replaced by tiny models built offline."""
     import keras_hub
