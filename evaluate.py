@@ -91,8 +91,10 @@ def _evaluate_model(args):
                         "shapes_qa" if hasattr(model, "freeze_language_model") else "shapes")
     data_config = DataConfig(dataset=args.dataset, captions_file=args.captions_file,
                              data_dir=args.data_dir)
+    where = args.split
     if args.scenes_seed is not None:
         data_config, args.split = fresh_scenes(args, data_config), "test"
+        where = f"seed {args.scenes_seed}"
         print(f"Captioning {data_config.test_size} shapes scenes of seed {args.scenes_seed} "
               f"with {args.model}")
     else:
@@ -100,7 +102,6 @@ def _evaluate_model(args):
     metrics, per_image, entries = evaluate_model(
         model, data_config, args.split, sampler=sampler, batch_size=args.batch_size,
         max_images=args.max_images)
-    where = f"seed {args.scenes_seed}" if args.scenes_seed is not None else args.split
     if args.scenes_seed is not None:
         metrics["scenes_seed"] = args.scenes_seed
     title = f"{os.path.basename(args.model)} on {args.dataset}/{where} ({sampler!r})"

@@ -22,6 +22,7 @@ import time
 
 from benchmarks.report import write_results
 from vlm.config import parse_targets
+from vlm.config import targets_met
 from vlm.machine import machine
 from vlm.machine import matmul_peak_gflops
 
@@ -35,8 +36,7 @@ def first_epoch_meeting(history, targets):
     epochs = len(history.get("loss", []))
     for epoch in range(epochs):
         scores = {name: history.get(f"val_{name}", [None] * epochs)[epoch] for name in targets}
-        if all(v is not None and (v >= bound if op == ">=" else v <= bound)
-               for (name, (op, bound)), v in zip(targets.items(), scores.values())):
+        if targets_met(scores, targets):
             return epoch + 1
     return None
 

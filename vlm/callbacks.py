@@ -26,6 +26,7 @@ from keras import ops
 
 from vlm.backend import global_rng_state
 from vlm.backend import set_global_rng_state
+from vlm.config import targets_met
 
 
 def atomic_write(path, write):
@@ -428,9 +429,7 @@ class ValidationScoreLogger(keras.callbacks.Callback):
             logs.update({f"val_{k}": v for k, v in scores.items()})
             logs["elapsed_seconds"] = begin - self._start - self._evaluating
         self._evaluating += time.time() - begin
-        if self.targets and all(
-                scores[name] >= bound if op == ">=" else scores[name] <= bound
-                for name, (op, bound) in self.targets.items()):
+        if self.targets and targets_met(scores, self.targets):
             self.reached_in_epoch = epoch + 1
             self.model.stop_training = True
             met = ", ".join(f"{name} {scores[name]:.4f} {op} {bound}"

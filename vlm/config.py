@@ -246,6 +246,14 @@ def parse_targets(text):
     return targets
 
 
+def targets_met(scores, targets):
+    """Whether `scores` (`{name: value}`; a missing or None value fails) meet every target."""
+    def met(value, op, bound):
+        return value is not None and (value >= bound if op == ">=" else value <= bound)
+
+    return all(met(scores.get(name), op, bound) for name, (op, bound) in targets.items())
+
+
 @dataclasses.dataclass
 class Config:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)

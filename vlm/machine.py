@@ -10,15 +10,14 @@ import platform
 import time
 
 
-def _cpu_flags():
+def _cpuinfo(*keys):
+    """The value of the first /proc/cpuinfo line starting with one of `keys`, or None."""
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    return set(line.split(":", 1)[1].split())
+            return next((line.split(":", 1)[1].strip() for line in f
+                         if line.startswith(keys)), None)
     except OSError:
-        pass
-    return set()
+        return None
 
 
 def vector_extensions(flags=None):
@@ -27,7 +26,7 @@ def vector_extensions(flags=None):
     Args:
         flags: CPU flags as in /proc/cpuinfo (default: this machine's).
     """
-    flags = _cpu_flags() if flags is None else set(flags)
+    flags = set((_cpuinfo("flags", "Features") or "").split() if flags is None else flags)
     if "avx512f" in flags:
         extras = [name for flag, name in (("avx512_bf16", "BF16"), ("amx_bf16", "AMX"))
                   if flag in flags]
@@ -73,13 +72,7 @@ def matmul_peak_gflops(size=2048, repeats=10):
 
 def machine():
     """`{"cpu", "cores", "vector_extensions", "python"}` of this machine."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
+    cpu = _cpuinfo("model name") or platform.processor() or platform.machine()
     return {"cpu": cpu, "cores": os.cpu_count(), "vector_extensions": vector_extensions(),
             "python": platform.python_version()}
 

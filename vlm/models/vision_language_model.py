@@ -189,8 +189,8 @@ def preset_tokenizer(model_config):
     """The tokenizer of `model.language_model_preset` (downloaded), checked to fit vlm's text.
 
     Raises:
-        ValueError: it pads with another id than 0 (GPT-2's), as
-            `vlm.data.tokenizer.special_token_ids` says.
+        ValueError: it pads with another id than 0, or ends with its padding
+            id, as `vlm.data.tokenizer.special_token_ids` says.
     """
     preset = model_config.language_model_preset
     tokenizer = keras_hub.models.Tokenizer.from_preset(preset)
