@@ -7,9 +7,9 @@
 One subprocess per backend (`KERAS_BACKEND` is fixed per process) builds the
 config's model at its sizes, compiles it as `train.py` does (`jit_compile`
 "auto": XLA on TensorFlow and JAX, eager on PyTorch) and times `fit` on one
-random batch of the config's shape, repeated: the difference between a
-short and a long `fit` over the extra steps (the best of three rounds), so
-setup and compilation do not count. The data pipeline is not timed (`train.py` reads cached arrays).
+random batch of the config's shape, repeated: the median gap between the
+ends of consecutive steps of one `fit` (the best of three rounds), so setup
+and compilation do not count. The data pipeline is not timed (`train.py` reads cached arrays).
 """
 
 import argparse
@@ -59,14 +59,22 @@ def measure(config_path, captions_per_image, steps=30, rounds=3):
                           (batch, model_config.sequence_length)).astype("int32")
     data = tf.data.Dataset.from_tensors(({"images": images, "tokens": tokens}, tokens)).repeat()
     model.fit(data, epochs=1, steps_per_epoch=3, verbose=0)  # compile, warm up
+
+    class StepClock(keras.callbacks.Callback):
+        """When each step ends; the gaps between ends are step times."""
+
+        def __init__(self):
+            super().__init__()
+            self.ends = []
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.ends.append(time.perf_counter())
+
     per_step = float("inf")
     for _ in range(rounds):  # eager PyTorch varies by 2x from one fit to the next
-        seconds = []
-        for count in (5, 5 + steps):
-            start = time.perf_counter()
-            model.fit(data, epochs=1, steps_per_epoch=count, verbose=0)
-            seconds.append(time.perf_counter() - start)
-        per_step = min(per_step, (seconds[1] - seconds[0]) / steps)
+        clock = StepClock()
+        model.fit(data, epochs=1, steps_per_epoch=steps + 2, verbose=0, callbacks=[clock])
+        per_step = min(per_step, float(np.median(np.diff(clock.ends[1:]))))
     return {"backend": keras.config.backend(), "captions_per_image": captions_per_image,
             "batch_size": batch, "ms_per_step": round(per_step * 1000, 1),
             "ms_per_caption": round(per_step * 1000 / batch, 2),
