@@ -61,6 +61,9 @@ def test_jit_compile_is_true_false_or_auto(raw, value):
          r"model.decoder_heads must divide model.decoder_dim. Received: decoder_heads=3, "
          r"decoder_dim=256"),
         ("model.patch_size=7", r"model.patch_size must divide model.image_size"),
+        ("model.encoder_stem_layers=4",
+         r"2\*\*encoder_stem_layers must divide model.patch_size.* Received: "
+         r"encoder_stem_layers=4, patch_size=8"),
         ("model.dropout=1.5", r"model.dropout must be in \[0, 1\). Received: 1.5"),
         ("data.dataset=imagenet", r"data.dataset must be one of .* Received: 'imagenet'"),
         ("train.mixed_precision=fp8", r"train.mixed_precision must be one of"),

@@ -36,6 +36,9 @@ class ModelConfig:
     encoder_preset: Optional[str] = None
     # A .keras captioner whose image encoder (same sizes) starts this model's.
     encoder_from: Optional[str] = None
+    # Stride-2 3x3 convolutions before the ViT's patches (0: none), with
+    # encoder_dim / 2**n ... encoder_dim / 2 channels (`vlm.layers.ConvStem`).
+    encoder_stem_layers: int = 0
     # Add a fixed 2D sine-cosine position code to the patches the decoder reads.
     add_2d_positions: bool = True
     decoder_layers: int = 4
@@ -86,6 +89,14 @@ class ModelConfig:
                 f"{prefix}.patch_size must divide {prefix}.image_size. Received: "
                 f"patch_size={self.patch_size}, image_size={self.image_size}"
             )
+        if self.encoder_stem_layers and (self.patch_size % 2**self.encoder_stem_layers
+                                         or self.encoder_preset):
+            raise ConfigError(
+                f"{prefix}.encoder_stem_layers halves the image per layer before a fresh "
+                f"ViT's patches, so 2**encoder_stem_layers must divide {prefix}.patch_size, "
+                f"with no encoder_preset. Received: encoder_stem_layers="
+                f"{self.encoder_stem_layers}, patch_size={self.patch_size}, "
+                f"encoder_preset={self.encoder_preset!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"{prefix}.dropout must be in [0, 1). Received: {self.dropout!r}")
         if self.multi_image not in MULTI_IMAGE_DESIGNS:
@@ -439,7 +450,7 @@ def _check_fields(section, prefix):
 
 
 # Fields where 0 is meaningful; every other number must be positive.
-_NON_NEGATIVE = {"dropout", "weight_decay", "warmup_fraction", "early_stopping_patience",
+_NON_NEGATIVE = {"dropout", "encoder_stem_layers", "weight_decay", "warmup_fraction", "early_stopping_patience",
                  "seed", "report_images", "validation_images", "freeze_encoder_epochs",
                  "language_model_epochs"}
 

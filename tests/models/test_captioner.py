@@ -129,6 +129,24 @@ def test_encoder_normalises_and_adds_2d_positions():
     assert_close(encoder(images), expected, atol=1e-5)
 
 
+def test_a_conv_stem_feeds_the_vit_its_grid(tmp_path):
+    """Pixels -> stem -> ViT over the stem's grid; 8-pixel patches in all; saved and loaded."""
+    encoder = ImageEncoder.from_sizes(image_size=16, patch_size=8, num_layers=1, num_heads=2,
+                                      hidden_dim=16, mlp_dim=32, stem_filters=(4, 8))
+    assert (encoder.image_size, encoder.patch_size, encoder.grid_size) == (16, 8, 2)
+    assert encoder.backbone.image_shape == (4, 4, 8) and encoder.backbone.patch_size == 2
+    images = batch(n=2)[0]["images"]
+    expected = to_numpy(encoder.backbone(encoder.stem((images / 255.0 - 0.5) / 0.5)))
+    assert_close(encoder(images), expected + sincos_2d(2, 2, 16)[None], atol=1e-5)
+    model = keras.Sequential([keras.Input((16, 16, 3)), encoder])
+    model.save(os.path.join(tmp_path, "encoder.keras"))
+    loaded = keras.saving.load_model(os.path.join(tmp_path, "encoder.keras"))
+    assert_close(loaded(images), encoder(images), atol=1e-6)
+    with pytest.raises(ValueError, match=r"stem_filters=\(4, 8\), patch_size=2"):
+        ImageEncoder.from_sizes(image_size=16, patch_size=2, num_layers=1, num_heads=2,
+                                hidden_dim=16, mlp_dim=32, stem_filters=(4, 8))
+
+
 def test_preset_path_drops_the_class_token(monkeypatch):
     """The `preset=` wiring, with a preset-free backbone standing in (no download)."""
     calls = []

@@ -1,6 +1,7 @@
 """Keras layers of `vlm`, one public layer per file."""
 
 from vlm.layers.causal_self_attention import CausalSelfAttention
+from vlm.layers.conv_stem import ConvStem
 from vlm.layers.cross_attention import CrossAttention
 from vlm.layers.decoder_block import DecoderBlock
 from vlm.layers.gated_cross_attention_block import GatedCrossAttentionBlock
@@ -11,6 +12,7 @@ from vlm.layers.patch_position_embedding import PatchPositionEmbedding
 
 __all__ = [
     "CausalSelfAttention",
+    "ConvStem",
     "CrossAttention",
     "DecoderBlock",
     "GatedCrossAttentionBlock",

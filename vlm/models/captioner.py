@@ -429,6 +429,12 @@ def build_encoder_decoder(model_config, vocabulary_size, dtype=None, sources=Non
     return encoder, decoder
 
 
+def stem_filters(model_config):
+    """Channels of the encoder's `ConvStem`: encoder_dim / 2**n, ..., encoder_dim / 2."""
+    layers = model_config.encoder_stem_layers
+    return tuple(model_config.encoder_dim // 2 ** (layers - i) for i in range(layers))
+
+
 def build_encoder(model_config, dtype=None):
     """The `ImageEncoder` of a `configs` model section."""
     return ImageEncoder.from_sizes(
@@ -440,6 +446,7 @@ def build_encoder(model_config, dtype=None):
         mlp_dim=model_config.encoder_mlp_dim,
         dropout=model_config.dropout,
         preset=model_config.encoder_preset,
+        stem_filters=stem_filters(model_config),
         add_2d_positions=model_config.add_2d_positions,
         dtype=dtype,
         name="encoder",

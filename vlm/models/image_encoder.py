@@ -4,6 +4,7 @@ import keras
 import keras_hub
 from keras import ops
 
+from vlm.layers.conv_stem import ConvStem
 from vlm.layers.patch_position_embedding import PatchPositionEmbedding
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -14,15 +15,19 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class ImageEncoder(keras.layers.Layer):
     """Turns `(batch, H, W, 3)` images in [0, 255] into patch embeddings.
 
-    Normalises the pixels, runs a keras-hub `ViTBackbone`, drops its class
-    token if it has one (so every output token is a patch), and optionally
-    adds a fixed 2D position code so the decoder can read where a patch is.
+    Normalises the pixels, optionally runs a convolutional stem, runs a
+    keras-hub `ViTBackbone`, drops its class token if it has one (so every
+    output token is a patch), and optionally adds a fixed 2D position code
+    so the decoder can read where a patch is.
 
     Args:
-        backbone: a `keras_hub.models.ViTBackbone`.
+        backbone: a `keras_hub.models.ViTBackbone`. After a `stem`, its
+            `image_shape` is the stem's output grid and channels.
         image_mean: per-channel mean of pixels scaled to [0, 1].
         image_std: per-channel standard deviation of pixels scaled to [0, 1].
         add_2d_positions: bool. Add `PatchPositionEmbedding` to the output.
+        stem: optional `vlm.layers.ConvStem` between the pixels and the ViT.
+            A patch then covers `stem.stride * backbone.patch_size` pixels.
         **kwargs: Base `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -45,16 +50,20 @@ class ImageEncoder(keras.layers.Layer):
         image_mean=(0.5, 0.5, 0.5),
         image_std=(0.5, 0.5, 0.5),
         add_2d_positions=True,
+        stem=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.backbone = backbone
+        self.stem = stem
         self.image_mean = tuple(float(m) for m in image_mean)
         self.image_std = tuple(float(s) for s in image_std)
         self.add_2d_positions = add_2d_positions
-        self.image_size = backbone.image_shape[0]
+        stride = stem.stride if stem is not None else 1
+        self.image_size = backbone.image_shape[0] * stride
         patch_size = backbone.patch_size  # an int or (height, width)
-        self.patch_size = patch_size[0] if isinstance(patch_size, (tuple, list)) else patch_size
+        self.patch_size = stride * (
+            patch_size[0] if isinstance(patch_size, (tuple, list)) else patch_size)
         self.grid_size = self.image_size // self.patch_size
         self.hidden_dim = backbone.hidden_dim
         self.patch_positions = (
@@ -76,6 +85,7 @@ class ImageEncoder(keras.layers.Layer):
         mlp_dim,
         dropout=0.0,
         preset=None,
+        stem_filters=(),
         dtype=None,
         **kwargs,
     ):
@@ -83,8 +93,17 @@ class ImageEncoder(keras.layers.Layer):
 
         `preset` (for example `"vit_base_patch16_224_imagenet"`) downloads
         pretrained keras-hub weights, and its sizes win over the arguments;
-        the image statistics switch to ImageNet's.
+        the image statistics switch to ImageNet's. `stem_filters` puts a
+        `ConvStem` of those channels before a fresh ViT, which then embeds
+        `patch_size / 2 ** len(stem_filters)` cells of the stem's grid.
         """
+        stride = 2 ** len(stem_filters)
+        if stem_filters and (preset is not None or patch_size % stride):
+            raise ValueError(
+                "`stem_filters` needs a fresh ViT whose `patch_size` is a multiple of "
+                f"2 ** len(stem_filters). Received: stem_filters={tuple(stem_filters)}, "
+                f"patch_size={patch_size}, preset={preset!r}")
+        stem = ConvStem(stem_filters, name="stem", dtype=dtype) if stem_filters else None
         if preset is not None:
             backbone = keras_hub.models.ViTBackbone.from_preset(preset, dtype=dtype)
             kwargs.setdefault("image_mean", IMAGENET_MEAN)
@@ -95,9 +114,10 @@ class ImageEncoder(keras.layers.Layer):
                     "`patch_size` must divide `image_size`. Received: "
                     f"image_size={image_size}, patch_size={patch_size}"
                 )
+            channels = stem_filters[-1] if stem_filters else 3
             backbone = keras_hub.models.ViTBackbone(
-                image_shape=(image_size, image_size, 3),
-                patch_size=patch_size,
+                image_shape=(image_size // stride, image_size // stride, channels),
+                patch_size=patch_size // stride,
                 num_layers=num_layers,
                 num_heads=num_heads,
                 hidden_dim=hidden_dim,
@@ -106,9 +126,13 @@ class ImageEncoder(keras.layers.Layer):
                 use_class_token=False,
                 dtype=dtype,
             )
-        return cls(backbone, dtype=dtype, **kwargs)
+        return cls(backbone, stem=stem, dtype=dtype, **kwargs)
 
     def build(self, images_shape):
+        if self.stem is not None:
+            if not self.stem.built:  # loading builds it from its own config first
+                self.stem.build(images_shape)
+            images_shape = self.stem.compute_output_shape(images_shape)
         self.backbone.build(images_shape)
         if self.patch_positions is not None:
             self.patch_positions.build((None, self.grid_size**2, self.hidden_dim))
@@ -117,6 +141,8 @@ class ImageEncoder(keras.layers.Layer):
         mean = ops.convert_to_tensor(self.image_mean, self.compute_dtype) * 255.0
         std = ops.convert_to_tensor(self.image_std, self.compute_dtype) * 255.0
         x = (ops.cast(images, self.compute_dtype) - mean) / std
+        if self.stem is not None:
+            x = self.stem(x)
         patches = self.backbone(x, training=training)
         if self.backbone.use_class_token:
             patches = patches[:, 1:]
@@ -135,6 +161,8 @@ class ImageEncoder(keras.layers.Layer):
                 "image_mean": self.image_mean,
                 "image_std": self.image_std,
                 "add_2d_positions": self.add_2d_positions,
+                "stem": (keras.saving.serialize_keras_object(self.stem)
+                         if self.stem is not None else None),
             }
         )
         return config
@@ -143,4 +171,6 @@ class ImageEncoder(keras.layers.Layer):
     def from_config(cls, config):
         config = dict(config)
         config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        if config.get("stem") is not None:
+            config["stem"] = keras.saving.deserialize_keras_object(config["stem"])
         return cls(**config)

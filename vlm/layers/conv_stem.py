@@ -1,0 +1,67 @@
+"""A convolutional stem: strided 3x3 convolutions that turn pixels into a coarser, deeper grid."""
+
+import keras
+
+
+@keras.saving.register_keras_serializable(package="vlm")
+class ConvStem(keras.layers.Layer):
+    """Stride-2 3x3 convolutions, each followed by GELU, before a ViT's patches.
+
+    A ViT that embeds raw 8x8 pixel patches with one linear map has to learn
+    edges and corners from attention between patches; a few convolutions
+    see them directly, and a small ViT trained from scratch learns shapes in
+    far fewer steps ("Early Convolutions Help Transformers See Better",
+    Xiao et al., 2021). Each convolution halves the height and width, so
+    the stem's stride is `2 ** len(filters)`.
+
+    Args:
+        filters: list of ints, the output channels of each convolution.
+        **kwargs: Base `keras.layers.Layer` arguments.
+
+    Call arguments:
+        images: `(batch, height, width, channels)` normalised pixels.
+
+    Returns:
+        `(batch, height / stride, width / stride, filters[-1])`.
+
+    Example:
+
+    >>> stem = ConvStem([8, 16])
+    >>> stem(keras.ops.zeros((2, 32, 32, 3))).shape
+    (2, 8, 8, 16)
+    """
+
+    def __init__(self, filters, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = [int(f) for f in filters]
+        if not self.filters or min(self.filters) < 1:
+            raise ValueError(f"`filters` must be a non-empty list of positive ints. "
+                             f"Received: filters={filters!r}")
+        self.stride = 2 ** len(self.filters)
+        self.convolutions = [
+            keras.layers.Conv2D(f, 3, strides=2, padding="same", activation="gelu",
+                                name=f"conv_{i}", dtype=self.dtype_policy)
+            for i, f in enumerate(self.filters)
+        ]
+
+    def build(self, images_shape):
+        shape = tuple(images_shape)
+        for convolution in self.convolutions:
+            convolution.build(shape)
+            shape = convolution.compute_output_shape(shape)
+
+    def call(self, images):
+        x = images
+        for convolution in self.convolutions:
+            x = convolution(x)
+        return x
+
+    def compute_output_shape(self, images_shape):
+        batch, height, width = images_shape[:3]
+        shrink = (lambda n: None if n is None else -(-n // self.stride))
+        return (batch, shrink(height), shrink(width), self.filters[-1])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"filters": list(self.filters)})
+        return config
