@@ -20,7 +20,8 @@ def get_config():
         model=ModelConfig(
             image_size=64,
             patch_size=8,
-            encoder_layers=3,
+            encoder_stem_layers=3,  # the encoder of saved_models/shapes.keras
+            encoder_layers=2,
             encoder_heads=4,
             encoder_dim=128,
             encoder_mlp_dim=256,
