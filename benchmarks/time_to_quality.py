@@ -2,6 +2,8 @@
 
     python -m benchmarks.time_to_quality --backends jax,tensorflow,torch \
         --output benchmarks/results/cpu_time_to_quality_DATE.json
+    python -m benchmarks.time_to_quality --history saved_models/shapes.history.json \
+        --wall-seconds 1150   # a default run already made, timed by `time python train.py`
 
 Runs `train.py` (the default config unless `--config`) once per backend in a
 subprocess, as a new user's first run: a fresh cache (the dataset is prepared
@@ -43,7 +45,6 @@ def first_epoch_meeting(history, targets):
 
 def time_to_quality(backend, config, target, overrides=()):
     """Runs `train.py` under `backend`; returns what it took to meet `target`."""
-    targets = parse_targets(target)
     with tempfile.TemporaryDirectory(prefix="vlm_ttq_") as tmp:
         command = [sys.executable, "train.py", "--config", config,
                    "--set", f"train.output_dir={tmp}/out", "--set", f"train.log_dir={tmp}/logs",
@@ -62,8 +63,13 @@ def time_to_quality(backend, config, target, overrides=()):
         report = name.replace(".history.json", ".report.json")
         with open(f"{tmp}/out/{report}") as f:
             test = json.load(f).get("grounded", {})
+    return entry_of_run(record, test, wall, backend, target)
+
+
+def entry_of_run(record, test_scores, wall_seconds, backend, target):
+    """The row of a finished run: its `.history.json` record and grounded test scores."""
     history = record["history"]
-    epoch = first_epoch_meeting(history, targets)
+    epoch = first_epoch_meeting(history, parse_targets(target))
     at = (epoch or len(history["loss"])) - 1
     return {
         "backend": backend,
@@ -71,12 +77,12 @@ def time_to_quality(backend, config, target, overrides=()):
         "reached": epoch is not None,
         "epochs": epoch or len(history["loss"]),
         "train_seconds_to_target": round(history["elapsed_seconds"][at], 1),
-        "wall_seconds": round(wall, 1),
+        "wall_seconds": round(wall_seconds, 1),
         "validation": {k[4:]: round(v[at], 4) for k, v in history.items()
                        if k.startswith("val_") and k[4:] in (
                            "object_accuracy", "relation_accuracy", "hallucination_rate",
                            "exact_scene_accuracy")},
-        "test": {k: round(v, 4) for k, v in test.items()},
+        "test": {k: round(v, 4) for k, v in test_scores.items()},
     }
 
 
@@ -91,6 +97,10 @@ def main(argv=None):
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="more train.py overrides, e.g. train.report_images=0")
     parser.add_argument("--output", default="benchmarks/results/time_to_quality.json")
+    parser.add_argument("--history", metavar="PATH", help="record a finished run instead: its "
+                        ".history.json (the .report.json beside it; the backend it names)")
+    parser.add_argument("--wall-seconds", type=float,
+                        help="with --history: the run's wall time, as `time` measured it")
     args = parser.parse_args(argv)
     parse_targets(args.target)  # a bad target fails before any run
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
@@ -102,6 +112,16 @@ def main(argv=None):
                           + " ".join(argv if argv is not None else sys.argv[1:]),
                "machine": dict(machine(), matmul_peak_gflops=round(matmul_peak_gflops(), 1)),
                "date": time.strftime("%Y-%m-%d"), "backends": [], "time_to_quality": {}}
+    if args.history:
+        if args.wall_seconds is None:
+            parser.error("--history needs --wall-seconds (the run's wall time)")
+        with open(args.history) as f:
+            record = json.load(f)
+        with open(args.history.replace(".history.json", ".report.json")) as f:
+            test = json.load(f).get("grounded", {})
+        backends = []
+        results["time_to_quality"][record["backend"]] = entry_of_run(
+            record, test, args.wall_seconds, record["backend"], args.target)
     for backend in backends:
         print(f"... {backend}: python train.py --config {args.config} until {args.target}",
               flush=True)

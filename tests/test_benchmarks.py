@@ -181,6 +181,26 @@ def test_time_to_quality_reads_the_first_epoch_that_meets_the_target():
     assert first_epoch_meeting(history, parse_targets("relation_accuracy>=0.995")) is None
 
 
+def test_time_to_quality_records_a_finished_run(tmp_path):
+    from benchmarks.time_to_quality import main
+
+    history = {"loss": [3.0, 2.0], "elapsed_seconds": [100.0, 200.0],
+               "val_relation_accuracy": [0.5, 0.6], "val_object_accuracy": [0.8, 0.9]}
+    (tmp_path / "shapes.history.json").write_text(
+        json.dumps({"history": history, "backend": "tensorflow"}))
+    (tmp_path / "shapes.report.json").write_text(
+        json.dumps({"grounded": {"relation_accuracy": 0.61234}}))
+    output = tmp_path / "ttq.json"
+    assert main(["--history", str(tmp_path / "shapes.history.json"), "--wall-seconds", "321",
+                 "--output", str(output)]) == 0
+    entry = json.loads(output.read_text())["time_to_quality"]["tensorflow"]
+    assert entry == {"backend": "tensorflow", "target": "relation_accuracy>=0.97",
+                     "reached": False, "epochs": 2, "train_seconds_to_target": 200.0,
+                     "wall_seconds": 321.0,
+                     "validation": {"relation_accuracy": 0.6, "object_accuracy": 0.9},
+                     "test": {"relation_accuracy": 0.6123}}
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(keras.config.backend() != "jax",
                     reason="it drives train.py in a subprocess of the backend asked for: one "
