@@ -522,7 +522,9 @@ def _prepare(builder, description, total, unit=" images"):
     TFDS would print two notices and a progress bar per split and per shuffle:
     its bars are turned off and its notices (stdout) dropped meanwhile.
     """
-    progress = tqdm.tqdm(total=total, desc=description, unit=unit, file=sys.stdout)
+    # In a log file (no TTY) the bar is rewritten every 15 s, not 10 times a second.
+    progress = tqdm.tqdm(total=total, desc=description, unit=unit, file=sys.stdout,
+                         mininterval=0.1 if sys.stdout.isatty() else 15)
     builder.on_example = lambda: progress.update(1)
     tfds.display_progress_bar(False)
     try:
