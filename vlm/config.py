@@ -450,9 +450,9 @@ def _check_fields(section, prefix):
 
 
 # Fields where 0 is meaningful; every other number must be positive.
-_NON_NEGATIVE = {"dropout", "encoder_stem_layers", "weight_decay", "warmup_fraction", "early_stopping_patience",
-                 "seed", "report_images", "validation_images", "freeze_encoder_epochs",
-                 "language_model_epochs"}
+_NON_NEGATIVE = {"dropout", "encoder_stem_layers", "weight_decay", "warmup_fraction",
+                 "early_stopping_patience", "seed", "report_images", "validation_images",
+                 "freeze_encoder_epochs", "language_model_epochs"}
 
 
 def _check_type(key, value, annotation):

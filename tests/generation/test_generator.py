@@ -97,8 +97,8 @@ def test_logits_match_the_tensorflow_goldens_to_1e_4(model):
     logits = teacher_forced_logits(model, golden["images"], golden["token_ids"])
     assert logits.shape == golden["logits"].shape == (4, model.sequence_length - 1, 74)
     np.testing.assert_allclose(logits, golden["logits"], rtol=0, atol=1e-4)
-    # Not a vacuous bound: the logits span tens of units.
-    assert np.ptp(golden["logits"]) > 20
+    # Not a vacuous bound: the logits span over ten units.
+    assert np.ptp(golden["logits"]) > 10
 
 
 def test_beam_of_one_is_greedy_and_wider_beams_do_no_worse(model, images, greedy):

@@ -134,7 +134,8 @@ def test_a_conv_stem_feeds_the_vit_its_grid(tmp_path):
     encoder = ImageEncoder.from_sizes(image_size=16, patch_size=8, num_layers=1, num_heads=2,
                                       hidden_dim=16, mlp_dim=32, stem_filters=(4, 8))
     assert (encoder.image_size, encoder.patch_size, encoder.grid_size) == (16, 8, 2)
-    assert encoder.backbone.image_shape == (4, 4, 8) and encoder.backbone.patch_size == 2
+    assert encoder.backbone.image_shape == (4, 4, 8)
+    assert encoder.backbone.patch_size in (2, (2, 2))  # keras-hub keeps (height, width)
     images = batch(n=2)[0]["images"]
     expected = to_numpy(encoder.backbone(encoder.stem((images / 255.0 - 0.5) / 0.5)))
     assert_close(encoder(images), expected + sincos_2d(2, 2, 16)[None], atol=1e-5)

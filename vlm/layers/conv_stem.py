@@ -58,8 +58,9 @@ class ConvStem(keras.layers.Layer):
 
     def compute_output_shape(self, images_shape):
         batch, height, width = images_shape[:3]
-        shrink = (lambda n: None if n is None else -(-n // self.stride))
-        return (batch, shrink(height), shrink(width), self.filters[-1])
+        # "same" padding: each convolution rounds up, and so does the stem.
+        height, width = (None if n is None else -(-n // self.stride) for n in (height, width))
+        return (batch, height, width, self.filters[-1])
 
     def get_config(self):
         config = super().get_config()
