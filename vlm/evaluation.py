@@ -7,6 +7,7 @@
 import json
 import math
 import os
+import sys
 
 from vlm.data.jsonl import line_error
 from vlm.data.jsonl import read_jsonl
@@ -136,8 +137,15 @@ def perplexity(loss):
     return math.exp(min(loss, 700.0))
 
 
-def caption_split(model, examples, batch_size, sampler="greedy", keep_images=0, verbose=1):
-    """Captions every image of an examples dataset, with a progress bar (`verbose=1`).
+def _progbar_verbosity(verbose):
+    """`verbose`, or when None: a live bar on a terminal, one closing line in a log file."""
+    if verbose is not None:
+        return verbose
+    return 1 if sys.stdout.isatty() else 2
+
+
+def caption_split(model, examples, batch_size, sampler="greedy", keep_images=0, verbose=None):
+    """Captions every image of an examples dataset, with a progress bar (`keras.utils.Progbar`).
 
     Returns:
         `(ids, captions, references, scenes, kept_images, changes)`: per
@@ -153,7 +161,7 @@ def caption_split(model, examples, batch_size, sampler="greedy", keep_images=0, 
 
     cardinality = int(examples.cardinality())
     progress = keras.utils.Progbar(cardinality if cardinality > 0 else None,
-                                   unit_name="image", verbose=verbose)
+                                   unit_name="image", verbose=_progbar_verbosity(verbose))
     ids, captions, references, scenes, kept_images, changes = [], [], [], [], {}, []
     for batch in eval_batches(examples, image_size=model.image_size, batch_size=batch_size):
         images = batch["images"].numpy()
@@ -174,7 +182,7 @@ def caption_split(model, examples, batch_size, sampler="greedy", keep_images=0, 
     return ids, captions, references, scenes, kept_images, changes
 
 
-def answer_split(model, examples, batch_size, sampler="greedy", keep_images=0, verbose=1):
+def answer_split(model, examples, batch_size, sampler="greedy", keep_images=0, verbose=None):
     """Answers every question of a shapes_qa examples dataset, with a progress bar.
 
     Each image is asked its questions as `qa_prompt(question)` prompts
@@ -195,7 +203,7 @@ def answer_split(model, examples, batch_size, sampler="greedy", keep_images=0, v
 
     cardinality = int(examples.cardinality())
     progress = keras.utils.Progbar(cardinality if cardinality > 0 else None,
-                                   unit_name="image", verbose=verbose)
+                                   unit_name="image", verbose=_progbar_verbosity(verbose))
     rows, kept_images = [], {}
     for batch in eval_batches(examples, image_size=model.image_size, batch_size=batch_size):
         images = batch["images"].numpy()

@@ -167,13 +167,12 @@ def caption_report(model, examples, num_images, batch_size=250):
         dict with `num_images`, `samples` (a few image ids, captions and
         references) and, for shapes, the grounded scores.
     """
-    verbose = 1 if sys.stdout.isatty() else 0  # a log file gets no progress bar
     if "questions" in examples.element_spec:  # shapes_qa: answer accuracies
-        rows, _ = answer_split(model, examples.take(num_images), batch_size, verbose=verbose)
+        rows, _ = answer_split(model, examples.take(num_images), batch_size)
         return {"num_images": num_images, "samples": rows[:12],
                 "answers": answer_metrics(model, rows)}
     ids, captions, references, scenes, _, changes = caption_split(
-        model, examples.take(num_images), batch_size, verbose=verbose
+        model, examples.take(num_images), batch_size
     )
     report = {
         "num_images": len(captions),
