@@ -58,21 +58,20 @@ def time_to_quality(backend, config, target, overrides=()):
             raise RuntimeError(f"{backend}: train.py exited {result.returncode}:\n"
                                + result.stderr[-3000:])
         name = next(f for f in os.listdir(f"{tmp}/out") if f.endswith(".history.json"))
-        with open(f"{tmp}/out/{name}") as f:
-            record = json.load(f)
-        report = name.replace(".history.json", ".report.json")
-        with open(f"{tmp}/out/{report}") as f:
-            test = json.load(f).get("grounded", {})
-    return entry_of_run(record, test, wall, backend, target)
+        return entry_of_run(f"{tmp}/out/{name}", wall, target)
 
 
-def entry_of_run(record, test_scores, wall_seconds, backend, target):
-    """The row of a finished run: its `.history.json` record and grounded test scores."""
+def entry_of_run(history_path, wall_seconds, target):
+    """The row of a finished run: its `.history.json` and the `.report.json` beside it."""
+    with open(history_path) as f:
+        record = json.load(f)
+    with open(history_path.replace(".history.json", ".report.json")) as f:
+        test_scores = json.load(f).get("grounded", {})
     history = record["history"]
     epoch = first_epoch_meeting(history, parse_targets(target))
     at = (epoch or len(history["loss"])) - 1
     return {
-        "backend": backend,
+        "backend": record["backend"],
         "target": target,
         "reached": epoch is not None,
         "epochs": epoch or len(history["loss"]),
@@ -115,19 +114,15 @@ def main(argv=None):
     if args.history:
         if args.wall_seconds is None:
             parser.error("--history needs --wall-seconds (the run's wall time)")
-        with open(args.history) as f:
-            record = json.load(f)
-        with open(args.history.replace(".history.json", ".report.json")) as f:
-            test = json.load(f).get("grounded", {})
-        backends = []
-        results["time_to_quality"][record["backend"]] = entry_of_run(
-            record, test, args.wall_seconds, record["backend"], args.target)
-    for backend in backends:
-        print(f"... {backend}: python train.py --config {args.config} until {args.target}",
-              flush=True)
-        entry = time_to_quality(backend, args.config, args.target, overrides)
-        results["time_to_quality"][backend] = entry
-        print(json.dumps(entry), flush=True)
+        entry = entry_of_run(args.history, args.wall_seconds, args.target)
+        results["time_to_quality"][entry["backend"]] = entry
+    else:
+        for backend in backends:
+            print(f"... {backend}: python train.py --config {args.config} until {args.target}",
+                  flush=True)
+            entry = time_to_quality(backend, args.config, args.target, overrides)
+            results["time_to_quality"][backend] = entry
+            print(json.dumps(entry), flush=True)
     write_results(results, args.output)
     return 0
 
