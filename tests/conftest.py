@@ -12,6 +12,20 @@ def _isolated_cache(tmp_path_factory):
     patcher.undo()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _eager_torch_inference():
+    """PyTorch decodes eagerly here, as its compiled path takes tens of seconds per shape.
+
+    `tests/generation/test_torch_compiled.py` opts back in and checks the
+    compiled path against this one. Subprocesses (train.py, evaluate.py)
+    inherit the setting.
+    """
+    patcher = pytest.MonkeyPatch()
+    patcher.setenv("VLM_TORCH_INFERENCE", "eager")
+    yield
+    patcher.undo()
+
+
 # Files of minutes-long tests, collected first: pytest-xdist hands whole files
 # to its workers in collection order, so these start early and the short ones
 # fill in at the end, and the two workers finish together.

@@ -318,7 +318,7 @@ class Captioner(keras.Model):
             [ops.full((rows, 1), tokenizer.start_token_id, "int32"),
              ops.full((rows, max_length), tokenizer.pad_token_id, "int32")], axis=1)
 
-        def next(tokens, state, index):
+        def next(tokens, state, index, context_caches):
             caches, seen = state
             current = ops.take(tokens, ops.expand_dims(index, 0), axis=1)  # (rows, 1)
             mask, seen = self.cross_attention_mask(current, seen)
@@ -327,7 +327,7 @@ class Captioner(keras.Model):
             return ops.log_softmax(ops.cast(logits[:, 0], "float32"), axis=-1), (caches, seen)
 
         return sampler(next, tokens, (caches, seen), noise, max_length, tokenizer.end_token_id,
-                       tokenizer.pad_token_id)
+                       tokenizer.pad_token_id, context=context_caches)
 
     # Positions the default prompt takes before [START] (`<image>` markers).
     prompt_length = 0

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from vlm.layers.gated_cross_attention_block import GatedCrossAttentionBlock
+from vlm.models.text_decoder import positions_from
 from vlm.validation import check_positive_int
 
 
@@ -31,7 +32,8 @@ class _GPT2(_Family):
 
     def embed(self, backbone, tokens, start_index, training):
         x = backbone.token_embedding(tokens)
-        positions = backbone.position_embedding(x, start_index=start_index)
+        positions = backbone.position_embedding(
+            x, positions=positions_from(start_index, tokens))
         return backbone.embeddings_dropout(backbone.embeddings_add((x, positions)),
                                            training=training)
 

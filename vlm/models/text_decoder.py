@@ -190,8 +190,7 @@ class TextDecoder(keras.layers.Layer):
         training=None,
     ):
         x = self.token_embedding(tokens)
-        start = 0 if cache_index is None else cache_index
-        x = x + self.position_embedding(x, start_index=start)
+        x = x + self.position_embedding(x, positions=positions_from(cache_index, tokens))
         x = self.embedding_dropout(x, training=training)
         updated_caches, scores = [], []
         for i, block in enumerate(self.blocks):
@@ -255,3 +254,15 @@ class TextDecoder(keras.layers.Layer):
             }
         )
         return config
+
+
+def positions_from(cache_index, tokens):
+    """Positions of `tokens` that start at `cache_index` (None: at 0), for a position table.
+
+    A table read by position (a gather) rather than sliced from a traced
+    start, which PyTorch's `torch.export` cannot trace.
+    """
+    length = ops.shape(tokens)[1]
+    if cache_index is None:
+        return ops.arange(length, dtype="int32")
+    return ops.arange(length, dtype="int32") + ops.cast(cache_index, "int32")

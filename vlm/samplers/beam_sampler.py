@@ -3,8 +3,10 @@
 import keras
 from keras import ops
 
+from vlm.backend import while_loop
 from vlm.samplers.sampler import NEG_INF
 from vlm.samplers.sampler import Sampler
+from vlm.samplers.sampler import keep_going
 from vlm.validation import check_positive_int
 
 
@@ -33,7 +35,8 @@ class BeamSampler(Sampler):
     def rows_per_input(self):
         return self.num_beams
 
-    def __call__(self, next, tokens, cache, noise, max_length, end_token_id, pad_token_id):
+    def __call__(self, next, tokens, cache, noise, max_length, end_token_id, pad_token_id,
+                 context=()):
         """Beam search; `tokens` has `num_beams` rows per input (see `Sampler`).
 
         Returns:
@@ -48,8 +51,8 @@ class BeamSampler(Sampler):
         first = ops.concatenate([ops.zeros((1,)), ops.full((beams - 1,), NEG_INF)])
         scores = ops.tile(first[None], (batch, 1))  # (batch, beams)
 
-        def body(index, tokens, cache, done, scores):
-            log_probs, cache = next(tokens, cache, index)
+        def body(index, tokens, cache, done, scores, context):
+            log_probs, cache = next(tokens, cache, index, context)
             vocabulary = ops.shape(log_probs)[-1]
             pad_only = ops.where(ops.arange(vocabulary) == pad_token_id, 0.0, NEG_INF)
             log_probs = ops.where(done[:, None], pad_only[None], log_probs)
@@ -66,11 +69,10 @@ class BeamSampler(Sampler):
             done = ops.logical_or(done, ops.equal(token[:, 0], end_token_id))
             return index + 1, tokens, cache, done, scores
 
-        def cond(index, tokens, cache, done, scores):
-            return ops.logical_and(index < max_length, ops.logical_not(ops.all(done)))
-
         start = ops.convert_to_tensor(0, "int32")
-        _, tokens, _, _, scores = ops.while_loop(cond, body, (start, tokens, cache, done, scores))
+        _, tokens, _, _, scores = while_loop(
+            keep_going(max_length), body, (start, tokens, cache, done, scores),
+            constants=(context,))
         # top_k sorts, so beam 0 is each input's best.
         best = ops.reshape(tokens, (-1, beams, max_length + 1))[:, 0, 1:]
         return best, scores[:, 0]

@@ -4,6 +4,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from vlm.backend import while_loop
+
 NEG_INF = -1e9  # "impossible" in log space, finite so sums never make NaN
 
 
@@ -14,7 +16,7 @@ class Sampler:
     A sampler is a small serializable object: its constructor arguments are
     its config. It knows nothing of the model: it is given a `next` function
     that returns the next token's log-probabilities and the updated cache,
-    and runs one `ops.while_loop` that compiles once per setting. Randomness
+    and runs one while loop that compiles once per setting. Randomness
     comes in as a noise tensor drawn with NumPy (`noise`), so a seed gives
     the same samples on every backend and a new seed needs no new trace.
 
@@ -29,13 +31,15 @@ class Sampler:
     # Decoding rows per input (image): beams share their image's context.
     rows_per_input = 1
 
-    def __call__(self, next, tokens, cache, noise, max_length, end_token_id, pad_token_id):
+    def __call__(self, next, tokens, cache, noise, max_length, end_token_id, pad_token_id,
+                 context=()):
         """Decodes up to `max_length` tokens after each row's first.
 
         Args:
-            next: `next(tokens, cache, index) -> (log_probs, cache)`: float32
-                `(rows, vocabulary)` log-probabilities of the token after
-                `tokens[:, index]`, and the cache with that position written.
+            next: `next(tokens, cache, index, context) -> (log_probs,
+                cache)`: float32 `(rows, vocabulary)` log-probabilities of
+                the token after `tokens[:, index]`, and the cache with that
+                position written.
             tokens: int32 `(rows, max_length + 1)`, the start token in column
                 0 and padding after it.
             cache: any structure of tensors with the rows first.
@@ -44,6 +48,10 @@ class Sampler:
             max_length: int, new tokens at most.
             end_token_id, pad_token_id: int. A row stops at its end token and
                 is padded after it.
+            context: tensors `next` reads and never changes (the images'
+                keys and values), in any structure; passed to it, not
+                captured, so that every backend can trace the loop
+                (`vlm.backend.while_loop`).
 
         Returns:
             `(ids, log_probs)`: int32 `(rows, max_length)` new tokens (the
@@ -54,8 +62,8 @@ class Sampler:
         done = ops.zeros((batch,), "bool")
         total = ops.zeros((batch,), "float32")
 
-        def body(index, tokens, cache, done, total):
-            log_probs, cache = next(tokens, cache, index)
+        def body(index, tokens, cache, done, total, noise, context):
+            log_probs, cache = next(tokens, cache, index, context)
             chosen = self.select(log_probs, ops.take(noise, index, axis=0))
             chosen = ops.where(done, pad_token_id, chosen)
             picked = ops.take_along_axis(log_probs, chosen[:, None], axis=1)[:, 0]
@@ -64,11 +72,10 @@ class Sampler:
             done = ops.logical_or(done, ops.equal(chosen, end_token_id))
             return index + 1, tokens, cache, done, total
 
-        def cond(index, tokens, cache, done, total):
-            return ops.logical_and(index < max_length, ops.logical_not(ops.all(done)))
-
         start = ops.convert_to_tensor(0, "int32")
-        _, tokens, _, _, total = ops.while_loop(cond, body, (start, tokens, cache, done, total))
+        _, tokens, _, _, total = while_loop(
+            keep_going(max_length), body, (start, tokens, cache, done, total),
+            constants=(ops.convert_to_tensor(noise), context))
         return tokens[:, 1:], total
 
     def select(self, log_probs, noise):
@@ -101,6 +108,13 @@ class Sampler:
 
     def __hash__(self):
         return hash((type(self).__name__, tuple(sorted(self.get_config().items()))))
+
+
+def keep_going(max_length):
+    """The loop condition: `(index, tokens, cache, done, ...)` has steps left and a live row."""
+    def cond(index, tokens, cache, done, *rest):
+        return ops.logical_and(index < max_length, ops.logical_not(ops.all(done)))
+    return cond
 
 
 def check_temperature(temperature):
