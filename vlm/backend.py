@@ -83,6 +83,10 @@ def torch_inference_mode():
     return mode
 
 
+# Per-call checks of every input's size and alignment: in a decoding loop, per step.
+_INDUCTOR_OPTIONS = {"size_asserts": False, "alignment_asserts": False}
+
+
 class _ExportedFunction:
     """`fn` traced by `torch.export` once per input signature, compiled, replayed.
 
@@ -108,7 +112,7 @@ class _ExportedFunction:
                 return self.graphs[key](values, *args)
             graph = self._export(values, args)
             if self.compile:
-                compiled = torch.compile(graph, fullgraph=True, dynamic=False)
+                compiled = torch.compile(graph, fullgraph=True, dynamic=False, options=_INDUCTOR_OPTIONS)
                 try:
                     outputs = compiled(values, *args)
                     self.graphs[key] = compiled
