@@ -1,6 +1,6 @@
 """The one place with backend branches: compiling an inference function
-(and a loop inside one), what `train.jit_compile="auto"` means, summing over `tf.distribute` replicas,
-and the global random state a resumed run restores.
+(and a loop inside one), what `train.jit_compile="auto"` means, summing over
+`tf.distribute` replicas, and the global random state a resumed run restores.
 
 Everything else in `vlm/layers`, `vlm/models`, `vlm/samplers` and
 `vlm/generation` is `keras.ops` only. Two modules name a backend because
@@ -14,7 +14,6 @@ subprocess when this process runs another backend.
 import base64
 import os
 import warnings
-import contextlib
 
 import keras
 from keras import ops
@@ -112,7 +111,8 @@ class _ExportedFunction:
                 return self.graphs[key](values, *args)
             graph = self._export(values, args)
             if self.compile:
-                compiled = torch.compile(graph, fullgraph=True, dynamic=False, options=_INDUCTOR_OPTIONS)
+                compiled = torch.compile(graph, fullgraph=True, dynamic=False,
+                                         options=_INDUCTOR_OPTIONS)
                 try:
                     outputs = compiled(values, *args)
                     self.graphs[key] = compiled

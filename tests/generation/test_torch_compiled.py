@@ -67,12 +67,13 @@ def test_inductor_decoding_equals_eager_and_compiles_once(monkeypatch, caplog):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         for seed in (3, 4, 5):
-            again = model.generate(golden_images(8)[4:], sampler=TopKSampler(temperature=1.5, seed=seed),
-                                   return_details=True)
+            sampler = TopKSampler(temperature=1.5, seed=seed)
+            again = model.generate(golden_images(8)[4:], sampler=sampler, return_details=True)
     assert traces == [] and torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
     assert [str(w.message) for w in caught] == [] and caplog.records == []
     assert again["token_ids"].shape == (4, model.sequence_length - 1)
-    (function,) = [f for key, f in model._generate_functions.items() if key[0][0] == "TopKSampler"]
+    (function,) = [f for key, f in model._generate_functions.items()
+                   if key[0][0] == "TopKSampler"]
     assert isinstance(function, _ExportedFunction) and len(function.graphs) == 1
 
 
