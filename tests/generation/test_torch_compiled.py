@@ -51,14 +51,16 @@ def count_traces(monkeypatch, model):
 def test_inductor_decoding_equals_eager_and_compiles_once(monkeypatch, caplog):
     import torch
 
+    # Sampling: the noise is an input of the loop, the model's log-probs are
+    # perturbed by it, and the argmax picks (greedy is the same graph less the noise).
     images = golden_images(4)
-    for sampler in ("greedy", TopKSampler(temperature=1.5, seed=3)):
-        _, eager = decode(monkeypatch, "eager", lambda: load_captioner(MODEL), images,
-                          sampler=sampler)
-        model, compiled = decode(monkeypatch, "compiled", lambda: load_captioner(MODEL),
-                                 images, sampler=sampler)
-        assert_same_decoding(compiled, eager)
-        assert len(set(map(tuple, eager["token_ids"]))) > 1  # not one caption for all
+    sampler = TopKSampler(temperature=1.5, seed=3)
+    _, eager = decode(monkeypatch, "eager", lambda: load_captioner(MODEL), images,
+                      sampler=sampler)
+    model, compiled = decode(monkeypatch, "compiled", lambda: load_captioner(MODEL), images,
+                             sampler=sampler)
+    assert_same_decoding(compiled, eager)
+    assert len(set(map(tuple, eager["token_ids"]))) > 1  # not one caption for all
     # Repeated calls, other images and other seeds reuse the graph: no trace,
     # no Dynamo recompile, no warning (Dynamo's are logged).
     traces = count_traces(monkeypatch, model)
