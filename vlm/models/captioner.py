@@ -144,8 +144,9 @@ class Captioner(keras.Model):
 
         The images are encoded once and every decoder block's cross-attention
         keys and values computed once; the decoding loop runs compiled (XLA on
-        TensorFlow and JAX; eager under no-grad on PyTorch), once per sampler
-        setting and `max_length` for the model's lifetime.
+        TensorFlow and JAX; `torch.export` and Inductor on PyTorch), compiled
+        once per batch size, sampler setting and `max_length` for the
+        model's lifetime (`vlm.backend.compiled_inference`).
 
         Args:
             images: a `(batch, H, W, C)` array or tensor, or a list of images
