@@ -14,7 +14,6 @@ from vlm.backend import xla_has_float16_attention
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "configs", "tiny.py")
-POLICIES = ["mixed_float16", "mixed_bfloat16"]
 COMPUTE = {"mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}
 # XLA costs about 30 s per run on TensorFlow and saves nothing on these few
 # steps; on JAX it is cheaper than eager. bfloat16 keeps the default ("auto":
@@ -32,9 +31,14 @@ def tiny_args(tmp_path, *overrides, jit_compile=keras.config.backend() == "jax")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("policy", [
+    pytest.param("mixed_float16", marks=pytest.mark.skipif(
+        keras.config.backend() == "jax" and not xla_has_float16_attention(),
+        reason="XLA:CPU cannot compile float16 attention, so JAX trains this eagerly: "
+               "170 s for two steps; TensorFlow and PyTorch run it")),
+    "mixed_bfloat16"])
 def test_train_py_trains_under_mixed_precision(policy, tmp_path, capsys):
-    # One step per epoch: float16 on JAX's CPU trains eagerly, at about 10 s a step.
+    # One step per epoch.
     code = train.main(tiny_args(tmp_path, f"train.mixed_precision={policy}", "train.epochs=2",
                                 "train.steps_per_epoch=1", "train.learning_rate=1e-2",
                                 jit_compile=JIT[policy]))
