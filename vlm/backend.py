@@ -50,11 +50,7 @@ def compiled_inference(fn, variables):
     if backend == "jax":
         import jax
 
-        def stateless(values, *args):
-            with keras.StatelessScope(state_mapping=list(zip(variables, values))):
-                return fn(*args)
-
-        jitted = jax.jit(stateless)
+        jitted = jax.jit(lambda values, *args: _with_values(fn, variables, values, args))
         return lambda *args: jitted([v.value for v in variables], *args)
     if backend == "torch":
         mode = torch_inference_mode()
@@ -68,6 +64,12 @@ def compiled_inference(fn, variables):
 
         return no_grad
     return fn
+
+
+def _with_values(fn, variables, values, args):
+    """`fn(*args)` reading `values` for `variables` (a `StatelessScope`): a pure function."""
+    with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+        return fn(*args)
 
 
 TORCH_INFERENCE_MODES = ("compiled", "exported", "eager")
@@ -136,8 +138,7 @@ class _ExportedFunction:
                 global _torch_trace
                 _torch_trace = (variables, values)
                 try:
-                    with keras.StatelessScope(state_mapping=list(zip(variables, values))):
-                        return fn(*args)
+                    return _with_values(fn, variables, values, args)
                 finally:
                     _torch_trace = None
 
@@ -218,16 +219,14 @@ def _torch_while_loop(cond, body, loop_vars, constants):
     from torch._higher_order_ops.while_loop import while_loop_op
 
     variables, values = _torch_trace
-    flat_vars = keras.tree.flatten(loop_vars)
-    count, fixed_count = len(flat_vars), len(keras.tree.flatten(constants))
+    flat_vars, flat_constants = keras.tree.flatten(loop_vars), keras.tree.flatten(constants)
+    count, fixed_count = len(flat_vars), len(flat_constants)
 
     def traced(fn):
         def flat_fn(*flat):
             loop = keras.tree.pack_sequence_as(loop_vars, list(flat[:count]))
             fixed = keras.tree.pack_sequence_as(constants, list(flat[count:count + fixed_count]))
-            mapping = list(zip(variables, flat[count + fixed_count:]))
-            with keras.StatelessScope(state_mapping=mapping):
-                return fn(flat, *loop, *fixed)
+            return _with_values(fn, variables, flat[count + fixed_count:], (flat, *loop, *fixed))
         return flat_fn
 
     def flat_body(flat, *args):
@@ -235,7 +234,7 @@ def _torch_while_loop(cond, body, loop_vars, constants):
         return tuple(torch.clone(o) if any(o is i for i in flat) else o for o in outputs)
 
     flat = while_loop_op(traced(lambda flat, *args: cond(*args)), traced(flat_body),
-                         tuple(flat_vars), tuple(keras.tree.flatten(constants)) + tuple(values))
+                         tuple(flat_vars), tuple(flat_constants) + tuple(values))
     return keras.tree.pack_sequence_as(loop_vars, list(flat))
 
 

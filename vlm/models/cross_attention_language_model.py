@@ -33,7 +33,7 @@ class _GPT2(_Family):
     def embed(self, backbone, tokens, start_index, training):
         x = backbone.token_embedding(tokens)
         positions = backbone.position_embedding(
-            x, positions=positions_from(start_index, tokens))
+            x, start_index=start_index, positions=positions_from(start_index, tokens))
         return backbone.embeddings_dropout(backbone.embeddings_add((x, positions)),
                                            training=training)
 

@@ -190,7 +190,9 @@ class TextDecoder(keras.layers.Layer):
         training=None,
     ):
         x = self.token_embedding(tokens)
-        x = x + self.position_embedding(x, positions=positions_from(cache_index, tokens))
+        start = 0 if cache_index is None else cache_index
+        x = x + self.position_embedding(x, start_index=start,
+                                        positions=positions_from(start, tokens))
         x = self.embedding_dropout(x, training=training)
         updated_caches, scores = [], []
         for i, block in enumerate(self.blocks):
@@ -256,13 +258,13 @@ class TextDecoder(keras.layers.Layer):
         return config
 
 
-def positions_from(cache_index, tokens):
-    """Positions of `tokens` that start at `cache_index` (None: at 0), for a position table.
+def positions_from(start, tokens):
+    """Positions `start, start + 1, ...` of `tokens` for a position table, or None.
 
-    A table read by position (a gather) rather than sliced from a traced
-    start, which PyTorch's `torch.export` cannot trace.
+    None for a Python int `start` (the table is then sliced). A traced start
+    is read by position (a gather) instead: PyTorch's `torch.export` cannot
+    trace a slice from it.
     """
-    length = ops.shape(tokens)[1]
-    if cache_index is None:
-        return ops.arange(length, dtype="int32")
-    return ops.arange(length, dtype="int32") + ops.cast(cache_index, "int32")
+    if isinstance(start, int):
+        return None
+    return ops.arange(ops.shape(tokens)[1], dtype="int32") + ops.cast(start, "int32")
