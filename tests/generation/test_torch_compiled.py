@@ -6,6 +6,7 @@ tokens exactly and its log-probabilities to 1e-4, be traced once per input
 signature across `generate` calls, and read the weights as they are now.
 """
 
+import logging
 import warnings
 
 import keras
@@ -38,6 +39,17 @@ def assert_same_decoding(actual, expected):
     np.testing.assert_allclose(actual["log_probs"], expected["log_probs"], atol=1e-4)
 
 
+# Where a recompile or a failed compile would be reported. Other libraries log at
+# DEBUG through these hooks (torch's structured trace log does), which says nothing.
+WATCHED_LOGGERS = ("torch._dynamo", "torch._inductor", "torch.export", "vlm")
+
+
+def problems_logged(records):
+    """The records at WARNING or above from the loggers that report recompiles."""
+    return [f"{r.name}: {r.getMessage()}" for r in records
+            if r.levelno >= logging.WARNING and r.name.startswith(WATCHED_LOGGERS)]
+
+
 def count_traces(monkeypatch, model):
     """A list that grows by one each time `model.generate_step` runs (only while tracing)."""
     calls = []
@@ -65,18 +77,30 @@ def test_inductor_decoding_equals_eager_and_compiles_once(monkeypatch, caplog):
     # no Dynamo recompile, no warning (Dynamo's are logged).
     traces = count_traces(monkeypatch, model)
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-    caplog.set_level("WARNING")
+    caplog.set_level(logging.WARNING)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         for seed in (3, 4, 5):
             sampler = TopKSampler(temperature=1.5, seed=seed)
             again = model.generate(golden_images(8)[4:], sampler=sampler, return_details=True)
     assert traces == [] and torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
-    assert [str(w.message) for w in caught] == [] and caplog.records == []
+    assert [str(w.message) for w in caught] == []
+    assert problems_logged(caplog.records) == []
     assert again["token_ids"].shape == (4, model.sequence_length - 1)
     (function,) = [f for key, f in model._generate_functions.items()
                    if key[0][0] == "TopKSampler"]
     assert isinstance(function, _ExportedFunction) and len(function.graphs) == 1
+
+
+def test_the_log_check_sees_a_recompile_warning_and_not_debug_chatter():
+    def record(name, level):
+        return logging.LogRecord(name, level, __file__, 1, "recompiling", None, None)
+
+    assert problems_logged([record("torch.__trace", logging.DEBUG),
+                            record("torch._dynamo.convert_frame", logging.DEBUG),
+                            record("keras", logging.WARNING)]) == []
+    assert problems_logged([record("torch._dynamo.convert_frame", logging.WARNING)]) == [
+        "torch._dynamo.convert_frame: recompiling"]
 
 
 def test_exported_beam_search_equals_eager_and_a_new_batch_size_traces_once_more(monkeypatch):
