@@ -38,8 +38,8 @@ def measure(config_path, captions_per_image, steps=30, rounds=3):
     from vlm.config import load_config
     from vlm.data.tokenizer import SPECIAL_TOKENS
     from vlm.data.tokenizer import CaptionTokenizer
+    from vlm.optimization import make_optimizer
     from vlm.training import build_model
-    from vlm.training import make_optimizer
 
     config = apply_overrides(load_config(config_path),
                              [f"train.captions_per_image={captions_per_image}"])

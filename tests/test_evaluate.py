@@ -12,7 +12,9 @@ from tests.generation.test_generator import MODEL
 from vlm import load_captioner
 from vlm.config import DataConfig
 from vlm.evaluation import evaluate_model
+from vlm.evaluation import markdown_report
 from vlm.evaluation import output_paths
+from vlm.evaluation import score
 from vlm.evaluation import write_outputs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -83,6 +85,47 @@ def test_bad_prediction_files_name_the_line(prediction_files, tmp_path, capsys, 
                           "--output", str(tmp_path / "x.json")])
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+def scene_object(size, color, shape, x, y):
+    return {"size": size, "color": color, "shape": shape, "x": float(x), "y": float(y)}
+
+
+def test_error_breakdowns_go_to_the_json_and_the_report_tables(tmp_path):
+    """score() on two shapes scenes and one change: breakdowns nested, rendered as tables."""
+    red, blue = (scene_object("small", "red", "circle", 10, 20),
+                 scene_object("large", "blue", "square", 50, 22))
+    scenes = [{"objects": [red]}, {"objects": [red, blue]}]
+    captions = ["a small red circle", "a small red circle above a large blue square"]
+    metrics, per_image = score([1, 2], captions, [[c] for c in captions], scenes=scenes)
+    assert metrics["relation_errors"]["errors"]["wrong_axis"] == {"1": 0, "2": 1, "all": 1}
+    paths = output_paths(str(tmp_path / "results.json"))
+    write_outputs(paths, metrics, per_image, "shapes")
+    assert json.load(open(paths["metrics"]))["relation_errors"] == metrics["relation_errors"]
+    report = open(paths["report"]).read()
+    assert ("| objects | scenes | relations_total | relations_correct | relation_accuracy |"
+            in report)
+    assert "| 2 | 1 | 1 | 0 | 0.0000 | 0.0000 | 1.0000 |" in report
+    assert "| error | 1 | 2 | all |" in report and "| wrong_axis | 0 | 1 | 1 |" in report
+    assert "relation_errors" not in report.split("## Relations")[0]  # not in the metrics table
+
+    before = {"objects": [red, blue]}
+    after = {"objects": [dict(red, x=80.0), blue]}
+    swapped = "the large blue square moved left of the small red circle"
+    metrics, per_image = score([3], [swapped], [["a"]], changes=[
+        {"change": "moved|small red circle|right of|large blue square",
+         "scenes": (before, after)}])
+    assert metrics["moved_errors"]["mover_anchor_swapped"] == 1
+    report = markdown_report(metrics, per_image, "change")
+    assert "| outcome | examples | share |" in report
+    assert "| mover_anchor_swapped | 1 | 1.0000 |" in report
+
+
+def test_report_of_answer_rows_has_no_cider_section():
+    rows = [{"image_id": 1, "question": "what colour is the circle", "type": "colour",
+             "answer": "red", "prediction": "red"}]
+    report = markdown_report({"answer_accuracy": 1.0}, rows, "qa")
+    assert "| answer_accuracy | 1.0000 |" in report and "CIDEr-D" not in report
 
 
 def test_model_files_that_are_not_keras_archives_are_refused(tmp_path, capsys):

@@ -39,6 +39,10 @@ class ModelConfig:
     # Stride-2 3x3 convolutions before the ViT's patches (0: none), with
     # encoder_dim / 2**n ... encoder_dim / 2 channels (`vlm.layers.ConvStem`).
     encoder_stem_layers: int = 0
+    # x and y maps in [-1, 1] beside every stem convolution's input (CoordConv).
+    encoder_coordinates: bool = False
+    # Add the 2D sine-cosine code to the stem's output, before the ViT.
+    encoder_stem_positions: bool = False
     # Add a fixed 2D sine-cosine position code to the patches the decoder reads.
     add_2d_positions: bool = True
     decoder_layers: int = 4
@@ -97,6 +101,11 @@ class ModelConfig:
                 f"with no encoder_preset. Received: encoder_stem_layers="
                 f"{self.encoder_stem_layers}, patch_size={self.patch_size}, "
                 f"encoder_preset={self.encoder_preset!r}")
+        for key in ("encoder_coordinates", "encoder_stem_positions"):
+            if getattr(self, key) and not self.encoder_stem_layers:
+                raise ConfigError(f"{prefix}.{key} feeds the stem, so it needs "
+                                  f"{prefix}.encoder_stem_layers > 0. Received: "
+                                  f"encoder_stem_layers={self.encoder_stem_layers}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"{prefix}.dropout must be in [0, 1). Received: {self.dropout!r}")
         if self.multi_image not in MULTI_IMAGE_DESIGNS:
@@ -157,6 +166,15 @@ class TrainConfig:
     learning_rate: float = 1e-3
     weight_decay: float = 0.01
     warmup_fraction: float = 0.05
+    # "cosine" or "linear" decay to zero after the warmup (`vlm.optimization`).
+    schedule: str = "cosine"
+    # "adamw" or "muon" (`keras.optimizers.Muon`: AdamW for non-2D variables
+    # and embeddings).
+    optimizer: str = "adamw"
+    # Keep an exponential moving average of the weights; it replaces them at
+    # the end of training and is what the validation scores read each epoch.
+    use_ema: bool = False
+    ema_momentum: float = 0.99
     # Limit steps per epoch (smoke runs); None uses the whole split.
     steps_per_epoch: Optional[int] = None
     # True, False or "auto" (XLA on TensorFlow and JAX, eager on PyTorch); True
@@ -199,6 +217,13 @@ class TrainConfig:
                 f"{prefix}.warmup_fraction must be in [0, 1). "
                 f"Received: {self.warmup_fraction!r}"
             )
+        for key, choices in (("schedule", SCHEDULES), ("optimizer", OPTIMIZERS)):
+            if getattr(self, key) not in choices:
+                raise ConfigError(f"{prefix}.{key} must be one of {choices}. "
+                                  f"Received: {getattr(self, key)!r}")
+        if not 0.0 < self.ema_momentum < 1.0:
+            raise ConfigError(f"{prefix}.ema_momentum must be in (0, 1). "
+                              f"Received: {self.ema_momentum!r}")
         if self.batch_size % self.captions_per_image:
             raise ConfigError(
                 f"{prefix}.captions_per_image must divide {prefix}.batch_size. "
@@ -302,6 +327,8 @@ MULTI_IMAGE_DESIGNS = ("interleaved", "sources")
 MEDIA_MODES = ("immediate", "all_previous")
 ARCHITECTURES = ("captioner", "adapter")
 LANGUAGE_MODELS = ("gpt2", "gemma", "llama")
+OPTIMIZERS = ("adamw", "muon")
+SCHEDULES = ("cosine", "linear")
 PRECISIONS = (None, "mixed_float16", "mixed_bfloat16")
 BACKENDS = (None, "tensorflow", "jax", "torch")
 # Datasets whose validation images `train.validation_images` can score.

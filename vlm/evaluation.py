@@ -12,8 +12,10 @@ import sys
 from vlm.data.jsonl import line_error
 from vlm.data.jsonl import read_jsonl
 from vlm.metrics.change import change_scores
+from vlm.metrics.change import moved_breakdown
 from vlm.metrics.coco import score_captions
 from vlm.metrics.grounded import grounded_scores
+from vlm.metrics.grounded import relation_breakdown
 from vlm.metrics.qa import answer_scores
 
 METRIC_KEYS = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "rouge_l", "cider_d")
@@ -61,8 +63,23 @@ def evaluate_predictions(predictions_path, references_path):
 
 
 def score(ids, captions, references, scenes=None, changes=None):
-    """COCO metrics with per-image rows, and grounded scores for `scenes` or change
-    scores for `changes` (`caption_split`'s) where given."""
+    """COCO metrics with per-image rows, plus scene or change scores where given.
+
+    Args:
+        ids: one image id per caption.
+        captions: the generated captions.
+        references: one list of reference captions per image.
+        scenes: optional scene graphs (`caption_split`'s, shapes): adds
+            `grounded_scores` and, under `"relation_errors"`,
+            `relation_breakdown`.
+        changes: optional `caption_split` changes (shapes_change): adds
+            `change_scores` and, under `"moved_errors"`, `moved_breakdown`.
+
+    Returns:
+        `(metrics, per_image)`: the metrics dict (floats and ints, and the
+        breakdowns as nested dicts) and per image `{"image_id", "caption",
+        "references", **scores}`.
+    """
     scores = score_captions(captions, references)
     metrics = {key: float(scores[key]) for key in METRIC_KEYS}
     per_image = [
@@ -72,8 +89,11 @@ def score(ids, captions, references, scenes=None, changes=None):
     ]
     if scenes is not None:
         metrics.update(grounded_scores(captions, scenes))
+        metrics["relation_errors"] = relation_breakdown(captions, scenes)
     if changes is not None:
         metrics.update(change_scores_of(captions, changes))
+        metrics["moved_errors"] = moved_breakdown(
+            captions, [c["change"] for c in changes], [c["scenes"] for c in changes])
     metrics["num_images"] = len(ids)
     return metrics, per_image
 
@@ -107,28 +127,77 @@ def write_outputs(paths, metrics, per_image, title, gallery_entries=None):
                                 os.path.basename(paths["gallery"]) if gallery_entries else None))
 
 
+def _cell(value):
+    """A table cell: floats to 4 decimals, anything else as written."""
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _table(header, rows):
+    """The lines of a markdown table with columns `header` and cells `rows`."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(_cell(value) for value in row) + " |" for row in rows]
+
+
 def metrics_table(metrics):
-    """A two-column markdown table of the metrics."""
-    lines = ["| metric | value |", "|---|---|"]
-    for key, value in metrics.items():
-        if isinstance(value, float):
-            lines.append(f"| {key} | {value:.4f} |")
-        else:
-            lines.append(f"| {key} | {value} |")
-    return "\n".join(lines)
+    """A two-column markdown table of the metrics; nested breakdowns are left to
+    `breakdown_sections`."""
+    rows = [(key, value) for key, value in metrics.items() if not isinstance(value, dict)]
+    return "\n".join(_table(("metric", "value"), rows))
+
+
+def breakdown_sections(metrics):
+    """Markdown sections for the error breakdowns among `metrics`, where present.
+
+    Args:
+        metrics: `score`'s metrics, with `"relation_errors"`
+            (`vlm.metrics.grounded.relation_breakdown`) and/or
+            `"moved_errors"` (`vlm.metrics.change.moved_breakdown`).
+
+    Returns:
+        list of lines: a table of relation scores by number of objects and
+        one of relation errors by kind, and a table of what "moved" captions
+        get; empty when `metrics` has neither.
+    """
+    parts = []
+    relations = metrics.get("relation_errors")
+    if relations and relations["by_objects"]:
+        by_objects = relations["by_objects"]
+        columns = list(next(iter(by_objects.values())))
+        parts += ["## Relations by number of objects", "",
+                  *_table(("objects", *columns),
+                          [(group, *row.values()) for group, row in by_objects.items()]), ""]
+        parts += ["## Relation errors", "",
+                  "Each relation a caption gets wrong or leaves out, in one class, per number "
+                  "of objects in the scene. `true_of_another_object`: wrong_axis and "
+                  "wrong_direction relations that hold between the subject and another object "
+                  "than the anchor named.", "",
+                  *_table(("error", *by_objects, "all"),
+                          [(kind, *row.values()) for kind, row in relations["errors"].items()]),
+                  ""]
+    moved = metrics.get("moved_errors")
+    if moved and moved["examples"]:
+        examples = moved["examples"]
+        parts += ["## Moved changes", "",
+                  f"What the captions of the {examples} \"moved\" changes state, one class "
+                  "each.", "",
+                  *_table(("outcome", "examples", "share"),
+                          [(kind, count, count / examples)
+                           for kind, count in moved.items() if kind != "examples"]), ""]
+    return parts
 
 
 def markdown_report(metrics, per_image, title, gallery_name=None, worst=5):
-    """The markdown report: metrics, the gallery, and the worst-scored images."""
-    parts = [f"# {title}", "", metrics_table(metrics), ""]
+    """The markdown report: metrics, error breakdowns, the gallery, and the worst-scored images."""
+    parts = [f"# {title}", "", metrics_table(metrics), "", *breakdown_sections(metrics)]
     if gallery_name:
         parts += [f"![gallery]({gallery_name})", ""]
-    ranked = sorted(per_image, key=lambda row: row["cider_d"])[:worst]
-    parts += ["## Lowest CIDEr-D", "", "| image | generated | first reference | CIDEr-D |",
-              "|---|---|---|---|"]
-    for row in ranked:
-        parts.append(f"| {row['image_id']} | {row['caption']} | {row['references'][0]} | "
-                     f"{row['cider_d']:.3f} |")
+    if per_image and all("cider_d" in row for row in per_image):  # answer rows have none
+        ranked = sorted(per_image, key=lambda row: row["cider_d"])[:worst]
+        parts += ["## Lowest CIDEr-D", "", "| image | generated | first reference | CIDEr-D |",
+                  "|---|---|---|---|"]
+        for row in ranked:
+            parts.append(f"| {row['image_id']} | {row['caption']} | {row['references'][0]} | "
+                         f"{row['cider_d']:.3f} |")
     return "\n".join(parts) + "\n"
 
 

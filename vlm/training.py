@@ -48,6 +48,7 @@ from vlm.models.multi_image_captioner import build_multi_image_captioner
 from vlm.models.vision_language_model import build_language_model
 from vlm.models.vision_language_model import build_vision_language_model
 from vlm.models.vision_language_model import preset_tokenizer
+from vlm.optimization import make_optimizer
 from vlm.saving import load_keras_file
 
 
@@ -65,27 +66,6 @@ def output_paths(config):
         "backup": os.path.join(run_logs, "backup"),
         "tensorboard": os.path.join(run_logs, "tensorboard"),
     }
-
-
-def learning_rate_schedule(train_config, total_steps):
-    """Linear warmup to `learning_rate`, then cosine decay to zero."""
-    warmup = int(total_steps * train_config.warmup_fraction)
-    return keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=0.0,
-        decay_steps=max(total_steps - warmup, 1),
-        warmup_target=train_config.learning_rate,
-        warmup_steps=warmup,
-    )
-
-
-def make_optimizer(train_config, total_steps):
-    """AdamW on the warmup-cosine schedule; no decay on biases and norms."""
-    optimizer = keras.optimizers.AdamW(
-        learning_rate=learning_rate_schedule(train_config, total_steps),
-        weight_decay=train_config.weight_decay,
-    )
-    optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
-    return optimizer
 
 
 class TrainingDiverged(RuntimeError):
@@ -108,6 +88,9 @@ def make_callbacks(config, paths, has_validation, score_examples=None):
     done = (read_backup(paths["backup"]) or {}).get("history", {}).get(monitor)
     callbacks = [
         LearningRateLogger(),
+        # The average's weights are in the model from each epoch's end to the
+        # next one's start: the scores, the checkpoint and the backup read them.
+        *([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if config.train.use_ema else []),
         *([ValidationScoreLogger(score_examples, config.train.validation_images,
                                  targets=parse_targets(config.train.stop_at))]
           if score_examples is not None and config.train.validation_images else []),

@@ -1,6 +1,7 @@
 import pytest
 
 from vlm.metrics.change import change_scores
+from vlm.metrics.change import moved_breakdown
 from vlm.metrics.change import parse_change_caption
 
 MOVED = "moved|small red circle|left of|large blue square"
@@ -123,3 +124,46 @@ def test_with_scenes_a_move_stated_against_another_true_anchor_is_exact():
     assert change_scores(captions[1:2], [truth])["exact_change_accuracy"] == 0.0  # no scenes
     with pytest.raises(ValueError, match=r"len\(scenes\)=2, len\(changes\)=1"):
         change_scores(captions[:1], [truth], scenes=[(before, after)] * 2)
+
+
+def test_moved_breakdown_puts_each_moved_caption_in_one_class():
+    """The circle moved from the lower left to the top left: now above the triangle, and
+    still left of the square."""
+    square, triangle = obj("large", "blue", "square", 50, 10), obj("small", "cyan", "triangle",
+                                                                     50, 55)
+    before = {"objects": [obj("small", "red", "circle", 10, 45), square, triangle]}
+    after = {"objects": [obj("small", "red", "circle", 15, 10), square, triangle]}
+    truth = "moved|small red circle|above|small cyan triangle"
+    cases = [
+        ("the small red circle moved above the small cyan triangle", "right"),
+        ("the small cyan triangle moved below the small red circle", "mover_anchor_swapped"),
+        # True after the move, but it was true before it too.
+        ("the small red circle moved left of the large blue square",
+         "relation_unchanged_by_move"),
+        ("the small red circle moved below the small cyan triangle", "wrong_relation"),
+        ("the small red circle moved above the large green square", "wrong_object"),  # not there
+        ("the small red circle moved to the left", "wrong_object"),  # no anchor
+        # True of the scenes, but the square did not move.
+        ("the large blue square moved above the small cyan triangle", "wrong_object"),
+        ("the small red circle turned blue", "wrong_type"),
+        ("lorem ipsum", "wrong_type"),
+    ]
+    # The circle of the scenes above, moved from the far left to the far right: right of
+    # both others, so the triangle is as good an anchor as the square.
+    far_before = {"objects": [obj("small", "red", "circle", 5, 30),
+                              obj("large", "blue", "square", 30, 10),
+                              obj("small", "cyan", "triangle", 32, 50)]}
+    far_after = {"objects": [dict(far_before["objects"][0], x=60.0), *far_before["objects"][1:]]}
+    captions = [caption for caption, _ in cases] + [
+        "the small red circle is now right of the small cyan triangle", "no change"]
+    changes = [truth] * len(cases) + ["moved|small red circle|right of|large blue square", "none"]
+    scenes = [(before, after)] * len(cases) + [(far_before, far_after), (before, before)]
+    for caption, outcome in cases:
+        assert moved_breakdown([caption], [truth], [(before, after)])[outcome] == 1, caption
+    breakdown = moved_breakdown(captions, changes, scenes)
+    assert breakdown == {"examples": 10, "right": 2, "mover_anchor_swapped": 1,
+                         "relation_unchanged_by_move": 1, "wrong_relation": 1,
+                         "wrong_object": 3, "wrong_type": 2}
+    scores = change_scores(captions, changes, scenes=scenes)
+    assert scores["exact_change_accuracy_moved"] == breakdown["right"] / breakdown["examples"]
+    assert moved_breakdown(["no change"], ["none"], [(before, before)])["examples"] == 0

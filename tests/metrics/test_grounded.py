@@ -2,6 +2,7 @@ import pytest
 
 from vlm.metrics.grounded import grounded_scores
 from vlm.metrics.grounded import parse_caption
+from vlm.metrics.grounded import relation_breakdown
 from vlm.metrics.grounded import relation_holds
 from vlm.metrics.grounded import score_caption
 
@@ -50,9 +51,13 @@ def test_parse_counts_a_fact_once_in_either_direction():
     assert relations == [(0, "left of", 1)]
 
 
-def test_relation_holds_is_strict():
+def test_relation_holds_by_the_dominant_axis_as_the_captions_are_written():
     assert relation_holds(RED, "left of", BLUE) and relation_holds(BLUE, "right of", RED)
+    # Green is 20 px right of red and 35 px below it: "below", not "right of".
     assert relation_holds(RED, "above", GREEN) and relation_holds(GREEN, "below", RED)
+    assert not relation_holds(GREEN, "right of", RED)
+    # Red is 2 px higher than blue and 40 px to its left: only "left of".
+    assert not relation_holds(RED, "above", BLUE)
     assert not relation_holds(RED, "left of", dict(RED))
     with pytest.raises(ValueError, match="relation='near'"):
         relation_holds(RED, "near", BLUE)
@@ -117,13 +122,14 @@ def test_hallucinated_object():
 
 
 def test_wrong_relation():
-    # Red is 2 px higher than blue: "above" holds (strict centre comparison),
-    # "below" does not.
-    assert_scores(["a small red circle above a large blue square"], [TWO],
+    # Red is 2 px higher than blue and 40 px to its left: every reference says
+    # "left of", so "above" is the wrong axis and scores nothing.
+    assert_scores(["a small red circle left of a large blue square"], [TWO],
                   relation_accuracy=1.0, exact_scene_accuracy=1.0)
-    assert_scores(["a small red circle below a large blue square"], [TWO],
-                  object_accuracy=1.0, relation_accuracy=0.0, exact_scene_accuracy=0.0,
-                  hallucination_rate=0.0)
+    for wrong in ("above", "below", "right of"):
+        assert_scores([f"a small red circle {wrong} a large blue square"], [TWO],
+                      object_accuracy=1.0, relation_accuracy=0.0, exact_scene_accuracy=0.0,
+                      hallucination_rate=0.0)
     # Right on one relation, wrong on the other.
     assert_scores(
         ["a small red circle left of a large blue square and a small green triangle above "
@@ -157,3 +163,85 @@ def test_junk_scores_zero_without_error(junk):
 def test_length_mismatch_is_an_error():
     with pytest.raises(ValueError, match="len\\(captions\\)=2, len\\(scenes\\)=1"):
         grounded_scores(["a", "b"], [TWO])
+
+
+# Three in a row, 22 px apart, the middle one 2 px lower: every pair is "left
+# of" / "right of".
+YELLOW = obj("small", "yellow", "circle", 10.0, 30.0)
+PURPLE = obj("large", "purple", "square", 32.0, 32.0)
+CYAN = obj("small", "cyan", "triangle", 54.0, 30.0)
+ROW = {"objects": [YELLOW, PURPLE, CYAN]}
+
+
+def test_relation_breakdown_puts_each_wrong_relation_in_one_class():
+    cases = [
+        ({"objects": [RED]}, "a small red circle"),  # 1 object: no relation needed
+        (TWO, "a small red circle left of a large blue square"),  # right
+        (TWO, "a small red circle above a large blue square"),  # wrong axis
+        (TWO, "a small red circle right of a large blue square"),  # wrong direction
+        (TWO, "a small green circle left of a large blue square"),  # no green circle
+        (TWO, "a small red circle left of a small red circle"),  # itself: no pair
+        # Red is above green (35 px up, 20 px left), so "left of" is the wrong
+        # axis, but red IS left of blue: true of another object. Blue above
+        # green is right.
+        (THREE, "a small red circle left of a small green triangle and a large blue square "
+                "above the small green triangle"),
+        (THREE, "a large blue square"),  # both relations missing
+        # Purple is right of yellow (wrong direction) and left of cyan (true
+        # of another object); cyan right of purple is right.
+        (ROW, "a large purple square left of a small yellow circle and a small cyan triangle "
+              "right of the large purple square"),
+    ]
+    scenes, captions = zip(*cases)
+    breakdown = relation_breakdown(captions, scenes)
+    assert breakdown == {
+        "by_objects": {
+            "1": {"scenes": 1, "relations_total": 0, "relations_correct": 0,
+                  "relation_accuracy": 0.0, "exact_scene_accuracy": 1.0, "object_accuracy": 1.0},
+            # Objects matched: 2 + 2 + 2 + 1 + 1 of 10.
+            "2": {"scenes": 5, "relations_total": 5, "relations_correct": 1,
+                  "relation_accuracy": 0.2, "exact_scene_accuracy": 0.2, "object_accuracy": 0.8},
+            # Objects matched: 3 + 1 + 3 of 9.
+            "3": {"scenes": 3, "relations_total": 6, "relations_correct": 2,
+                  "relation_accuracy": pytest.approx(1 / 3), "exact_scene_accuracy": 0.0,
+                  "object_accuracy": pytest.approx(7 / 9)},
+        },
+        "errors": {
+            "object_misnamed": {"1": 0, "2": 2, "3": 0, "all": 2},
+            "wrong_axis": {"1": 0, "2": 1, "3": 1, "all": 2},
+            "wrong_direction": {"1": 0, "2": 1, "3": 1, "all": 2},
+            "missing": {"1": 0, "2": 0, "3": 2, "all": 2},
+            "true_of_another_object": {"1": 0, "2": 0, "3": 2, "all": 2},
+        },
+    }
+    # Each relation not right is in exactly one class.
+    for group, row in breakdown["by_objects"].items():
+        wrong = sum(breakdown["errors"][kind][group] for kind in
+                    ("object_misnamed", "wrong_axis", "wrong_direction", "missing"))
+        assert row["relations_total"] == row["relations_correct"] + wrong
+    # Pooled over the groups, the same counts as grounded_scores.
+    scores = grounded_scores(captions, scenes)
+    assert scores["relation_accuracy"] == pytest.approx(3 / 11)
+    assert scores["exact_scene_accuracy"] == pytest.approx(2 / 9)
+    assert scores["object_accuracy"] == pytest.approx(16 / 20)
+
+
+def test_a_right_relation_to_a_misnamed_anchor_is_not_true_of_another_object():
+    """Red is left of blue, but "a large green square" is no object: the pair is unchecked."""
+    breakdown = relation_breakdown(
+        ["a small red circle left of a large green square and a small green triangle below "
+         "the small red circle"], [THREE])
+    assert breakdown["by_objects"]["3"]["relations_correct"] == 1
+    assert {kind: row["all"] for kind, row in breakdown["errors"].items()} == {
+        "object_misnamed": 1, "wrong_axis": 0, "wrong_direction": 0, "missing": 0,
+        "true_of_another_object": 0}
+
+
+def test_relation_breakdown_of_nothing_and_mismatched_lengths():
+    assert relation_breakdown([], []) == {
+        "by_objects": {},
+        "errors": {kind: {"all": 0} for kind in ("object_misnamed", "wrong_axis",
+                                                  "wrong_direction", "missing",
+                                                  "true_of_another_object")}}
+    with pytest.raises(ValueError, match="len\\(captions\\)=2, len\\(scenes\\)=1"):
+        relation_breakdown(["a", "b"], [TWO])

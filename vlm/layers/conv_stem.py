@@ -1,6 +1,7 @@
 """A convolutional stem: strided 3x3 convolutions that turn pixels into a coarser, deeper grid."""
 
 import keras
+from keras import ops
 
 
 @keras.saving.register_keras_serializable(package="vlm")
@@ -14,8 +15,14 @@ class ConvStem(keras.layers.Layer):
     Xiao et al., 2021). Each convolution halves the height and width, so
     the stem's stride is `2 ** len(filters)`.
 
+    With `coordinates`, each convolution also reads two maps of its input
+    cells' x and y in [-1, 1] (CoordConv, Liu et al., 2018; FiLM's
+    `coord_map`): a convolution cannot tell where it is, and a feature that
+    says where an object's pixels lie has to be learned otherwise.
+
     Args:
         filters: list of ints, the output channels of each convolution.
+        coordinates: bool. Concatenate x and y maps to every convolution's input.
         **kwargs: Base `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -31,9 +38,10 @@ class ConvStem(keras.layers.Layer):
     (2, 8, 8, 16)
     """
 
-    def __init__(self, filters, **kwargs):
+    def __init__(self, filters, coordinates=False, **kwargs):
         super().__init__(**kwargs)
         self.filters = [int(f) for f in filters]
+        self.coordinates = bool(coordinates)
         if not self.filters or min(self.filters) < 1:
             raise ValueError(f"`filters` must be a non-empty list of positive ints. "
                              f"Received: filters={filters!r}")
@@ -47,14 +55,28 @@ class ConvStem(keras.layers.Layer):
     def build(self, images_shape):
         shape = tuple(images_shape)
         for convolution in self.convolutions:
+            if self.coordinates:
+                shape = shape[:-1] + (shape[-1] + 2,)
             convolution.build(shape)
             shape = convolution.compute_output_shape(shape)
 
     def call(self, images):
         x = images
         for convolution in self.convolutions:
+            if self.coordinates:
+                x = self._with_coordinates(x)
             x = convolution(x)
         return x
+
+    def _with_coordinates(self, x):
+        """`x` with its cells' x and y in [-1, 1] as two more channels."""
+        batch, height, width = ops.shape(x)[0], ops.shape(x)[1], ops.shape(x)[2]
+        rows = ops.linspace(-1.0, 1.0, height, dtype=self.compute_dtype)
+        cols = ops.linspace(-1.0, 1.0, width, dtype=self.compute_dtype)
+        grid = ops.stack([ops.broadcast_to(cols[None, :], (height, width)),
+                          ops.broadcast_to(rows[:, None], (height, width))], axis=-1)
+        grid = ops.broadcast_to(ops.cast(grid, x.dtype)[None], (batch, height, width, 2))
+        return ops.concatenate([x, grid], axis=-1)  # (batch, height, width, channels + 2)
 
     def compute_output_shape(self, images_shape):
         batch, height, width = images_shape[:3]
@@ -64,5 +86,5 @@ class ConvStem(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"filters": list(self.filters)})
+        config.update({"filters": list(self.filters), "coordinates": self.coordinates})
         return config

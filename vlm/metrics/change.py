@@ -4,7 +4,8 @@ A caption is read in the grammar that `vlm.data.shapes_change` writes
 reference captions in, into the canonical change string of
 `vlm.change_vocab.canonical_change` ("moved|small red circle|left of|large
 blue square", "appeared|large green triangle", "none", ...). Scores compare
-those strings field by field with the true ones.
+those strings field by field with the true ones; `moved_breakdown` sorts
+the captions of "moved" changes by what they get wrong.
 
 Pure Python and NumPy: no TensorFlow or Keras, so it runs beside any backend.
 
@@ -101,6 +102,39 @@ def parse_change_caption(text, vocabulary=DEFAULT_VOCABULARY):
     return canonical_change(change)
 
 
+def _moved_claim(mover, relation, anchor, before, after):
+    """What the claim "`mover` moved `relation` `anchor`" is, judged on the two scenes.
+
+    Args:
+        mover: the moved object's name, "size color shape" (may be "").
+        relation: one of `RELATIONS`, or "" when the caption states none.
+        anchor: the other object's name (may be "").
+        before: the scene graph before, `{"objects": [...]}`.
+        after: the scene graph after.
+
+    Returns:
+        "right" when `mover`'s dominant relation to `anchor` is `relation`
+        after and was not before; "wrong_object" when either name is not an
+        object of both scenes, or both name the same one; else
+        "relation_unchanged_by_move" when the relation holds after but held
+        already before, and "wrong_relation" when it does not hold after
+        (or is not stated).
+    """
+    def find(scene, name):
+        return next((obj for obj in scene["objects"]
+                     if f"{obj['size']} {obj['color']} {obj['shape']}" == name), None)
+
+    objects = [find(scene, name) for scene in (before, after) for name in (mover, anchor)]
+    if mover == anchor or any(obj is None for obj in objects):
+        return "wrong_object"
+    mover_before, anchor_before, mover_after, anchor_after = objects
+    if not relation or dominant_relation(mover_after, anchor_after) != relation:
+        return "wrong_relation"
+    if dominant_relation(mover_before, anchor_before) == relation:
+        return "relation_unchanged_by_move"
+    return "right"
+
+
 def moved_claim_holds(mover, relation, anchor, before, after):
     """Whether "`mover` moved `relation` `anchor`" is true of the two scenes.
 
@@ -108,22 +142,46 @@ def moved_claim_holds(mover, relation, anchor, before, after):
     different objects, and `mover`'s dominant relation to `anchor` is
     `relation` after and was not before.
     """
-    def find(scene, name):
-        return next((obj for obj in scene["objects"]
-                     if f"{obj['size']} {obj['color']} {obj['shape']}" == name), None)
+    return _moved_claim(mover, relation, anchor, before, after) == "right"
 
-    if not (mover and relation and anchor) or mover == anchor:
-        return False
-    objects = [find(scene, name) for scene in (before, after) for name in (mover, anchor)]
-    if any(obj is None for obj in objects):
-        return False
-    mover_before, anchor_before, mover_after, anchor_after = objects
-    return (dominant_relation(mover_after, anchor_after) == relation
-            and dominant_relation(mover_before, anchor_before) != relation)
+
+def _exact(parsed, truth, pair=None):
+    """Whether a parsed caption states the true change, as `change_scores` counts it exact.
+
+    Args:
+        parsed: `parse_change_caption`'s string, or None.
+        truth: the true canonical change string.
+        pair: optional `(before, after)` scenes: then a "moved" caption naming
+            the moved object is also right with another anchor, when its
+            claim holds (`moved_claim_holds`).
+
+    Returns:
+        bool.
+    """
+    if parsed == truth:
+        return True
+    fields, true_fields = (parsed or "").split("|"), truth.split("|")
+    return (pair is not None and fields[0] == true_fields[0] == "moved"
+            and fields[1] == true_fields[1] and moved_claim_holds(*fields[1:], *pair))
 
 
 def _as_text(value):
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _checked(captions, changes, scenes):
+    """`captions` as a list and `changes` as a list of str, after checking the lengths agree."""
+    captions, changes = list(captions), [_as_text(change) for change in changes]
+    if len(captions) != len(changes):
+        raise ValueError(
+            "`captions` and `changes` must have the same length. "
+            f"Received: len(captions)={len(captions)}, len(changes)={len(changes)}"
+        )
+    if scenes is not None and len(scenes) != len(changes):
+        raise ValueError(
+            "`scenes` must have one (before, after) pair per change. "
+            f"Received: len(scenes)={len(scenes)}, len(changes)={len(changes)}")
+    return captions, changes
 
 
 def change_scores(captions, changes, vocabulary=DEFAULT_VOCABULARY, scenes=None):
@@ -155,16 +213,7 @@ def change_scores(captions, changes, vocabulary=DEFAULT_VOCABULARY, scenes=None)
         `changes`, over the examples of that type. A caption stating no
         change type counts as wrong everywhere.
     """
-    captions, changes = list(captions), [_as_text(change) for change in changes]
-    if len(captions) != len(changes):
-        raise ValueError(
-            "`captions` and `changes` must have the same length. "
-            f"Received: len(captions)={len(captions)}, len(changes)={len(changes)}"
-        )
-    if scenes is not None and len(scenes) != len(changes):
-        raise ValueError(
-            "`scenes` must have one (before, after) pair per change. "
-            f"Received: len(scenes)={len(scenes)}, len(changes)={len(changes)}")
+    captions, changes = _checked(captions, changes, scenes)
     hits = {"type": 0, "object": 0, "exact": 0}
     per_type = {}  # type -> [exact hits, examples]
     for i, (caption, truth) in enumerate(zip(captions, changes)):
@@ -176,9 +225,7 @@ def change_scores(captions, changes, vocabulary=DEFAULT_VOCABULARY, scenes=None)
         fields = parsed.split("|") if parsed is not None else [None]
         type_right = fields[0] == true_fields[0]
         object_right = type_right and fields[1:2] == true_fields[1:2]
-        exact = parsed == truth
-        if not exact and object_right and fields[0] == "moved" and scenes is not None:
-            exact = moved_claim_holds(fields[1], fields[2], fields[3], *scenes[i])
+        exact = _exact(parsed, truth, scenes[i] if scenes is not None else None)
         hits["type"] += type_right
         hits["object"] += object_right
         hits["exact"] += exact
@@ -200,3 +247,74 @@ def change_scores(captions, changes, vocabulary=DEFAULT_VOCABULARY, scenes=None)
             exact, count = per_type[kind]
             scores[f"exact_change_accuracy_{kind}"] = exact / count
     return scores
+
+
+# What a caption of a "moved" change gets, one each (see `moved_breakdown`).
+MOVED_OUTCOMES = ("right", "mover_anchor_swapped", "relation_unchanged_by_move",
+                  "wrong_relation", "wrong_object", "wrong_type")
+
+
+def _moved_outcome(parsed, truth, pair):
+    """Which of `MOVED_OUTCOMES` a parsed caption of the true "moved" change `truth` is."""
+    if _exact(parsed, truth, pair):
+        return "right"
+    fields = (parsed or "").split("|")
+    if fields[0] != "moved":
+        return "wrong_type"
+    _, mover, relation, anchor = fields
+    _, true_mover, _, true_anchor = truth.split("|")
+    if (mover, anchor) == (true_anchor, true_mover):
+        return "mover_anchor_swapped"
+    if mover != true_mover:
+        return "wrong_object"
+    return _moved_claim(mover, relation, anchor, *pair)
+
+
+def moved_breakdown(captions, changes, scenes, vocabulary=DEFAULT_VOCABULARY):
+    """What the captions of "moved" changes get wrong, one class per caption.
+
+    Only the examples whose true change is "moved" count. Each is, in this
+    order of precedence:
+
+    - `right`: exact as `change_scores` counts it with scenes (the reference,
+      or the moved object with another relation that the move produced), so
+      `right / examples` is `exact_change_accuracy_moved`;
+    - `wrong_type`: the caption states another change type, or none;
+    - `mover_anchor_swapped`: it names the true anchor as the mover and the
+      moved object as the anchor, whatever relation it states;
+    - `wrong_object`: it names another object as the mover, or an anchor
+      that is not in both scenes (or left out, or the mover itself);
+    - `relation_unchanged_by_move`: mover and anchor are right objects and
+      the relation holds after the move, but held already before: true of
+      the after scene, yet not what the move changed;
+    - `wrong_relation`: the relation does not hold after (or is left out).
+
+    Args:
+        captions: one caption per example, `str` or `bytes`.
+        changes: the true canonical change strings, `str` or `bytes`.
+        scenes: `(before, after)` scene graphs per example
+            (`{"objects": [...]}` as `vlm.data.shapes.generate_scene`).
+        vocabulary: `SceneVocabulary` passed on to `parse_change_caption`.
+
+    Returns:
+        dict of ints: `examples` (the "moved" examples) and one count per
+        class of `MOVED_OUTCOMES`, summing to `examples`.
+
+    Example:
+
+    ```python
+    moved_breakdown(["the large blue square moved right of the small red circle"],
+                    ["moved|small red circle|left of|large blue square"], [(before, after)])
+    # {"examples": 1, "right": 0, "mover_anchor_swapped": 1,
+    #  "relation_unchanged_by_move": 0, "wrong_relation": 0, "wrong_object": 0,
+    #  "wrong_type": 0}
+    ```
+    """
+    captions, changes = _checked(captions, changes, scenes)
+    counts = {"examples": 0, **dict.fromkeys(MOVED_OUTCOMES, 0)}
+    for caption, truth, pair in zip(captions, changes, scenes):
+        if truth.split("|")[0] != "moved":
+            continue
+        counts["examples"] += 1
+        counts[_moved_outcome(parse_change_caption(caption, vocabulary), truth, pair)] += 1
+    return counts

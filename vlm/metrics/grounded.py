@@ -4,7 +4,8 @@ A caption is parsed into *mentions* (size, colour, shape triples, with None
 for a missing word) and *relations* between mentions, in the grammar that
 `vlm.data.shapes` writes reference captions in. Mentions are then matched
 one-to-one to the scene's objects and every claim is checked: attributes
-against the matched object, relations against the objects' centres.
+against the matched object, relations by the rule the captions were written
+with (the dominant axis between the objects' centres).
 
 Pure Python and NumPy: no TensorFlow or Keras, so it runs beside any backend.
 
@@ -18,8 +19,12 @@ scene = {"objects": [
 grounded_scores(["a small red circle left of a large blue square"], [scene])
 # {"object_accuracy": 1.0, ..., "relation_accuracy": 1.0, "hallucination_rate": 0.0}
 ```
+
+`relation_breakdown` splits the relation scores by the number of objects in
+the scene and counts each wrong relation under one kind of error.
 """
 
+import collections
 import re
 
 import numpy as np
@@ -27,6 +32,7 @@ import numpy as np
 from vlm.scene_vocab import DEFAULT_VOCABULARY
 from vlm.scene_vocab import INVERSE_RELATIONS
 from vlm.scene_vocab import RELATIONS
+from vlm.scene_vocab import dominant_relation
 
 ATTRIBUTES = ("size", "color", "shape")
 _RELATION_TOKENS = tuple((relation, tuple(relation.split())) for relation in RELATIONS)
@@ -34,6 +40,13 @@ _COUNT_KEYS = (
     "objects", "matched_objects", "color_correct", "shape_correct", "size_correct",
     "relations_correct", "relations_total", "mentions", "hallucinated", "exact_scene",
 )
+# Each relation's axis: a wrong relation on the dominant axis points the wrong
+# way, one on the other axis read the layout wrongly.
+_AXIS = {"left of": "x", "right of": "x", "above": "y", "below": "y"}
+# The classes of a relation that is not right, one each (see `relation_breakdown`).
+RELATION_ERRORS = ("object_misnamed", "wrong_axis", "wrong_direction", "missing")
+# Wrong relations (axis or direction) that hold between the subject and another object.
+TRUE_OF_ANOTHER = "true_of_another_object"
 
 
 def parse_caption(text, vocabulary=DEFAULT_VOCABULARY):
@@ -111,9 +124,12 @@ def _add_relation(relations, i, relation, j):
 
 
 def relation_holds(obj_a, relation, obj_b):
-    """Whether `obj_a relation obj_b` is true of the two objects' centres.
+    """Whether a caption may say `obj_a relation obj_b`: the data's own rule.
 
-    Comparisons are strict; x grows to the right and y grows downward.
+    The shapes captions state each pair's relation along the axis where the
+    centres differ most (`vlm.scene_vocab.dominant_relation`), so "a below b"
+    is wrong when a is a little lower and much further left: a reference
+    would say "left of". The change scores and the questions use the same rule.
 
     Args:
         obj_a: dict with centre `"x"`, `"y"` in pixels.
@@ -123,15 +139,9 @@ def relation_holds(obj_a, relation, obj_b):
     Returns:
         bool.
     """
-    if relation == "left of":
-        return obj_a["x"] < obj_b["x"]
-    if relation == "right of":
-        return obj_a["x"] > obj_b["x"]
-    if relation == "above":
-        return obj_a["y"] < obj_b["y"]
-    if relation == "below":
-        return obj_a["y"] > obj_b["y"]
-    raise ValueError(f"`relation` must be one of {RELATIONS}. Received: relation={relation!r}")
+    if relation not in RELATIONS:
+        raise ValueError(f"`relation` must be one of {RELATIONS}. Received: relation={relation!r}")
+    return dominant_relation(obj_a, obj_b) == relation
 
 
 def _max_weight_matching(weights):
@@ -160,6 +170,96 @@ def _max_weight_matching(weights):
     return max(best.values(), key=lambda entry: entry[0])[1]
 
 
+_Match = collections.namedtuple("_Match", "mentions relations agree object_match")
+
+
+def _match_caption(caption, objects, vocabulary):
+    """Parses a caption and matches its mentions one-to-one to the scene's objects.
+
+    The one matching that `score_caption` and `relation_breakdown` both judge
+    relations by: as many colour+shape matches as possible, then right sizes.
+
+    Args:
+        caption: the caption text.
+        objects: list of object dicts (the `generate_scene` format).
+        vocabulary: `SceneVocabulary` passed on to `parse_caption`.
+
+    Returns:
+        `_Match` of `mentions` and `relations` (as `parse_caption`), `agree`,
+        a `(objects, mentions, 3)` bool array (mention word equals the
+        object's, in `ATTRIBUTES` order) and `object_match`, a dict object
+        index -> mention index.
+    """
+    mentions, relations = parse_caption(caption, vocabulary)
+    agree = np.array(
+        [[[mention[a] is not None and mention[a] == obj[attr]
+           for a, attr in enumerate(ATTRIBUTES)] for mention in mentions] for obj in objects],
+        dtype=bool,
+    ).reshape(len(objects), len(mentions), len(ATTRIBUTES))
+    color_shape = agree[..., 1] & agree[..., 2]
+    object_match = _max_weight_matching(np.where(color_shape, 2.0 + agree[..., 0], np.nan))
+    return _Match(mentions, relations, agree, object_match)
+
+
+def _relation_verdicts(match, objects):
+    """What each stated relation of a matched caption is: right, or which error.
+
+    Args:
+        match: `_match_caption`'s result for `objects`.
+        objects: the scene's object dicts.
+
+    Returns:
+        one `(verdict, true_of_another)` per relation of `match.relations`:
+        `verdict` is "correct" or one of the first three `RELATION_ERRORS`;
+        `true_of_another` is whether a wrong relation (axis or direction)
+        holds between the subject and an object other than the named anchor.
+    """
+    mention_to_object = {m: o for o, m in match.object_match.items()}
+    verdicts = []
+    for i, relation, j in match.relations:
+        subject, anchor = mention_to_object.get(i), mention_to_object.get(j)
+        # An unmatched mention, or a relation of an object to itself ("a red
+        # circle left of a red circle"), leaves no pair of objects to check.
+        if subject is None or anchor is None or subject == anchor:
+            verdicts.append(("object_misnamed", False))
+            continue
+        if relation_holds(objects[subject], relation, objects[anchor]):
+            verdicts.append(("correct", False))
+            continue
+        dominant = dominant_relation(objects[subject], objects[anchor])
+        verdict = "wrong_direction" if _AXIS[relation] == _AXIS[dominant] else "wrong_axis"
+        elsewhere = any(relation_holds(objects[subject], relation, other)
+                        for k, other in enumerate(objects) if k not in (subject, anchor))
+        verdicts.append((verdict, elsewhere))
+    return verdicts
+
+
+def _caption_counts(match, objects):
+    """`score_caption`'s counts of a matched caption, and `_relation_verdicts`'s verdicts."""
+    agree = match.agree
+    # Attribute matching: the most agreeing attributes in total.
+    n_agree = agree.sum(-1).astype(float)
+    attribute_match = _max_weight_matching(np.where(n_agree > 0, n_agree, np.nan))
+    attribute_correct = np.zeros(len(ATTRIBUTES), dtype=int)
+    for o, m in attribute_match.items():
+        attribute_correct += agree[o, m]
+
+    verdicts = _relation_verdicts(match, objects)
+    relations_correct = sum(verdict == "correct" for verdict, _ in verdicts)
+    hallucinated = int(np.sum(~(agree[..., 1] & agree[..., 2]).any(axis=0)))
+    exact = (
+        len(match.object_match) == len(objects) == len(match.mentions)
+        and all(agree[o, m].all() for o, m in match.object_match.items())
+        and relations_correct == len(match.relations) >= len(objects) - 1
+    )
+    counts = (
+        len(objects), len(match.object_match), attribute_correct[1], attribute_correct[2],
+        attribute_correct[0], relations_correct, max(len(match.relations), len(objects) - 1),
+        len(match.mentions), hallucinated, exact,
+    )
+    return {key: int(value) for key, value in zip(_COUNT_KEYS, counts)}, verdicts
+
+
 def score_caption(caption, objects, vocabulary=DEFAULT_VOCABULARY):
     """Counts what one caption gets right about one scene.
 
@@ -178,41 +278,34 @@ def score_caption(caption, objects, vocabulary=DEFAULT_VOCABULARY):
         (mentions whose colour and shape fit no object) and `exact_scene`
         (1 if the caption describes the scene exactly, else 0).
     """
-    mentions, relations = parse_caption(caption, vocabulary)
-    agree = np.array(
-        [[[mention[a] is not None and mention[a] == obj[attr]
-           for a, attr in enumerate(ATTRIBUTES)] for mention in mentions] for obj in objects],
-        dtype=bool,
-    ).reshape(len(objects), len(mentions), len(ATTRIBUTES))
-    color_shape = agree[..., 1] & agree[..., 2]
+    return _caption_counts(_match_caption(caption, objects, vocabulary), objects)[0]
 
-    # Object matching: as many colour+shape matches as possible, then right sizes.
-    object_match = _max_weight_matching(np.where(color_shape, 2.0 + agree[..., 0], np.nan))
-    # Attribute matching: the most agreeing attributes in total.
-    n_agree = agree.sum(-1).astype(float)
-    attribute_match = _max_weight_matching(np.where(n_agree > 0, n_agree, np.nan))
-    attribute_correct = np.zeros(len(ATTRIBUTES), dtype=int)
-    for o, m in attribute_match.items():
-        attribute_correct += agree[o, m]
 
-    mention_to_object = {m: o for o, m in object_match.items()}
-    relations_correct = sum(
-        i in mention_to_object and j in mention_to_object and i != j
-        and relation_holds(objects[mention_to_object[i]], relation, objects[mention_to_object[j]])
-        for i, relation, j in relations
-    )
-    hallucinated = int(np.sum(~color_shape.any(axis=0)))
-    exact = (
-        len(object_match) == len(objects) == len(mentions)
-        and all(agree[o, m].all() for o, m in object_match.items())
-        and relations_correct == len(relations) >= len(objects) - 1
-    )
-    counts = (
-        len(objects), len(object_match), attribute_correct[1], attribute_correct[2],
-        attribute_correct[0], relations_correct, max(len(relations), len(objects) - 1),
-        len(mentions), hallucinated, exact,
-    )
-    return {key: int(value) for key, value in zip(_COUNT_KEYS, counts)}
+def _check_lengths(captions, scenes):
+    """`captions` and `scenes` as lists, after checking there is one caption per scene."""
+    captions, scenes = list(captions), list(scenes)
+    if len(captions) != len(scenes):
+        raise ValueError(
+            "`captions` and `scenes` must have the same length. "
+            f"Received: len(captions)={len(captions)}, len(scenes)={len(scenes)}"
+        )
+    return captions, scenes
+
+
+def _rates(totals, num_scenes):
+    """`grounded_scores`'s rates from summed `score_caption` counts over `num_scenes` scenes."""
+    def rate(hits, count):
+        return hits / count if count else 0.0
+
+    return {
+        "object_accuracy": rate(totals["matched_objects"], totals["objects"]),
+        "color_accuracy": rate(totals["color_correct"], totals["objects"]),
+        "shape_accuracy": rate(totals["shape_correct"], totals["objects"]),
+        "size_accuracy": rate(totals["size_correct"], totals["objects"]),
+        "relation_accuracy": rate(totals["relations_correct"], totals["relations_total"]),
+        "exact_scene_accuracy": rate(totals["exact_scene"], num_scenes),
+        "hallucination_rate": rate(totals["hallucinated"], totals["mentions"]),
+    }
 
 
 def grounded_scores(captions, scenes, vocabulary=DEFAULT_VOCABULARY):
@@ -237,26 +330,97 @@ def grounded_scores(captions, scenes, vocabulary=DEFAULT_VOCABULARY):
         `hallucination_rate` (mentions fitting no object by colour and shape,
         over all mentions).
     """
-    captions, scenes = list(captions), list(scenes)
-    if len(captions) != len(scenes):
-        raise ValueError(
-            "`captions` and `scenes` must have the same length. "
-            f"Received: len(captions)={len(captions)}, len(scenes)={len(scenes)}"
-        )
+    captions, scenes = _check_lengths(captions, scenes)
     totals = dict.fromkeys(_COUNT_KEYS, 0)
     for caption, scene in zip(captions, scenes):
         for key, value in score_caption(caption, scene["objects"], vocabulary).items():
             totals[key] += value
+    return _rates(totals, len(scenes))
 
-    def rate(hits, count):
-        return hits / count if count else 0.0
 
-    return {
-        "object_accuracy": rate(totals["matched_objects"], totals["objects"]),
-        "color_accuracy": rate(totals["color_correct"], totals["objects"]),
-        "shape_accuracy": rate(totals["shape_correct"], totals["objects"]),
-        "size_accuracy": rate(totals["size_correct"], totals["objects"]),
-        "relation_accuracy": rate(totals["relations_correct"], totals["relations_total"]),
-        "exact_scene_accuracy": rate(totals["exact_scene"], len(scenes)),
-        "hallucination_rate": rate(totals["hallucinated"], totals["mentions"]),
-    }
+def relation_breakdown(captions, scenes, vocabulary=DEFAULT_VOCABULARY):
+    """Where the relations of captions go wrong: by number of objects, and by kind of error.
+
+    Relations are judged as `score_caption` judges them (the same mention to
+    object matching). Every relation a caption should state and does not
+    get right falls in exactly one class of `RELATION_ERRORS`:
+
+    - `object_misnamed`: its subject or anchor mention is matched to no
+      scene object by colour and shape (or both name the same object), so
+      there is no pair of objects to check it on;
+    - `wrong_axis`: both are matched, and the relation is on the other axis
+      than the pair's dominant one ("above" where the reference says "left of");
+    - `wrong_direction`: on the dominant axis, the opposite way ("right of"
+      for "left of");
+    - `missing`: not stated: a caption of an `n`-object scene should state
+      `n - 1` relations, and each one fewer is missing.
+
+    So per group `relations_total = relations_correct + object_misnamed +
+    wrong_axis + wrong_direction + missing`. Across those classes,
+    `true_of_another_object` counts the wrong_axis and wrong_direction
+    relations that do hold between the subject and some scene object other
+    than the named anchor ("X left of Y" where X is left of Z): the relation
+    was read right, the anchor named wrong.
+
+    Args:
+        captions: one caption string per scene.
+        scenes: dicts `{"objects": [...]}` in the `generate_scene` format.
+        vocabulary: `SceneVocabulary` passed on to `parse_caption`.
+
+    Returns:
+        JSON-friendly dict:
+        `by_objects`: `{"1": group, "2": group, ...}` per number of objects
+        present, each `group` with the ints `scenes`, `relations_total`,
+        `relations_correct` and the rates `relation_accuracy`,
+        `exact_scene_accuracy` and `object_accuracy` of those scenes, pooled
+        as `grounded_scores` pools them.
+        `errors`: `{kind: {"1": int, ..., "all": int}}` for each kind of
+        `RELATION_ERRORS` and `true_of_another_object`.
+
+    Example:
+
+    ```python
+    relation_breakdown(["a small red circle above a large blue square"], [scene])
+    # {"by_objects": {"2": {"scenes": 1, "relations_total": 1, "relations_correct": 0,
+    #                       "relation_accuracy": 0.0, "exact_scene_accuracy": 0.0,
+    #                       "object_accuracy": 1.0}},
+    #  "errors": {"object_misnamed": {"2": 0, "all": 0}, "wrong_axis": {"2": 1, "all": 1},
+    #             "wrong_direction": {"2": 0, "all": 0}, "missing": {"2": 0, "all": 0},
+    #             "true_of_another_object": {"2": 0, "all": 0}}}
+    ```
+    """
+    captions, scenes = _check_lengths(captions, scenes)
+    kinds = (*RELATION_ERRORS, TRUE_OF_ANOTHER)
+    totals, errors = {}, {}  # per number of objects: summed counts; error counts
+    for caption, scene in zip(captions, scenes):
+        objects = scene["objects"]
+        counts, verdicts = _caption_counts(_match_caption(caption, objects, vocabulary), objects)
+        group = str(len(objects))
+        summed = totals.setdefault(group, dict.fromkeys(("scenes", *_COUNT_KEYS), 0))
+        summed["scenes"] += 1
+        for key, value in counts.items():
+            summed[key] += value
+        tally = errors.setdefault(group, dict.fromkeys(kinds, 0))
+        for verdict, elsewhere in verdicts:
+            if verdict != "correct":
+                tally[verdict] += 1
+            tally[TRUE_OF_ANOTHER] += elsewhere
+        tally["missing"] += counts["relations_total"] - len(verdicts)
+
+    groups = sorted(totals, key=int)
+    by_objects = {}
+    for group in groups:
+        summed = totals[group]
+        rates = _rates(summed, summed["scenes"])
+        by_objects[group] = {
+            "scenes": summed["scenes"],
+            "relations_total": summed["relations_total"],
+            "relations_correct": summed["relations_correct"],
+            **{key: rates[key] for key in
+               ("relation_accuracy", "exact_scene_accuracy", "object_accuracy")},
+        }
+    by_kind = {}
+    for kind in kinds:
+        row = {group: errors[group][kind] for group in groups}
+        by_kind[kind] = {**row, "all": sum(row.values())}
+    return {"by_objects": by_objects, "errors": by_kind}

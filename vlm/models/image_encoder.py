@@ -26,6 +26,9 @@ class ImageEncoder(keras.layers.Layer):
         image_mean: per-channel mean of pixels scaled to [0, 1].
         image_std: per-channel standard deviation of pixels scaled to [0, 1].
         add_2d_positions: bool. Add `PatchPositionEmbedding` to the output.
+        stem_positions: bool. Also add the 2D sine-cosine code to the stem's
+            output grid, so the ViT's own attention can tell where a cell is
+            from its first layer (its learned 1D embedding starts at random).
         stem: optional `vlm.layers.ConvStem` between the pixels and the ViT.
             A patch then covers `stem.stride * backbone.patch_size` pixels.
         **kwargs: Base `keras.layers.Layer` arguments.
@@ -51,9 +54,14 @@ class ImageEncoder(keras.layers.Layer):
         image_std=(0.5, 0.5, 0.5),
         add_2d_positions=True,
         stem=None,
+        stem_positions=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if stem_positions and stem is None:
+            raise ValueError("`stem_positions` adds a position code to a stem's output; "
+                             "pass a `stem`. Received: stem=None")
+        self.stem_positions = bool(stem_positions)
         self.backbone = backbone
         self.stem = stem
         self.image_mean = tuple(float(m) for m in image_mean)
@@ -73,6 +81,11 @@ class ImageEncoder(keras.layers.Layer):
             if add_2d_positions
             else None
         )
+        self.stem_grid = self.image_size // stride
+        self.stem_position_code = (
+            PatchPositionEmbedding(self.stem_grid, name="stem_positions",
+                                   dtype=self.dtype_policy)
+            if self.stem_positions else None)
 
     @classmethod
     def from_sizes(
@@ -86,6 +99,8 @@ class ImageEncoder(keras.layers.Layer):
         dropout=0.0,
         preset=None,
         stem_filters=(),
+        stem_coordinates=False,
+        stem_positions=False,
         dtype=None,
         **kwargs,
     ):
@@ -95,7 +110,8 @@ class ImageEncoder(keras.layers.Layer):
         pretrained keras-hub weights, and its sizes win over the arguments;
         the image statistics switch to ImageNet's. `stem_filters` puts a
         `ConvStem` of those channels before a fresh ViT, which then embeds
-        `patch_size / 2 ** len(stem_filters)` cells of the stem's grid.
+        `patch_size / 2 ** len(stem_filters)` cells of the stem's grid;
+        `stem_coordinates` gives its convolutions x and y maps.
         """
         stride = 2 ** len(stem_filters)
         if stem_filters and (preset is not None or patch_size % stride):
@@ -103,7 +119,8 @@ class ImageEncoder(keras.layers.Layer):
                 "`stem_filters` needs a fresh ViT whose `patch_size` is a multiple of "
                 f"2 ** len(stem_filters). Received: stem_filters={tuple(stem_filters)}, "
                 f"patch_size={patch_size}, preset={preset!r}")
-        stem = ConvStem(stem_filters, name="stem", dtype=dtype) if stem_filters else None
+        stem = (ConvStem(stem_filters, coordinates=stem_coordinates, name="stem", dtype=dtype)
+                if stem_filters else None)
         if preset is not None:
             backbone = keras_hub.models.ViTBackbone.from_preset(preset, dtype=dtype)
             kwargs.setdefault("image_mean", IMAGENET_MEAN)
@@ -126,13 +143,15 @@ class ImageEncoder(keras.layers.Layer):
                 use_class_token=False,
                 dtype=dtype,
             )
-        return cls(backbone, stem=stem, dtype=dtype, **kwargs)
+        return cls(backbone, stem=stem, stem_positions=stem_positions, dtype=dtype, **kwargs)
 
     def build(self, images_shape):
         if self.stem is not None:
             if not self.stem.built:  # loading builds it from its own config first
                 self.stem.build(images_shape)
             images_shape = self.stem.compute_output_shape(images_shape)
+            if self.stem_position_code is not None:
+                self.stem_position_code.build((None, self.stem_grid**2, images_shape[-1]))
         self.backbone.build(images_shape)
         if self.patch_positions is not None:
             self.patch_positions.build((None, self.grid_size**2, self.hidden_dim))
@@ -143,6 +162,9 @@ class ImageEncoder(keras.layers.Layer):
         x = (ops.cast(images, self.compute_dtype) - mean) / std
         if self.stem is not None:
             x = self.stem(x)
+            if self.stem_position_code is not None:
+                cells = ops.reshape(x, (-1, self.stem_grid**2, ops.shape(x)[-1]))
+                x = ops.reshape(self.stem_position_code(cells), ops.shape(x))
         patches = self.backbone(x, training=training)
         if self.backbone.use_class_token:
             patches = patches[:, 1:]
@@ -161,6 +183,7 @@ class ImageEncoder(keras.layers.Layer):
                 "image_mean": self.image_mean,
                 "image_std": self.image_std,
                 "add_2d_positions": self.add_2d_positions,
+                "stem_positions": self.stem_positions,
                 "stem": (keras.saving.serialize_keras_object(self.stem)
                          if self.stem is not None else None),
             }
