@@ -100,6 +100,16 @@ def test_jit_compile_is_true_false_or_auto(raw, value):
                                         r"Received: 0$"),
         ("train.backend=numpy", r"^train.backend must be one of \(None, 'tensorflow', 'jax', "
                                 r"'torch'\). Received: 'numpy'$"),
+        ("model.encoder_coordinates=true model.encoder_stem_layers=0",
+         r"^model.encoder_coordinates feeds the stem, so it needs model.encoder_stem_layers "
+         r"> 0. Received: encoder_stem_layers=0$"),
+        ("model.encoder_stem_positions=true model.encoder_stem_layers=0",
+         r"^model.encoder_stem_positions feeds the stem"),
+        ("train.schedule=step",
+         r"^train.schedule must be one of \('cosine', 'linear'\). Received: 'step'$"),
+        ("train.optimizer=sgd",
+         r"^train.optimizer must be one of \('adamw', 'muon'\). Received: 'sgd'$"),
+        ("train.ema_momentum=1.5", r"^train.ema_momentum must be in \(0, 1\). Received: 1.5$"),
         # Stopping targets.
         ("train.stop_at=relation_accuracy>0.97",
          r"^train.stop_at: each target must look like score>=number or score<=number, .* "

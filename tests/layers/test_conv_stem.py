@@ -41,6 +41,29 @@ def test_matches_strided_convolutions_written_out():
     assert_close(got, expected, atol=1e-5)
 
 
+def test_layer_basics_with_coordinates():
+    run_layer_test(ConvStem, {"filters": [4, 8], "coordinates": True},
+                   input_shapes={"images": (2, 16, 16, 3)}, expected_output_shape=(2, 4, 4, 8))
+
+
+def test_coordinates_are_x_and_y_maps_beside_every_convolution_input():
+    stem = ConvStem([4, 6], coordinates=True)
+    x = np.random.default_rng(0).standard_normal((2, 8, 8, 3)).astype("float32")
+    got = stem(x)
+    expected = x.astype("float64")
+    for conv in stem.convolutions:
+        n, h, w, _ = expected.shape
+        cols, rows = np.meshgrid(np.linspace(-1, 1, w), np.linspace(-1, 1, h))
+        grid = np.broadcast_to(np.stack([cols, rows], -1), (n, h, w, 2))
+        kernel, bias = (np.asarray(w) for w in conv.get_weights())
+        expected = _gelu(_conv_stride2_same(np.concatenate([expected, grid], -1), kernel, bias))
+    assert [tuple(c.kernel.shape) for c in stem.convolutions] == [(3, 3, 5, 4), (3, 3, 6, 6)]
+    assert_close(got, expected, atol=1e-5)
+    # The same pixels at two places give two outputs: the stem knows where it is.
+    flat = stem(np.zeros((1, 8, 8, 3), "float32"))[0]
+    assert np.abs(np.asarray(flat[0, 0]) - np.asarray(flat[1, 1])).max() > 1e-3
+
+
 def test_errors():
     with pytest.raises(ValueError, match=r"Received: filters=\[\]"):
         ConvStem([])

@@ -148,6 +148,22 @@ def test_a_conv_stem_feeds_the_vit_its_grid(tmp_path):
                                 hidden_dim=16, mlp_dim=32, stem_filters=(4, 8))
 
 
+def test_stem_positions_add_the_2d_code_to_the_stem_grid_before_the_vit():
+    encoder = ImageEncoder.from_sizes(image_size=16, patch_size=8, num_layers=1, num_heads=2,
+                                      hidden_dim=16, mlp_dim=32, stem_filters=(4, 8),
+                                      stem_coordinates=True, stem_positions=True)
+    images = batch(n=2)[0]["images"]
+    grid = to_numpy(encoder.stem((images / 255.0 - 0.5) / 0.5))  # (2, 4, 4, 8)
+    coded = grid + sincos_2d(4, 4, 8).reshape(1, 4, 4, 8)
+    expected = to_numpy(encoder.backbone(coded)) + sincos_2d(2, 2, 16)[None]
+    assert_close(encoder(images), expected, atol=1e-5)
+    config = encoder.get_config()
+    assert config["stem_positions"] and config["stem"]["config"]["coordinates"]
+    assert_close(ImageEncoder.from_config(config)(images).shape, (2, 4, 16))
+    with pytest.raises(ValueError, match="Received: stem=None"):
+        ImageEncoder(encoder.backbone, stem_positions=True)
+
+
 def test_preset_path_drops_the_class_token(monkeypatch):
     """The `preset=` wiring, with a preset-free backbone standing in (no download)."""
     calls = []

@@ -1,0 +1,44 @@
+import keras
+import numpy as np
+import pytest
+
+from vlm.config import TrainConfig
+from vlm.optimization import WarmupLinearDecay
+from vlm.optimization import learning_rate_schedule
+from vlm.optimization import make_optimizer
+
+
+def rates(schedule, steps):
+    return np.array([float(schedule(step)) for step in steps])
+
+
+def test_linear_schedule_warms_up_then_falls_to_zero_at_the_last_step():
+    schedule = learning_rate_schedule(
+        TrainConfig(learning_rate=2e-3, warmup_fraction=0.1, schedule="linear"), 200)
+    assert isinstance(schedule, WarmupLinearDecay)
+    np.testing.assert_allclose(rates(schedule, [0, 10, 20, 110, 200, 250]),
+                               [0.0, 1e-3, 2e-3, 1e-3, 0.0, 0.0], atol=1e-9)
+    again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(schedule))
+    np.testing.assert_allclose(rates(again, range(0, 200, 7)), rates(schedule, range(0, 200, 7)))
+
+
+def test_no_warmup_starts_at_the_peak():
+    np.testing.assert_allclose(rates(WarmupLinearDecay(1.0, 4), [0, 1, 2, 4]),
+                               [1.0, 0.75, 0.5, 0.0])
+
+
+def test_cosine_schedule_is_the_default():
+    schedule = learning_rate_schedule(TrainConfig(learning_rate=1e-3, warmup_fraction=0.0), 100)
+    np.testing.assert_allclose(rates(schedule, [0, 50, 100]), [1e-3, 5e-4, 0.0], atol=1e-9)
+
+
+@pytest.mark.parametrize("name, cls", [("adamw", keras.optimizers.AdamW),
+                                       ("muon", keras.optimizers.Muon)])
+def test_optimizer_choice_and_weight_average(name, cls):
+    optimizer = make_optimizer(TrainConfig(optimizer=name, use_ema=True, ema_momentum=0.9), 10)
+    assert type(optimizer) is cls and optimizer.use_ema and optimizer.ema_momentum == 0.9
+
+
+def test_bad_schedule_lengths_are_errors():
+    with pytest.raises(ValueError, match="total_steps=10, warmup_steps=10"):
+        WarmupLinearDecay(1.0, 10, 10)
