@@ -49,6 +49,8 @@ class ModelConfig:
     decoder_heads: int = 4
     decoder_dim: int = 256
     decoder_mlp_dim: int = 1024
+    # GeGLU feed-forwards in the decoder blocks (`vlm.layers.DecoderBlock`).
+    decoder_gated_mlp: bool = False
     num_key_value_heads: Optional[int] = None
     # Tokens per caption, [START] included; longer captions are truncated.
     sequence_length: int = 24

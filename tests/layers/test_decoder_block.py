@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 
@@ -33,6 +35,26 @@ def test_block_is_the_three_residual_branches():
     h = h + to_numpy(block.cross_attention(block.cross_attention_norm(h), context))
     h = h + to_numpy(block.mlp_down(block.mlp_up(block.mlp_norm(h))))
     assert_close(block(x, context), h, atol=1e-5)
+
+
+def test_gated_mlp_multiplies_a_gelu_gate_into_the_up_projection():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 5, 16)).astype("float32")
+    context = rng.standard_normal((2, 9, 24)).astype("float32")
+    block = DecoderBlock(num_heads=2, mlp_dim=32, gated_mlp=True)
+    block(x, context)
+    assert block.mlp_up.activation.__name__ == "linear"
+    h = x + to_numpy(block.self_attention(block.self_attention_norm(x)))
+    h = h + to_numpy(block.cross_attention(block.cross_attention_norm(h), context))
+    normed = to_numpy(block.mlp_norm(h))
+    up = normed @ to_numpy(block.mlp_up.kernel) + to_numpy(block.mlp_up.bias)
+    gate = normed @ to_numpy(block.mlp_gate.kernel) + to_numpy(block.mlp_gate.bias)
+    gelu = 0.5 * gate * (1 + np.vectorize(math.erf)(gate / np.sqrt(2)))
+    h = h + (up * gelu) @ to_numpy(block.mlp_down.kernel) + to_numpy(block.mlp_down.bias)
+    assert_close(block(x, context), h, atol=1e-4)
+    run_layer_test(DecoderBlock, {"num_heads": 2, "mlp_dim": 32, "gated_mlp": True},
+                   input_shapes={"inputs": (2, 5, 16), "context": (2, 9, 24)},
+                   expected_output_shape=(2, 5, 16))
 
 
 def test_reads_the_image_and_is_causal():

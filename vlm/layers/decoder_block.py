@@ -30,6 +30,9 @@ class DecoderBlock(keras.layers.Layer):
         layer_norm_epsilon: float. Epsilon of the LayerNorms.
         sources: optional tuple of context names, one cross attention each;
             None reads one context.
+        gated_mlp: bool. A GeGLU feed-forward, `down(gelu(gate(x)) * up(x))`
+            (Shazeer, 2020), instead of `down(gelu(up(x)))`: its product
+            lets a word (say a relation) switch which features pass on.
         **kwargs: Base `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -69,10 +72,12 @@ class DecoderBlock(keras.layers.Layer):
         dropout=0.0,
         layer_norm_epsilon=1e-6,
         sources=None,
+        gated_mlp=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
         check_positive_int("num_heads", num_heads)
+        self.gated_mlp = bool(gated_mlp)
         self.sources = check_sources(sources)
         check_positive_int("mlp_dim", mlp_dim)
         check_dropout(dropout)
@@ -122,9 +127,15 @@ class DecoderBlock(keras.layers.Layer):
             self._cross_attentions.append((source, layer_norm, attention))
         self.mlp_norm = norm("mlp_norm")
         self.mlp_up = keras.layers.Dense(
-            self.mlp_dim, activation="gelu", name="mlp_up", dtype=self.dtype_policy
+            self.mlp_dim, activation=None if self.gated_mlp else "gelu", name="mlp_up",
+            dtype=self.dtype_policy
         )
         self.mlp_up.build(inputs_shape)
+        self.mlp_gate = None
+        if self.gated_mlp:
+            self.mlp_gate = keras.layers.Dense(
+                self.mlp_dim, activation="gelu", name="mlp_gate", dtype=self.dtype_policy)
+            self.mlp_gate.build(inputs_shape)
         self.mlp_down = keras.layers.Dense(
             hidden_dim, name="mlp_down", dtype=self.dtype_policy
         )
@@ -179,7 +190,11 @@ class DecoderBlock(keras.layers.Layer):
             x = x + self.residual_dropout(attended, training=training)
         if self.sources is None:
             scores = scores.get(None)
-        hidden = self.mlp_down(self.mlp_up(self.mlp_norm(x)))
+        normed = self.mlp_norm(x)
+        hidden = self.mlp_up(normed)
+        if self.mlp_gate is not None:
+            hidden = hidden * self.mlp_gate(normed)
+        hidden = self.mlp_down(hidden)
         x = x + self.residual_dropout(hidden, training=training)
         outputs = (x,)
         if self_attention_cache is not None:
@@ -201,6 +216,7 @@ class DecoderBlock(keras.layers.Layer):
                 "dropout": self.dropout,
                 "layer_norm_epsilon": self.layer_norm_epsilon,
                 "sources": None if self.sources is None else list(self.sources),
+                "gated_mlp": self.gated_mlp,
             }
         )
         return config

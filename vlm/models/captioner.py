@@ -423,6 +423,7 @@ def build_encoder_decoder(model_config, vocabulary_size, dtype=None, sources=Non
         num_key_value_heads=model_config.num_key_value_heads,
         dropout=model_config.dropout,
         tie_embeddings=model_config.tie_embeddings,
+        gated_mlp=model_config.decoder_gated_mlp,
         sources=sources,
         dtype=dtype,
         name="decoder",

@@ -27,6 +27,7 @@ class TextDecoder(keras.layers.Layer):
         layer_norm_epsilon: float.
         sources: optional tuple of context names: every block then reads each
             named context with its own cross attention (`DecoderBlock`).
+        gated_mlp: bool. GeGLU feed-forwards in the blocks (`DecoderBlock`).
         **kwargs: Base `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -69,6 +70,7 @@ class TextDecoder(keras.layers.Layer):
         tie_embeddings=True,
         layer_norm_epsilon=1e-6,
         sources=None,
+        gated_mlp=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -97,6 +99,7 @@ class TextDecoder(keras.layers.Layer):
         self.tie_embeddings = tie_embeddings
         self.layer_norm_epsilon = layer_norm_epsilon
         self.sources = check_sources(sources)
+        self.gated_mlp = bool(gated_mlp)
 
         self.token_embedding = keras_hub.layers.ReversibleEmbedding(
             vocabulary_size,
@@ -124,6 +127,7 @@ class TextDecoder(keras.layers.Layer):
                 dropout=dropout,
                 layer_norm_epsilon=layer_norm_epsilon,
                 sources=self.sources,
+                gated_mlp=self.gated_mlp,
                 name=f"block_{i}",
                 dtype=self.dtype_policy,
             )
@@ -253,6 +257,7 @@ class TextDecoder(keras.layers.Layer):
                 "tie_embeddings": self.tie_embeddings,
                 "layer_norm_epsilon": self.layer_norm_epsilon,
                 "sources": None if self.sources is None else list(self.sources),
+                "gated_mlp": self.gated_mlp,
             }
         )
         return config
