@@ -51,6 +51,9 @@ class ModelConfig:
     decoder_mlp_dim: int = 1024
     # GeGLU feed-forwards in the decoder blocks (`vlm.layers.DecoderBlock`).
     decoder_gated_mlp: bool = False
+    # Each decoder block after the first biases its cross attention by where
+    # the one before looked, shifted by kernels its queries pick (FocusShift).
+    decoder_focus_shift: bool = False
     num_key_value_heads: Optional[int] = None
     # Tokens per caption, [START] included; longer captions are truncated.
     sequence_length: int = 24

@@ -34,8 +34,9 @@ def projections(layer):
     return weights
 
 
-def numpy_cross_attention(layer, query, context, context_mask=None, attention_mask=None):
-    """softmax(Q K^T / sqrt(d)) V per head, then the output projection."""
+def numpy_cross_attention(layer, query, context, context_mask=None, attention_mask=None,
+                          attention_bias=None):
+    """softmax(Q K^T / sqrt(d) + bias) V per head, then the output projection."""
     w = projections(layer)
     q = np.einsum("btd,dnh->btnh", query, w["query"][0]) + w["query"][1]
     k = np.einsum("bsd,dnh->bsnh", context, w["key"][0]) + w["key"][1]
@@ -44,6 +45,8 @@ def numpy_cross_attention(layer, query, context, context_mask=None, attention_ma
     k = np.repeat(k, groups, axis=2)  # query head h reads kv head h // groups
     v = np.repeat(v, groups, axis=2)
     logits = np.einsum("bqnh,bknh->bnqk", q, k) / np.sqrt(q.shape[-1])
+    if attention_bias is not None:
+        logits = logits + attention_bias
     if context_mask is None:
         context_mask = np.ones(context.shape[:2], bool)
     visible = context_mask[:, None, None, :]
@@ -650,3 +653,31 @@ def test_attention_mask_shape_is_checked():
     layer = built_layer(query, context, num_heads=2)
     with pytest.raises(ValueError, match="attention_mask.shape=\\(2, 5, 6\\)"):
         layer(query, context, attention_mask=np.ones((2, 5, 6), bool))
+
+
+@pytest.mark.parametrize("path", ["fused", "explicit", "cache", "shared"])
+def test_attention_bias_is_added_to_the_logits(path):
+    query, context = random_inputs(batch=4)
+    bias = np.random.default_rng(5).standard_normal((4, 4, 5, 7)).astype("float32") * 3
+    mask = random_mask(batch=4)
+    if path == "shared":  # two captions per image: each row keeps its own bias row
+        layer = built_layer(query, context[:2], num_heads=4, key_dim=8)
+        expected, _ = numpy_cross_attention(layer, query, np.repeat(context[:2], 2, axis=0),
+                                            np.repeat(mask[:2], 2, axis=0), None, bias)
+        out = layer(query, context[:2], context_mask=mask[:2], attention_bias=bias)
+        assert_close(out, expected, atol=1e-5)
+        return
+    layer = built_layer(query, context, num_heads=4, key_dim=8, num_key_value_heads=2)
+    expected, expected_probs = numpy_cross_attention(layer, query, context, mask, None, bias)
+    if path == "fused":
+        out = layer(query, context, context_mask=mask, attention_bias=bias)
+    elif path == "explicit":
+        out, probs = layer(query, context, context_mask=mask, attention_bias=bias,
+                           return_attention_scores=True)
+        assert_close(probs, expected_probs, atol=1e-6)
+    else:
+        out = layer(query, None, context_cache=layer.compute_context_cache(context),
+                    context_mask=mask, attention_bias=bias)
+    assert_close(out, expected, atol=1e-5)
+    unbiased, _ = numpy_cross_attention(layer, query, context, mask)
+    assert np.abs(to_numpy(out) - unbiased).max() > 1e-2  # the bias mattered

@@ -4,6 +4,7 @@ from vlm.layers.causal_self_attention import CausalSelfAttention
 from vlm.layers.conv_stem import ConvStem
 from vlm.layers.cross_attention import CrossAttention
 from vlm.layers.decoder_block import DecoderBlock
+from vlm.layers.focus_shift import FocusShift
 from vlm.layers.gated_cross_attention_block import GatedCrossAttentionBlock
 from vlm.layers.image_index_embedding import ImageIndexEmbedding
 from vlm.layers.media_attention_mask import count_images
@@ -15,6 +16,7 @@ __all__ = [
     "ConvStem",
     "CrossAttention",
     "DecoderBlock",
+    "FocusShift",
     "GatedCrossAttentionBlock",
     "ImageIndexEmbedding",
     "PatchPositionEmbedding",

@@ -69,6 +69,9 @@ class CrossAttention(keras.layers.Layer):
             when several rows share a context.
         context_cache: optional `(key, value)` tuple from
             `compute_context_cache(context)`. Skips the key/value projections.
+        attention_bias: optional `(batch, num_heads, q_len, k_len)` float
+            tensor added to the attention logits (before the softmax), for
+            example `FocusShift`'s.
         return_attention_scores: bool. Also return the attention
             probabilities, `(batch, num_heads, q_len, k_len)`.
         training: bool. Whether attention dropout is active.
@@ -248,6 +251,7 @@ class CrossAttention(keras.layers.Layer):
         return_attention_scores=False,
         training=None,
         query_mask=None,
+        attention_bias=None,
     ):
         _check_rank("query", ops.shape(query))
         if context_cache is None:
@@ -294,6 +298,14 @@ class CrossAttention(keras.layers.Layer):
             _check_attention_mask(attention_mask, query.shape[:2], static_k_len)
             if grouped:
                 attention_mask = ops.reshape(attention_mask, (contexts, group * q_len, k_len))
+        if attention_bias is not None:
+            attention_bias = ops.cast(attention_bias, core_dtype(self.compute_dtype))
+            if grouped:
+                # (batch, heads, q, k) -> (contexts, heads, group * q, k), as the queries.
+                attention_bias = ops.reshape(
+                    attention_bias, (contexts, group, self.num_heads, q_len, k_len))
+                attention_bias = ops.reshape(ops.transpose(attention_bias, (0, 2, 1, 3, 4)),
+                                             (contexts, self.num_heads, group * q_len, k_len))
 
         mask = _attention_mask(query_mask, context_mask, query_heads, (contexts, k_len))
         if attention_mask is not None:
@@ -318,10 +330,11 @@ class CrossAttention(keras.layers.Layer):
             and self._value_dim == self._key_dim
         )
         if fused:
-            attended = self._fused_attention(query_heads, key, value, mask, scale)
+            attended = self._fused_attention(query_heads, key, value, mask, scale,
+                                             attention_bias)
         else:
             attended, scores = self._explicit_attention(
-                query_heads, key, value, mask, scale, training, heads_first
+                query_heads, key, value, mask, scale, training, heads_first, attention_bias
             )
         if grouped:
             # (contexts, group * q_len, heads, value_dim) -> (batch, q_len, ...)
@@ -350,7 +363,7 @@ class CrossAttention(keras.layers.Layer):
             return output, scores
         return output
 
-    def _fused_attention(self, query, key, value, mask, scale):
+    def _fused_attention(self, query, key, value, mask, scale, bias=None):
         """`ops.dot_product_attention`: a fused kernel where the backend has one."""
         if mask is not None:
             # An all-False row would make the kernel's softmax NaN on some
@@ -364,11 +377,11 @@ class CrossAttention(keras.layers.Layer):
             key = ops.repeat(key, self.num_heads, axis=2)
             value = ops.repeat(value, self.num_heads, axis=2)
         return ops.dot_product_attention(
-            query, key, value, mask=mask, scale=scale
+            query, key, value, bias=bias, mask=mask, scale=scale
         )
 
     def _explicit_attention(
-        self, query, key, value, mask, scale, training, heads_first=False
+        self, query, key, value, mask, scale, training, heads_first=False, bias=None
     ):
         """Softmax attention written out: scores, attention dropout, cached keys.
 
@@ -383,6 +396,8 @@ class CrossAttention(keras.layers.Layer):
         query = ops.reshape(query, (-1, q_len, kv_heads, groups, self._key_dim))
         logits = ops.einsum(f"bqngd,{kv}->bngqk", query * scale, key)
         logits = ops.reshape(logits, (-1, heads, q_len, k_len))
+        if bias is not None:
+            logits = logits + bias
         if mask is not None:
             # mask: (batch, 1, q_len, k_len)
             logits = ops.where(mask, logits, finfo_min(logits.dtype))
@@ -432,6 +447,7 @@ class CrossAttention(keras.layers.Layer):
         return_attention_scores=False,
         training=None,
         query_mask=None,
+        attention_bias=None,
     ):
         cache_shape = None
         if context_cache is not None:

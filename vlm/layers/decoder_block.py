@@ -5,6 +5,7 @@ import keras
 from vlm.layers.attention_utils import check_dropout
 from vlm.layers.causal_self_attention import CausalSelfAttention
 from vlm.layers.cross_attention import CrossAttention
+from vlm.layers.focus_shift import FocusShift
 from vlm.validation import check_positive_int
 
 
@@ -33,6 +34,10 @@ class DecoderBlock(keras.layers.Layer):
         gated_mlp: bool. A GeGLU feed-forward, `down(gelu(gate(x)) * up(x))`
             (Shazeer, 2020), instead of `down(gelu(up(x)))`: its product
             lets a word (say a relation) switch which features pass on.
+        focus_grid: optional int, the patch grid's side. The cross attention
+            then adds `FocusShift`'s bias: the previous block's attention map
+            (`focus`), moved by kernels its queries pick (one context only).
+        focus_shifts: int. `FocusShift`'s number of kernels.
         **kwargs: Base `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -48,6 +53,8 @@ class DecoderBlock(keras.layers.Layer):
         self_attention_cache: optional `(batch, 2, heads, max_length, dim)`
             self-attention cache; `cache_index` is then required.
         cache_index: position of `inputs[:, 0]` in the sequence.
+        focus: optional `(batch, heads, length, patches)` cross-attention
+            probabilities of the previous block, for `focus_grid`.
         return_attention_scores: bool. Also return the cross-attention
             probabilities `(batch, heads, length, patches)`.
         training: bool.
@@ -73,11 +80,20 @@ class DecoderBlock(keras.layers.Layer):
         layer_norm_epsilon=1e-6,
         sources=None,
         gated_mlp=False,
+        focus_grid=None,
+        focus_shifts=4,
         **kwargs,
     ):
         super().__init__(**kwargs)
         check_positive_int("num_heads", num_heads)
         self.gated_mlp = bool(gated_mlp)
+        if focus_grid is not None:
+            check_positive_int("focus_grid", focus_grid)
+            if sources is not None:
+                raise ValueError("`focus_grid` shifts one attention map over one image; it "
+                                 f"does not take `sources`. Received: sources={sources!r}")
+        self.focus_grid = focus_grid
+        self.focus_shifts = check_positive_int("focus_shifts", focus_shifts)
         self.sources = check_sources(sources)
         check_positive_int("mlp_dim", mlp_dim)
         check_dropout(dropout)
@@ -125,6 +141,13 @@ class DecoderBlock(keras.layers.Layer):
             setattr(self, f"cross_attention_norm{suffix}", layer_norm)
             setattr(self, f"cross_attention{suffix}", attention)
             self._cross_attentions.append((source, layer_norm, attention))
+        self.focus_shift = None
+        if self.focus_grid is not None:
+            self.focus_shift = FocusShift(self.focus_grid, self.num_heads, self.focus_shifts,
+                                          name="focus_shift", dtype=self.dtype_policy)
+            cells = self.focus_grid**2
+            self.focus_shift.build(
+                (inputs_shape[0], self.num_heads, inputs_shape[1], cells), inputs_shape)
         self.mlp_norm = norm("mlp_norm")
         self.mlp_up = keras.layers.Dense(
             self.mlp_dim, activation=None if self.gated_mlp else "gelu", name="mlp_up",
@@ -159,6 +182,7 @@ class DecoderBlock(keras.layers.Layer):
         attention_mask=None,
         self_attention_cache=None,
         cache_index=None,
+        focus=None,
         return_attention_scores=False,
         training=None,
     ):
@@ -177,11 +201,16 @@ class DecoderBlock(keras.layers.Layer):
             def pick(value):
                 return value if source is None or value is None else value[source]
 
+            query = layer_norm(x)
+            bias = None
+            if self.focus_shift is not None and focus is not None:
+                bias = self.focus_shift(focus, query)
             attended = attention(
-                layer_norm(x),
+                query,
                 pick(context),
                 context_cache=pick(context_cache),
                 attention_mask=attention_mask,
+                attention_bias=bias,
                 return_attention_scores=return_attention_scores,
                 training=training,
             )
@@ -217,6 +246,8 @@ class DecoderBlock(keras.layers.Layer):
                 "layer_norm_epsilon": self.layer_norm_epsilon,
                 "sources": None if self.sources is None else list(self.sources),
                 "gated_mlp": self.gated_mlp,
+                "focus_grid": self.focus_grid,
+                "focus_shifts": self.focus_shifts,
             }
         )
         return config

@@ -28,6 +28,10 @@ class TextDecoder(keras.layers.Layer):
         sources: optional tuple of context names: every block then reads each
             named context with its own cross attention (`DecoderBlock`).
         gated_mlp: bool. GeGLU feed-forwards in the blocks (`DecoderBlock`).
+        focus_grid: optional int, the side of the image's patch grid: every
+            block after the first then biases its cross attention by where
+            the block before it looked, shifted as its queries ask
+            (`vlm.layers.FocusShift`).
         **kwargs: Base `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -71,6 +75,7 @@ class TextDecoder(keras.layers.Layer):
         layer_norm_epsilon=1e-6,
         sources=None,
         gated_mlp=False,
+        focus_grid=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -100,6 +105,7 @@ class TextDecoder(keras.layers.Layer):
         self.layer_norm_epsilon = layer_norm_epsilon
         self.sources = check_sources(sources)
         self.gated_mlp = bool(gated_mlp)
+        self.focus_grid = focus_grid
 
         self.token_embedding = keras_hub.layers.ReversibleEmbedding(
             vocabulary_size,
@@ -128,6 +134,7 @@ class TextDecoder(keras.layers.Layer):
                 layer_norm_epsilon=layer_norm_epsilon,
                 sources=self.sources,
                 gated_mlp=self.gated_mlp,
+                focus_grid=focus_grid if i > 0 else None,
                 name=f"block_{i}",
                 dtype=self.dtype_policy,
             )
@@ -199,7 +206,10 @@ class TextDecoder(keras.layers.Layer):
                                         positions=positions_from(start, tokens))
         x = self.embedding_dropout(x, training=training)
         updated_caches, scores = [], []
+        focus = None
         for i, block in enumerate(self.blocks):
+            # A block whose successor shifts its attention map hands it on.
+            hand_on = self.focus_grid is not None and i + 1 < len(self.blocks)
             outputs = block(
                 x,
                 context,
@@ -209,7 +219,8 @@ class TextDecoder(keras.layers.Layer):
                     None if self_attention_caches is None else self_attention_caches[i]
                 ),
                 cache_index=cache_index,
-                return_attention_scores=return_attention_scores,
+                focus=focus,
+                return_attention_scores=return_attention_scores or hand_on,
                 training=training,
             )
             outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
@@ -218,6 +229,7 @@ class TextDecoder(keras.layers.Layer):
                 updated_caches.append(outputs[1])
             if return_attention_scores:
                 scores.append(outputs[-1])
+            focus = outputs[-1] if hand_on else None
         logits = self._logits(self.final_norm(x))
         outputs = (logits,)
         if self_attention_caches is not None:
@@ -258,6 +270,7 @@ class TextDecoder(keras.layers.Layer):
                 "layer_norm_epsilon": self.layer_norm_epsilon,
                 "sources": None if self.sources is None else list(self.sources),
                 "gated_mlp": self.gated_mlp,
+                "focus_grid": self.focus_grid,
             }
         )
         return config
