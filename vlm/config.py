@@ -54,6 +54,8 @@ class ModelConfig:
     # Each decoder block after the first biases its cross attention by where
     # the one before looked, shifted by kernels its queries pick (FocusShift).
     decoder_focus_shift: bool = False
+    # Each decoder block adds the (x, y) its cross-attention heads looked at.
+    decoder_position_readout: bool = False
     num_key_value_heads: Optional[int] = None
     # Tokens per caption, [START] included; longer captions are truncated.
     sequence_length: int = 24

@@ -16,8 +16,8 @@ def decoder_and_inputs(**kwargs):
 
 
 def test_focus_shift_biases_every_block_after_the_first_by_the_one_before():
-    decoder, tokens, context = decoder_and_inputs(focus_grid=3)
-    assert [b.focus_grid for b in decoder.blocks] == [None, 3, 3]
+    decoder, tokens, context = decoder_and_inputs(grid_size=3, focus_shift=True)
+    assert [b.focus_shift is not None for b in decoder.blocks] == [False, True, True]
     before = to_numpy(decoder(tokens, context))
     rng = np.random.default_rng(1)
     for block in decoder.blocks[1:]:
@@ -35,13 +35,16 @@ def test_focus_shift_biases_every_block_after_the_first_by_the_one_before():
     assert np.abs(to_numpy(biased) - to_numpy(unbiased)).max() > 1e-3
 
 
-@pytest.mark.parametrize("focus_grid", [None, 3])
-def test_cached_steps_equal_the_full_pass(focus_grid):
-    decoder, tokens, context = decoder_and_inputs(focus_grid=focus_grid, gated_mlp=True)
-    for block in decoder.blocks[1:]:
+@pytest.mark.parametrize("options", [{}, {"focus_shift": True, "position_readout": True}])
+def test_cached_steps_equal_the_full_pass(options):
+    decoder, tokens, context = decoder_and_inputs(grid_size=3, gated_mlp=True, **options)
+    rng = np.random.default_rng(2)
+    for block in decoder.blocks:
         if block.focus_shift is not None:
-            block.focus_shift.kernels.assign(
-                np.random.default_rng(2).standard_normal(block.focus_shift.kernels.shape))
+            block.focus_shift.kernels.assign(rng.standard_normal(block.focus_shift.kernels.shape))
+        if block.position_readout is not None:
+            block.position_readout.kernel.assign(
+                rng.standard_normal(block.position_readout.kernel.shape))
     full = to_numpy(decoder(tokens, context))
     caches = decoder.empty_caches(2, 8)
     context_caches = decoder.compute_context_caches(context)
@@ -53,10 +56,32 @@ def test_cached_steps_equal_the_full_pass(focus_grid):
 
 
 def test_config_round_trip():
-    decoder, tokens, context = decoder_and_inputs(focus_grid=3, gated_mlp=True)
+    decoder, tokens, context = decoder_and_inputs(grid_size=3, focus_shift=True,
+                                                  position_readout=True, gated_mlp=True)
+    for block in decoder.blocks:  # zero-initialised projections would hide a wrong load
+        block.position_readout.kernel.assign(
+            np.random.default_rng(3).standard_normal(block.position_readout.kernel.shape))
     config = decoder.get_config()
-    assert config["focus_grid"] == 3 and config["gated_mlp"] is True
+    assert config["grid_size"] == 3 and config["gated_mlp"] and config["position_readout"]
     again = TextDecoder.from_config(config)
     again(tokens, context)
     again.set_weights(decoder.get_weights())
     assert_close(again(tokens, context), decoder(tokens, context), atol=1e-6)
+
+
+def test_position_readout_adds_where_each_head_looked():
+    decoder, tokens, context = decoder_and_inputs(grid_size=3, position_readout=True)
+    block = decoder.blocks[0]
+    kernel = np.random.default_rng(4).standard_normal(block.position_readout.kernel.shape)
+    block.position_readout.kernel.assign(kernel)
+    x = np.random.default_rng(5).standard_normal((2, 6, 16)).astype("float32")
+    out, probs = block(x, context, return_attention_scores=True)
+    probs = to_numpy(probs)  # (batch, heads, length, 9)
+    cols, rows = np.meshgrid(np.linspace(-1, 1, 3), np.linspace(-1, 1, 3))
+    xy = np.stack([cols.ravel(), rows.ravel()], -1)  # cell (row, col) -> (x, y)
+    where = np.einsum("bhtc,cd->bthd", probs, xy).reshape(2, 6, 4)
+    readout = where @ kernel + to_numpy(block.position_readout.bias)
+    h = x + to_numpy(block.self_attention(block.self_attention_norm(x)))
+    h = h + to_numpy(block.cross_attention(block.cross_attention_norm(h), context)) + readout
+    h = h + to_numpy(block.mlp_down(block.mlp_up(block.mlp_norm(h))))
+    assert_close(out, h, atol=1e-4)

@@ -1,6 +1,8 @@
 """One pre-LayerNorm decoder block: causal self-attention, cross attention, MLP."""
 
 import keras
+import numpy as np
+from keras import ops
 
 from vlm.layers.attention_utils import check_dropout
 from vlm.layers.causal_self_attention import CausalSelfAttention
@@ -34,9 +36,15 @@ class DecoderBlock(keras.layers.Layer):
         gated_mlp: bool. A GeGLU feed-forward, `down(gelu(gate(x)) * up(x))`
             (Shazeer, 2020), instead of `down(gelu(up(x)))`: its product
             lets a word (say a relation) switch which features pass on.
-        focus_grid: optional int, the patch grid's side. The cross attention
-            then adds `FocusShift`'s bias: the previous block's attention map
-            (`focus`), moved by kernels its queries pick (one context only).
+        grid_size: optional int, the side of the context's row-major patch
+            grid, for `focus_shift` and `position_readout` (one context only).
+        focus_shift: bool. Add `FocusShift`'s bias to the cross attention:
+            the previous block's attention map (`focus`), moved by kernels
+            its queries pick.
+        position_readout: bool. Also add, projected, where each cross
+            attention head looked: the `(x, y)` in [-1, 1] its probabilities
+            average to, so the next layers read the attended object's
+            coordinates as numbers rather than from a position code.
         focus_shifts: int. `FocusShift`'s number of kernels.
         **kwargs: Base `keras.layers.Layer` arguments.
 
@@ -80,19 +88,24 @@ class DecoderBlock(keras.layers.Layer):
         layer_norm_epsilon=1e-6,
         sources=None,
         gated_mlp=False,
-        focus_grid=None,
+        grid_size=None,
+        focus_shift=False,
+        position_readout=False,
         focus_shifts=4,
         **kwargs,
     ):
         super().__init__(**kwargs)
         check_positive_int("num_heads", num_heads)
         self.gated_mlp = bool(gated_mlp)
-        if focus_grid is not None:
-            check_positive_int("focus_grid", focus_grid)
+        self.focus_shift_enabled = bool(focus_shift)
+        self.position_readout_enabled = bool(position_readout)
+        if self.focus_shift_enabled or self.position_readout_enabled:
+            check_positive_int("grid_size", grid_size)
             if sources is not None:
-                raise ValueError("`focus_grid` shifts one attention map over one image; it "
-                                 f"does not take `sources`. Received: sources={sources!r}")
-        self.focus_grid = focus_grid
+                raise ValueError(
+                    "`focus_shift` and `position_readout` read one attention map over one "
+                    f"image's grid; they do not take `sources`. Received: sources={sources!r}")
+        self.grid_size = grid_size
         self.focus_shifts = check_positive_int("focus_shifts", focus_shifts)
         self.sources = check_sources(sources)
         check_positive_int("mlp_dim", mlp_dim)
@@ -142,12 +155,24 @@ class DecoderBlock(keras.layers.Layer):
             setattr(self, f"cross_attention{suffix}", attention)
             self._cross_attentions.append((source, layer_norm, attention))
         self.focus_shift = None
-        if self.focus_grid is not None:
-            self.focus_shift = FocusShift(self.focus_grid, self.num_heads, self.focus_shifts,
+        if self.focus_shift_enabled:
+            self.focus_shift = FocusShift(self.grid_size, self.num_heads, self.focus_shifts,
                                           name="focus_shift", dtype=self.dtype_policy)
-            cells = self.focus_grid**2
             self.focus_shift.build(
-                (inputs_shape[0], self.num_heads, inputs_shape[1], cells), inputs_shape)
+                (inputs_shape[0], self.num_heads, inputs_shape[1], self.grid_size**2),
+                inputs_shape)
+        self.position_readout = None
+        if self.position_readout_enabled:
+            # Starts at zero: the block begins as one without it.
+            self.position_readout = keras.layers.Dense(
+                hidden_dim, kernel_initializer="zeros", name="position_readout",
+                dtype=self.dtype_policy)
+            self.position_readout.build(tuple(inputs_shape[:-1]) + (2 * self.num_heads,))
+            cells = np.arange(self.grid_size**2)
+            rows, cols = np.divmod(cells, self.grid_size)
+            scale = 2.0 / max(self.grid_size - 1, 1)
+            self._cell_xy = np.stack([cols * scale - 1.0, rows * scale - 1.0], -1).astype(
+                "float32")  # (cells, 2)
         self.mlp_norm = norm("mlp_norm")
         self.mlp_up = keras.layers.Dense(
             self.mlp_dim, activation=None if self.gated_mlp else "gelu", name="mlp_up",
@@ -166,6 +191,14 @@ class DecoderBlock(keras.layers.Layer):
         self.residual_dropout = keras.layers.Dropout(
             self.dropout, name="residual_dropout", dtype=self.dtype_policy
         )
+
+    def _read_positions(self, probs):
+        """The projected `(x, y)` each head's probabilities `(batch, heads, length, cells)` average to."""
+        cell_xy = ops.convert_to_tensor(self._cell_xy, dtype=probs.dtype)
+        where = ops.einsum("bhtc,cd->bthd", probs, cell_xy)  # (batch, length, heads, 2)
+        batch, length = ops.shape(where)[0], ops.shape(where)[1]
+        where = ops.reshape(where, (batch, length, 2 * self.num_heads))
+        return self.position_readout(ops.cast(where, self.compute_dtype))
 
     def compute_context_cache(self, context):
         """The cross-attention `(key, value)` of `context` (a dict with `sources`)."""
@@ -205,17 +238,20 @@ class DecoderBlock(keras.layers.Layer):
             bias = None
             if self.focus_shift is not None and focus is not None:
                 bias = self.focus_shift(focus, query)
+            needs_scores = return_attention_scores or self.position_readout is not None
             attended = attention(
                 query,
                 pick(context),
                 context_cache=pick(context_cache),
                 attention_mask=attention_mask,
                 attention_bias=bias,
-                return_attention_scores=return_attention_scores,
+                return_attention_scores=needs_scores,
                 training=training,
             )
-            if return_attention_scores:
+            if needs_scores:
                 attended, scores[source] = attended
+            if self.position_readout is not None:
+                attended = attended + self._read_positions(scores[source])
             x = x + self.residual_dropout(attended, training=training)
         if self.sources is None:
             scores = scores.get(None)
@@ -246,7 +282,9 @@ class DecoderBlock(keras.layers.Layer):
                 "layer_norm_epsilon": self.layer_norm_epsilon,
                 "sources": None if self.sources is None else list(self.sources),
                 "gated_mlp": self.gated_mlp,
-                "focus_grid": self.focus_grid,
+                "grid_size": self.grid_size,
+                "focus_shift": self.focus_shift_enabled,
+                "position_readout": self.position_readout_enabled,
                 "focus_shifts": self.focus_shifts,
             }
         )

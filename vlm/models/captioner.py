@@ -424,8 +424,9 @@ def build_encoder_decoder(model_config, vocabulary_size, dtype=None, sources=Non
         dropout=model_config.dropout,
         tie_embeddings=model_config.tie_embeddings,
         gated_mlp=model_config.decoder_gated_mlp,
-        focus_grid=(model_config.image_size // model_config.patch_size
-                    if model_config.decoder_focus_shift else None),
+        grid_size=model_config.image_size // model_config.patch_size,
+        focus_shift=model_config.decoder_focus_shift,
+        position_readout=model_config.decoder_position_readout,
         sources=sources,
         dtype=dtype,
         name="decoder",

@@ -28,10 +28,13 @@ class TextDecoder(keras.layers.Layer):
         sources: optional tuple of context names: every block then reads each
             named context with its own cross attention (`DecoderBlock`).
         gated_mlp: bool. GeGLU feed-forwards in the blocks (`DecoderBlock`).
-        focus_grid: optional int, the side of the image's patch grid: every
-            block after the first then biases its cross attention by where
-            the block before it looked, shifted as its queries ask
-            (`vlm.layers.FocusShift`).
+        grid_size: optional int, the side of the image's patch grid, for
+            `focus_shift` and `position_readout`.
+        focus_shift: bool. Every block after the first biases its cross
+            attention by where the block before it looked, shifted as its
+            queries ask (`vlm.layers.FocusShift`).
+        position_readout: bool. Every block adds the coordinates its cross
+            attention heads looked at, projected (`DecoderBlock`).
         **kwargs: Base `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -75,7 +78,9 @@ class TextDecoder(keras.layers.Layer):
         layer_norm_epsilon=1e-6,
         sources=None,
         gated_mlp=False,
-        focus_grid=None,
+        grid_size=None,
+        focus_shift=False,
+        position_readout=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -105,7 +110,9 @@ class TextDecoder(keras.layers.Layer):
         self.layer_norm_epsilon = layer_norm_epsilon
         self.sources = check_sources(sources)
         self.gated_mlp = bool(gated_mlp)
-        self.focus_grid = focus_grid
+        self.grid_size = grid_size
+        self.focus_shift = bool(focus_shift)
+        self.position_readout = bool(position_readout)
 
         self.token_embedding = keras_hub.layers.ReversibleEmbedding(
             vocabulary_size,
@@ -134,7 +141,9 @@ class TextDecoder(keras.layers.Layer):
                 layer_norm_epsilon=layer_norm_epsilon,
                 sources=self.sources,
                 gated_mlp=self.gated_mlp,
-                focus_grid=focus_grid if i > 0 else None,
+                grid_size=grid_size,
+                focus_shift=self.focus_shift and i > 0,
+                position_readout=self.position_readout,
                 name=f"block_{i}",
                 dtype=self.dtype_policy,
             )
@@ -209,7 +218,7 @@ class TextDecoder(keras.layers.Layer):
         focus = None
         for i, block in enumerate(self.blocks):
             # A block whose successor shifts its attention map hands it on.
-            hand_on = self.focus_grid is not None and i + 1 < len(self.blocks)
+            hand_on = self.focus_shift and i + 1 < len(self.blocks)
             outputs = block(
                 x,
                 context,
@@ -270,7 +279,9 @@ class TextDecoder(keras.layers.Layer):
                 "layer_norm_epsilon": self.layer_norm_epsilon,
                 "sources": None if self.sources is None else list(self.sources),
                 "gated_mlp": self.gated_mlp,
-                "focus_grid": self.focus_grid,
+                "grid_size": self.grid_size,
+                "focus_shift": self.focus_shift,
+                "position_readout": self.position_readout,
             }
         )
         return config
