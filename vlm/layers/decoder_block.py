@@ -193,7 +193,7 @@ class DecoderBlock(keras.layers.Layer):
         )
 
     def _read_positions(self, probs):
-        """The projected `(x, y)` each head's probabilities `(batch, heads, length, cells)` average to."""
+        """The projected `(x, y)` that each head's `(batch, heads, length, cells)` averages to."""
         cell_xy = ops.convert_to_tensor(self._cell_xy, dtype=probs.dtype)
         where = ops.einsum("bhtc,cd->bthd", probs, cell_xy)  # (batch, length, heads, 2)
         batch, length = ops.shape(where)[0], ops.shape(where)[1]
