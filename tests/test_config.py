@@ -106,7 +106,7 @@ def test_jit_compile_is_true_false_or_auto(raw, value):
         ("model.encoder_stem_positions=true model.encoder_stem_layers=0",
          r"^model.encoder_stem_positions feeds the stem"),
         ("train.schedule=step",
-         r"^train.schedule must be one of \('cosine', 'linear'\). Received: 'step'$"),
+         r"^train.schedule must be one of \('cosine', 'linear', 'wsd'\). Received: 'step'$"),
         ("train.optimizer=sgd",
          r"^train.optimizer must be one of \('adamw', 'muon'\). Received: 'sgd'$"),
         ("train.ema_momentum=1.5", r"^train.ema_momentum must be in \(0, 1\). Received: 1.5$"),

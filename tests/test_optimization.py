@@ -22,6 +22,14 @@ def test_linear_schedule_warms_up_then_falls_to_zero_at_the_last_step():
     np.testing.assert_allclose(rates(again, range(0, 200, 7)), rates(schedule, range(0, 200, 7)))
 
 
+def test_wsd_holds_the_peak_then_decays_over_the_last_fraction():
+    schedule = learning_rate_schedule(
+        TrainConfig(learning_rate=1.0, warmup_fraction=0.1, schedule="wsd", decay_fraction=0.25),
+        100)
+    np.testing.assert_allclose(rates(schedule, [0, 5, 10, 50, 75, 80, 90, 100]),
+                               [0.0, 0.5, 1.0, 1.0, 1.0, 0.8, 0.4, 0.0], atol=1e-6)
+
+
 def test_no_warmup_starts_at_the_peak():
     np.testing.assert_allclose(rates(WarmupLinearDecay(1.0, 4), [0, 1, 2, 4]),
                                [1.0, 0.75, 0.5, 0.0])
@@ -42,3 +50,5 @@ def test_optimizer_choice_and_weight_average(name, cls):
 def test_bad_schedule_lengths_are_errors():
     with pytest.raises(ValueError, match="total_steps=10, warmup_steps=10"):
         WarmupLinearDecay(1.0, 10, 10)
+    with pytest.raises(ValueError, match="decay_steps=9, total_steps=10, warmup_steps=2"):
+        WarmupLinearDecay(1.0, 10, 2, decay_steps=9)

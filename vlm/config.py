@@ -173,8 +173,10 @@ class TrainConfig:
     learning_rate: float = 1e-3
     weight_decay: float = 0.01
     warmup_fraction: float = 0.05
-    # "cosine" or "linear" decay to zero after the warmup (`vlm.optimization`).
+    # "cosine" or "linear" decay to zero after the warmup, or "wsd": the peak
+    # held, then a linear decay over the last decay_fraction (`vlm.optimization`).
     schedule: str = "cosine"
+    decay_fraction: float = 0.2
     # "adamw" or "muon" (`keras.optimizers.Muon`: AdamW for non-2D variables
     # and embeddings).
     optimizer: str = "adamw"
@@ -228,6 +230,9 @@ class TrainConfig:
             if getattr(self, key) not in choices:
                 raise ConfigError(f"{prefix}.{key} must be one of {choices}. "
                                   f"Received: {getattr(self, key)!r}")
+        if not 0.0 < self.decay_fraction <= 1.0:
+            raise ConfigError(f"{prefix}.decay_fraction must be in (0, 1]. "
+                              f"Received: {self.decay_fraction!r}")
         if not 0.0 < self.ema_momentum < 1.0:
             raise ConfigError(f"{prefix}.ema_momentum must be in (0, 1). "
                               f"Received: {self.ema_momentum!r}")
@@ -335,7 +340,7 @@ MEDIA_MODES = ("immediate", "all_previous")
 ARCHITECTURES = ("captioner", "adapter")
 LANGUAGE_MODELS = ("gpt2", "gemma", "llama")
 OPTIMIZERS = ("adamw", "muon")
-SCHEDULES = ("cosine", "linear")
+SCHEDULES = ("cosine", "linear", "wsd")
 PRECISIONS = (None, "mixed_float16", "mixed_bfloat16")
 BACKENDS = (None, "tensorflow", "jax", "torch")
 # Datasets whose validation images `train.validation_images` can score.

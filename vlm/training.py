@@ -40,7 +40,9 @@ from vlm.evaluation import answer_split
 from vlm.evaluation import caption_split
 from vlm.evaluation import change_scores_of
 from vlm.machine import describe_machine
+from vlm.metrics.change import moved_breakdown
 from vlm.metrics.grounded import grounded_scores
+from vlm.metrics.grounded import relation_breakdown
 from vlm.models.captioner import CaptionLoss
 from vlm.models.captioner import MaskedTokenAccuracy
 from vlm.models.captioner import build_captioner
@@ -166,8 +168,11 @@ def caption_report(model, examples, num_images, batch_size=250):
     }
     if scenes:
         report["grounded"] = grounded_scores(captions, scenes)
+        report["relation_errors"] = relation_breakdown(captions, scenes)
     if changes:
         report["change"] = change_scores_of(captions, changes)
+        report["moved_errors"] = moved_breakdown(
+            captions, [c["change"] for c in changes], [c["scenes"] for c in changes])
     return report
 
 
