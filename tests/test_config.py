@@ -109,7 +109,7 @@ def test_jit_compile_is_true_false_or_auto(raw, value):
          r"^train.schedule must be one of \('cosine', 'linear', 'wsd'\). Received: 'step'$"),
         ("train.optimizer=sgd",
          r"^train.optimizer must be one of \('adamw', 'muon'\). Received: 'sgd'$"),
-        ("train.ema_momentum=1.5", r"^train.ema_momentum must be in \(0, 1\). Received: 1.5$"),
+        ("train.decay_fraction=1.5", r"^train.decay_fraction must be in \(0, 1\]. Received: 1.5$"),
         # Stopping targets.
         ("train.stop_at=relation_accuracy>0.97",
          r"^train.stop_at: each target must look like score>=number or score<=number, .* "

@@ -180,10 +180,6 @@ class TrainConfig:
     # "adamw" or "muon" (`keras.optimizers.Muon`: AdamW for non-2D variables
     # and embeddings).
     optimizer: str = "adamw"
-    # Keep an exponential moving average of the weights; it replaces them at
-    # the end of training and is what the validation scores read each epoch.
-    use_ema: bool = False
-    ema_momentum: float = 0.99
     # Limit steps per epoch (smoke runs); None uses the whole split.
     steps_per_epoch: Optional[int] = None
     # True, False or "auto" (XLA on TensorFlow and JAX, eager on PyTorch); True
@@ -233,9 +229,6 @@ class TrainConfig:
         if not 0.0 < self.decay_fraction <= 1.0:
             raise ConfigError(f"{prefix}.decay_fraction must be in (0, 1]. "
                               f"Received: {self.decay_fraction!r}")
-        if not 0.0 < self.ema_momentum < 1.0:
-            raise ConfigError(f"{prefix}.ema_momentum must be in (0, 1). "
-                              f"Received: {self.ema_momentum!r}")
         if self.batch_size % self.captions_per_image:
             raise ConfigError(
                 f"{prefix}.captions_per_image must divide {prefix}.batch_size. "

@@ -80,13 +80,10 @@ def make_optimizer(train_config, total_steps):
     """AdamW or Muon on the config's schedule, no weight decay on biases and norms.
 
     Muon orthogonalises the updates of 2D kernels; embeddings and every other
-    variable take its AdamW path (`keras.optimizers.Muon`). `train.use_ema`
-    keeps an exponential moving average of the weights, which replaces them
-    at the end of `fit`.
+    variable take its AdamW path (`keras.optimizers.Muon`).
     """
     common = dict(learning_rate=learning_rate_schedule(train_config, total_steps),
-                  weight_decay=train_config.weight_decay, use_ema=train_config.use_ema,
-                  ema_momentum=train_config.ema_momentum)
+                  weight_decay=train_config.weight_decay)
     if train_config.optimizer == "muon":
         optimizer = keras.optimizers.Muon(adam_weight_decay=train_config.weight_decay, **common)
     else:

@@ -90,9 +90,6 @@ def make_callbacks(config, paths, has_validation, score_examples=None):
     done = (read_backup(paths["backup"]) or {}).get("history", {}).get(monitor)
     callbacks = [
         LearningRateLogger(),
-        # The average's weights are in the model from each epoch's end to the
-        # next one's start: the scores, the checkpoint and the backup read them.
-        *([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if config.train.use_ema else []),
         *([ValidationScoreLogger(score_examples, config.train.validation_images,
                                  targets=parse_targets(config.train.stop_at))]
           if score_examples is not None and config.train.validation_images else []),
