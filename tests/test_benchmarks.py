@@ -224,3 +224,16 @@ def test_training_speed_times_fit_steps_of_a_configs_model():
     assert row["ms_per_step"] > 0
     assert row["ms_per_caption"] == pytest.approx(row["ms_per_step"] / 16, abs=0.01)
     assert row["ms_per_image"] == pytest.approx(row["ms_per_step"] / 8, abs=0.01)
+
+
+def test_direction_probe_flips_the_relation_word_and_finds_the_shipped_model_knows_it(capsys):
+    from benchmarks.direction_probe import flipped
+    from benchmarks.direction_probe import main
+    from tests.generation.test_generator import MODEL
+
+    assert flipped("a photo of a red circle to the left of a blue square") == (
+        "a photo of a red circle to the right of a blue square")
+    assert flipped("a red circle below a blue square") == "a red circle above a blue square"
+    main([MODEL, "--scenes", "40"])
+    share = float(capsys.readouterr().out.split("preferred on ")[1].split("%")[0])
+    assert share >= 80.0  # the shipped model: 97.5% on 300 scenes
