@@ -44,7 +44,7 @@ def test_cosine_schedule_is_the_default():
                                        ("muon", keras.optimizers.Muon)])
 def test_optimizer_choice(name, cls):
     optimizer = make_optimizer(TrainConfig(optimizer=name, weight_decay=0.02), 10)
-    assert type(optimizer) is cls and optimizer.weight_decay == 0.02
+    assert isinstance(optimizer, cls) and optimizer.weight_decay == 0.02
 
 
 def test_bad_schedule_lengths_are_errors():

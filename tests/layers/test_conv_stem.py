@@ -5,6 +5,7 @@ import pytest
 
 from tests.test_case import assert_close
 from tests.test_case import run_layer_test
+from tests.test_case import to_numpy
 from vlm.layers import ConvStem
 
 
@@ -60,8 +61,8 @@ def test_coordinates_are_x_and_y_maps_beside_every_convolution_input():
     assert [tuple(c.kernel.shape) for c in stem.convolutions] == [(3, 3, 5, 4), (3, 3, 6, 6)]
     assert_close(got, expected, atol=1e-5)
     # The same pixels at two places give two outputs: the stem knows where it is.
-    flat = stem(np.zeros((1, 8, 8, 3), "float32"))[0]
-    assert np.abs(np.asarray(flat[0, 0]) - np.asarray(flat[1, 1])).max() > 1e-3
+    flat = to_numpy(stem(np.zeros((1, 8, 8, 3), "float32")))[0]
+    assert np.abs(flat[0, 0] - flat[1, 1]).max() > 1e-3
 
 
 def test_errors():

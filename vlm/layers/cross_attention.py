@@ -370,6 +370,10 @@ class CrossAttention(keras.layers.Layer):
             # backends; let such rows attend everywhere, `call` zeroes them.
             row_visible = ops.any(mask, axis=-1, keepdims=True)
             mask = ops.logical_or(mask, ops.logical_not(row_visible))
+        if bias is not None and mask is not None:
+            # PyTorch's kernel takes a bias or a mask, not both: fold the mask in.
+            bias = ops.where(mask, bias, finfo_min(bias.dtype))
+            mask = None
         if self._kv_heads == 1 and self.num_heads > 1:
             # Keras' TF kernel repeats key/value heads only when there are
             # several of them and relies on broadcasting otherwise, which its
