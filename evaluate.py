@@ -87,8 +87,8 @@ def _evaluate_model(args):
     sampler = sampler_from_args(args)
     model = load_captioner(args.model)
     if args.dataset is None:
-        args.dataset = ("shapes_change" if hasattr(model, "num_images") else
-                        "shapes_qa" if hasattr(model, "freeze_language_model") else "shapes")
+        args.dataset = ("shapes_change" if model.images_per_example is not None else
+                        "shapes_qa" if model.prompted else "shapes")
     data_config = DataConfig(dataset=args.dataset, captions_file=args.captions_file,
                              data_dir=args.data_dir)
     where = args.split

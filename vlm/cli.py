@@ -154,7 +154,7 @@ def caption_command(args):
             print(f"error: {error}", file=sys.stderr)
             return 2
         paths = list(images)
-        if hasattr(model, "num_images"):  # a model of several images, given one each
+        if model.images_per_example is not None:  # several images, given one each
             try:
                 details = model.generate([[images[p]] for p in paths], sampler=sampler,
                                          max_length=args.max_length, return_details=True)

@@ -92,8 +92,7 @@ def score(ids, captions, references, scenes=None, changes=None):
         metrics["relation_errors"] = relation_breakdown(captions, scenes)
     if changes is not None:
         metrics.update(change_scores_of(captions, changes))
-        metrics["moved_errors"] = moved_breakdown(
-            captions, [c["change"] for c in changes], [c["scenes"] for c in changes])
+        metrics["moved_errors"] = moved_errors_of(captions, changes)
     metrics["num_images"] = len(ids)
     return metrics, per_image
 
@@ -349,8 +348,8 @@ def evaluate_model(model, data_config, split="test", sampler="greedy", batch_siz
 
     if not model.compiled:
         model.compile()  # the masked caption loss and token accuracy
-    markers = getattr(model, "image_token_id", None)
-    prefix_ids = [markers] * model.num_images if markers is not None else ()
+    markers = model.image_token_id
+    prefix_ids = [markers] * model.images_per_example if markers is not None else ()
     pairs = train_batches(examples, model.tokenizer, image_size=model.image_size,
                           sequence_length=model.sequence_length, batch_size=batch_size,
                           shuffle_buffer=0, prefix_ids=prefix_ids)
@@ -408,6 +407,12 @@ def change_scores_of(captions, changes):
     """`change_scores` of `caption_split`'s changes (canonical strings and scenes)."""
     return change_scores(captions, [c["change"] for c in changes],
                          scenes=[c["scenes"] for c in changes])
+
+
+def moved_errors_of(captions, changes):
+    """`moved_breakdown` of `caption_split`'s changes (canonical strings and scenes)."""
+    return moved_breakdown(captions, [c["change"] for c in changes],
+                           [c["scenes"] for c in changes])
 
 
 def side_by_side(image):

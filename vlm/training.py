@@ -39,8 +39,8 @@ from vlm.evaluation import answer_metrics
 from vlm.evaluation import answer_split
 from vlm.evaluation import caption_split
 from vlm.evaluation import change_scores_of
+from vlm.evaluation import moved_errors_of
 from vlm.machine import describe_machine
-from vlm.metrics.change import moved_breakdown
 from vlm.metrics.grounded import grounded_scores
 from vlm.metrics.grounded import relation_breakdown
 from vlm.models.captioner import CaptionLoss
@@ -168,8 +168,7 @@ def caption_report(model, examples, num_images, batch_size=250):
         report["relation_errors"] = relation_breakdown(captions, scenes)
     if changes:
         report["change"] = change_scores_of(captions, changes)
-        report["moved_errors"] = moved_breakdown(
-            captions, [c["change"] for c in changes], [c["scenes"] for c in changes])
+        report["moved_errors"] = moved_errors_of(captions, changes)
     return report
 
 

@@ -120,8 +120,8 @@ class _ServingModule(tf.Module):
         self._end = tokenizer.end_token_id
         noise = tf.constant(sampler.noise(max_length, 1, 1))
         # Images per example: a row of several for a `MultiImageCaptioner`.
-        per_example = [model.num_images] if hasattr(model, "num_images") else []
-        marker = getattr(model, "image_token_id", None)
+        per_example = [] if model.images_per_example is None else [model.images_per_example]
+        marker = model.image_token_id
 
         def decode(images):
             prompt = None
@@ -153,7 +153,7 @@ class _ServingModule(tf.Module):
 
         self.serve_bytes = serve_bytes
         self.serve_pixels = serve_pixels
-        if hasattr(model, "language_model"):  # a VisionLanguageModel: a prompt per image
+        if model.prompted:  # a prompt per image (a VisionLanguageModel)
             self._prompted(model, preprocessor, noise, sampler, max_length, xla)
 
     def _prompted(self, model, preprocessor, noise, sampler, max_length, xla):

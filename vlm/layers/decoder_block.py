@@ -62,7 +62,7 @@ class DecoderBlock(keras.layers.Layer):
             self-attention cache; `cache_index` is then required.
         cache_index: position of `inputs[:, 0]` in the sequence.
         focus: optional `(batch, heads, length, patches)` cross-attention
-            probabilities of the previous block, for `focus_grid`.
+            probabilities of the previous block, for `focus_shift`.
         return_attention_scores: bool. Also return the cross-attention
             probabilities `(batch, heads, length, patches)`.
         training: bool.

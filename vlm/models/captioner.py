@@ -107,6 +107,14 @@ class Captioner(keras.Model):
     >>> model.generate(images, sampler="beam")
     """
 
+    # What the model reads, for callers (the CLI, evaluate.py, the export) to
+    # ask instead of testing attributes: images per example (None: one image,
+    # no per-example axis), the `<image>` marker put before the text (None:
+    # none) and whether `generate` takes a prompt per image (questions).
+    images_per_example = None
+    image_token_id = None
+    prompted = False
+
     def __init__(self, encoder, decoder, preprocessor=None, tokenizer=None, **kwargs):
         if preprocessor is not None and tokenizer is not None:
             raise ValueError("Pass `preprocessor` or `tokenizer`, not both: the "

@@ -55,6 +55,10 @@ class MultiImageCaptioner(Captioner):
     ['the small red circle moved to the left of the large blue square']
     """
 
+    @property
+    def images_per_example(self):
+        return self.num_images
+
     def __init__(self, encoder, decoder, num_images=2, mode="all_previous",
                  image_token_id=None, preprocessor=None, tokenizer=None, **kwargs):
         if preprocessor is not None and tokenizer is not None:

@@ -51,6 +51,8 @@ class VisionLanguageModel(Captioner):
     >>> model.generate(images, prompts=["question what colour is the circle answer"])
     """
 
+    prompted = True
+
     def __init__(self, language_model, encoder, cross_attention_every=None,
                  cross_attention_layers=None, num_heads=None, num_key_value_heads=None,
                  mlp_dim=None, dropout=0.0, sequence_length=None, preprocessor=None,
