@@ -17,6 +17,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
 
+from vlm import datasets  # noqa: E402
 from vlm.evaluation import evaluate_predictions  # noqa: E402
 from vlm.evaluation import metrics_table  # noqa: E402
 from vlm.evaluation import output_paths  # noqa: E402
@@ -31,7 +32,7 @@ def parse_args(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=DEFAULT_MODEL, help="default: %(default)s")
     parser.add_argument("--dataset",
-                        choices=("shapes", "shapes_change", "shapes_qa", "coco", "folder"),
+                        choices=datasets.names(),
                         help="default: the model's own (shapes_change for a model that "
                              "reads image pairs, shapes_qa for a language model with "
                              "cross-attention adapters, else shapes)")
@@ -117,8 +118,8 @@ def fresh_scenes(args, data_config):
     import dataclasses
 
     from vlm.config import DataConfig
-    from vlm.data.shapes import SPLITS
-    from vlm.data.shapes import split_seed
+    from vlm.datasets.shapes.builders import SPLITS
+    from vlm.datasets.shapes.builders import split_seed
 
     if args.dataset != "shapes":
         raise ValueError(f"--scenes-seed renders shapes scenes; it does not apply to "

@@ -40,7 +40,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=424242)
     args = parser.parse_args(argv)
     from vlm import load_captioner
-    from vlm.data.shapes import generate_examples
+    from vlm.datasets.shapes.captions import generate_examples
 
     model = load_captioner(args.model)
     pairs = [e for e in generate_examples(args.scenes, seed=args.seed, image_size=model.image_size)

@@ -92,7 +92,7 @@ def shipped_rows(repeats):
     import numpy as np
 
     from vlm import load_captioner
-    from vlm.data.shapes import generate_examples
+    from vlm.datasets.shapes.captions import generate_examples
     from vlm.generation.naive import naive_greedy
     from vlm.samplers import BeamSampler
     from vlm.samplers import TopKSampler

@@ -41,7 +41,7 @@ def measure_serving(model_path, repeats):
     import PIL.Image
     import tensorflow as tf
 
-    from vlm.data.shapes import generate_examples
+    from vlm.datasets.shapes.captions import generate_examples
     from vlm.export.saved_model import export
 
     blobs = []

@@ -277,11 +277,15 @@ def test_epoch_line_says_elapsed_time_left_and_scores(capsys, monkeypatch):
 def test_validation_scores_stop_training_once_they_meet_the_target(capsys):
     import tensorflow as tf
 
+    from vlm.datasets.shapes.scorers import SceneScorer
+
     examples = tf.data.Dataset.from_tensor_slices({"image": np.zeros((3, 4, 4, 3), "uint8")})
     with pytest.raises(ValueError, match="No validation score is called 'relation_acc'"):
-        vlm_callbacks.ValidationScoreLogger(examples, targets={"relation_acc": (">=", 0.9)})
+        vlm_callbacks.ValidationScoreLogger(examples, SceneScorer(),
+                                            targets={"relation_acc": (">=", 0.9)})
     logger = vlm_callbacks.ValidationScoreLogger(
-        examples, targets={"relation_accuracy": (">=", 0.9), "hallucination_rate": ("<=", 0.01)})
+        examples, SceneScorer(),
+        targets={"relation_accuracy": (">=", 0.9), "hallucination_rate": ("<=", 0.01)})
     logger.set_model(small_model())
     scores = iter([{"relation_accuracy": 0.95, "hallucination_rate": 0.02},
                    {"relation_accuracy": 0.9, "hallucination_rate": 0.01}])

@@ -111,7 +111,7 @@ def test_coco_recipe_is_vit_b16_on_coco_karpathy_bfloat16_data_parallel(monkeypa
         "coco", "mixed_bfloat16", "data_parallel")
     assert 1 <= train.freeze_encoder_epochs < train.epochs
 
-    from vlm.data import datasets
+    from vlm import datasets
 
     splits = []
     monkeypatch.setattr(datasets, "coco_examples",

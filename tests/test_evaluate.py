@@ -150,9 +150,9 @@ def test_evaluating_a_folder_skips_bad_images_and_names_them(tmp_path, capfd):
     from tests.data.image_files import png_bomb
     from tests.data.image_files import truncated_jpeg
     from tests.generation.test_generator import golden_images
-    from vlm.data.datasets import load_examples
     from vlm.data.folder import SkippedInputWarning
     from vlm.data.images import decode_image
+    from vlm.datasets import load_examples
     from vlm.evaluation import caption_split
 
     images = golden_images(3)
@@ -230,8 +230,8 @@ def test_scores_the_shipped_change_model_on_its_own_task(tmp_path):
 def test_scores_scenes_rendered_from_a_seed_no_split_uses(tmp_path, capsys):
     import numpy as np
 
-    from vlm.data.shapes import generate_examples
-    from vlm.data.shapes import split_seed
+    from vlm.datasets.shapes.builders import split_seed
+    from vlm.datasets.shapes.captions import generate_examples
 
     out = tmp_path / "fresh.json"
     assert evaluate.main(["--model", MODEL, "--scenes-seed", "7", "--max-images", "16",

@@ -19,7 +19,7 @@ from vlm.callbacks import AtomicBackupAndRestore
 from vlm.callbacks import AtomicModelCheckpoint
 from vlm.callbacks import write_json_atomically
 from vlm.config import load_config
-from vlm.data.datasets import load_examples
+from vlm.datasets import load_examples
 from vlm.training import make_callbacks
 from vlm.training import output_paths
 

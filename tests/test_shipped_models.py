@@ -18,9 +18,9 @@ import pytest
 
 from vlm import load_captioner
 from vlm.config import DataConfig
-from vlm.data.datasets import load_examples
-from vlm.evaluation import answer_scores_of
-from vlm.evaluation import answer_split
+from vlm.datasets import load_examples
+from vlm.datasets.shapes.scorers import answer_scores_of
+from vlm.datasets.shapes.scorers import answer_split
 from vlm.evaluation import caption_split
 from vlm.evaluation import change_scores_of
 from vlm.metrics.grounded import grounded_scores

@@ -11,7 +11,7 @@ import pytest
 import train
 from vlm.backend import resolve_jit_compile
 from vlm.config import DataConfig
-from vlm.data.datasets import load_examples
+from vlm.datasets import load_examples
 from vlm.models.captioner import Captioner
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -367,11 +367,10 @@ class LearningRateLogger(keras.callbacks.Callback):
 class ValidationScoreLogger(keras.callbacks.Callback):
     """Adds what greedy decoding gets right on validation images to each epoch's logs.
 
-    Shapes examples (with their scene graph, `objects`) are captioned and
-    scored against the scene (`val_object_accuracy`, `val_relation_accuracy`,
-    ... of `vlm.metrics.grounded.grounded_scores`); shapes_qa examples are
-    asked their questions (`val_answer_accuracy` and one
-    `val_answer_accuracy_<type>` per question type). Also logs
+    The dataset's scorer says what is measured and how: shapes captions
+    against their scene graphs (`val_object_accuracy`,
+    `val_relation_accuracy`, ...), shapes questions by their answers
+    (`val_answer_accuracy`, ...). Also logs
     `elapsed_seconds`, the training time so far in this run without these
     evaluations, so a history can tell the time a model took to reach a
     quality. Put it before the callbacks that record or checkpoint an
@@ -380,6 +379,8 @@ class ValidationScoreLogger(keras.callbacks.Callback):
     Args:
         examples: a validation examples dataset, of which the first
             `num_images` images are scored.
+        scorer: the dataset's scorer (`vlm.datasets.get(name).scorer`):
+            its `validation_scores` of `score_names`.
         num_images: int.
         batch_size: images per generation batch.
         targets: optional `{score: (">=" or "<=", threshold)}`
@@ -387,18 +388,13 @@ class ValidationScoreLogger(keras.callbacks.Callback):
             epoch whose scores meet them all, and says so.
     """
 
-    GROUNDED = ("object_accuracy", "color_accuracy", "shape_accuracy", "size_accuracy",
-                "relation_accuracy", "exact_scene_accuracy", "hallucination_rate")
-
-    def __init__(self, examples, num_images=100, batch_size=100, targets=None):
+    def __init__(self, examples, scorer, num_images=100, batch_size=100, targets=None):
         super().__init__()
-        from vlm.scene_vocab import QUESTION_TYPES
-
         self.examples = examples.take(num_images)
+        self.scorer = scorer
         self.batch_size = batch_size
         self.targets = dict(targets or {})
-        names = (("answer_accuracy", *(f"answer_accuracy_{t}" for t in QUESTION_TYPES))
-                 if "questions" in examples.element_spec else self.GROUNDED)
+        names = scorer.score_names
         unknown = [name for name in self.targets if name not in names]
         if unknown:
             raise ValueError(f"No validation score is called {unknown[0]!r}; the scores of "
@@ -410,17 +406,7 @@ class ValidationScoreLogger(keras.callbacks.Callback):
 
     def scores(self):
         """The scores of the model as it stands: `{name: value}`."""
-        from vlm.evaluation import answer_scores_of
-        from vlm.evaluation import answer_split
-        from vlm.evaluation import caption_split
-        from vlm.metrics.grounded import grounded_scores
-
-        if "questions" in self.examples.element_spec:
-            rows = answer_split(self.model, self.examples, self.batch_size, verbose=0)[0]
-            return {k: v for k, v in answer_scores_of(rows).items() if k != "num_questions"}
-        _, captions, _, scenes, _, _ = caption_split(self.model, self.examples,
-                                                     self.batch_size, verbose=0)
-        return grounded_scores(captions, scenes)
+        return self.scorer.validation_scores(self.model, self.examples, self.batch_size)
 
     def on_epoch_end(self, epoch, logs=None):
         begin = time.time()

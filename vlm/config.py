@@ -133,7 +133,7 @@ class ModelConfig:
 class DataConfig:
     """Which dataset, and how to read it."""
 
-    dataset: str = "shapes"  # "shapes", "shapes_change", "coco" or "folder"
+    dataset: str = "shapes"  # a `vlm.datasets` name: "shapes", "shapes_qa", "coco", ...
     train_size: int = 20000  # shapes only
     validation_size: int = 1000  # shapes only
     test_size: int = 1000  # shapes only
@@ -146,11 +146,12 @@ class DataConfig:
 
     def validate(self, prefix="data"):
         """Raises `ConfigError` naming the first bad key and the value received."""
+        from vlm import datasets
+
         _check_fields(self, prefix)
-        if self.dataset not in DATASETS:
-            raise ConfigError(
-                f"{prefix}.dataset must be one of {DATASETS}. Received: {self.dataset!r}"
-            )
+        if self.dataset not in datasets.names():
+            raise ConfigError(f"{prefix}.dataset must be one of {datasets.names()}. "
+                              f"Received: {self.dataset!r}")
         if self.dataset == "folder" and not self.captions_file:
             raise ConfigError(
                 f"{prefix}.dataset='folder' needs {prefix}.captions_file. Received: None"
@@ -312,10 +313,11 @@ class Config:
                     f"Received: {type(section).__name__}"
                 )
             section.validate(field.name)
-        if self.train.validation_images and self.data.dataset not in SCORED_DATASETS:
+        scored = scored_datasets()
+        if self.train.validation_images and self.data.dataset not in scored:
             raise ConfigError(
                 f"train.validation_images scores captions against scene graphs or answers: "
-                f"data.dataset must be one of {SCORED_DATASETS}. Received: "
+                f"data.dataset must be one of {scored}. Received: "
                 f"validation_images={self.train.validation_images!r}, "
                 f"dataset={self.data.dataset!r}")
         return self
@@ -327,7 +329,6 @@ class Config:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)
 
 
-DATASETS = ("shapes", "shapes_change", "shapes_qa", "coco", "folder")
 MULTI_IMAGE_DESIGNS = ("interleaved", "sources")
 MEDIA_MODES = ("immediate", "all_previous")
 ARCHITECTURES = ("captioner", "adapter")
@@ -336,10 +337,15 @@ OPTIMIZERS = ("adamw", "muon")
 SCHEDULES = ("cosine", "linear", "wsd")
 PRECISIONS = (None, "mixed_float16", "mixed_bfloat16")
 BACKENDS = (None, "tensorflow", "jax", "torch")
-# Datasets whose validation images `train.validation_images` can score.
-SCORED_DATASETS = ("shapes", "shapes_qa")
 DISTRIBUTE_MODES = ("none", "data_parallel", "model_parallel", "auto")
 _SECTION_NAMES = {"ModelConfig": "model", "DataConfig": "data", "TrainConfig": "train"}
+
+
+def scored_datasets():
+    """The datasets whose validation images `train.validation_images` can score."""
+    from vlm import datasets
+
+    return tuple(name for name in datasets.names() if datasets.get(name).scorer.score_names)
 
 
 def load_config(path):

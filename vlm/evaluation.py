@@ -16,7 +16,6 @@ from vlm.metrics.change import moved_breakdown
 from vlm.metrics.coco import score_captions
 from vlm.metrics.grounded import grounded_scores
 from vlm.metrics.grounded import relation_breakdown
-from vlm.metrics.qa import answer_scores
 
 METRIC_KEYS = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "rouge_l", "cider_d")
 
@@ -212,8 +211,22 @@ def _progbar_verbosity(verbose):
     return 1 if sys.stdout.isatty() else 2
 
 
+def progress_batches(model, examples, batch_size, verbose=None):
+    """`eval_batches` of `examples` for `model`, behind a progress bar of the images done."""
+    import keras
+
+    from vlm.data.batching import eval_batches
+
+    cardinality = int(examples.cardinality())
+    progress = keras.utils.Progbar(cardinality if cardinality > 0 else None,
+                                   unit_name="image", verbose=_progbar_verbosity(verbose))
+    for batch in eval_batches(examples, image_size=model.image_size, batch_size=batch_size):
+        yield batch
+        progress.add(len(batch["images"]))
+
+
 def caption_split(model, examples, batch_size, sampler="greedy", keep_images=0, verbose=None):
-    """Captions every image of an examples dataset, with a progress bar (`keras.utils.Progbar`).
+    """Captions every image of an examples dataset, with a progress bar (`progress_batches`).
 
     Returns:
         `(ids, captions, references, scenes, kept_images, changes)`: per
@@ -223,18 +236,11 @@ def caption_split(model, examples, batch_size, sampler="greedy", keep_images=0, 
         shapes_change each example's `{"change": canonical change, "scenes":
         (before, after)}`, else empty.
     """
-    import keras
-
-    from vlm.data.batching import eval_batches
-
-    cardinality = int(examples.cardinality())
-    progress = keras.utils.Progbar(cardinality if cardinality > 0 else None,
-                                   unit_name="image", verbose=_progbar_verbosity(verbose))
     ids, captions, references, scenes, kept_images, changes = [], [], [], [], {}, []
-    for batch in eval_batches(examples, image_size=model.image_size, batch_size=batch_size):
+    for batch in progress_batches(model, examples, batch_size, verbose):
         images = batch["images"].numpy()
         captions += model.generate(images, sampler=sampler)
-        batch_ids = [_plain(i) for i in batch["image_id"].numpy()]
+        batch_ids = [plain_id(i) for i in batch["image_id"].numpy()]
         ids += batch_ids
         references += [[c.decode() for c in row if c] for row in batch["captions"].numpy()]
         if "change" in batch:
@@ -246,74 +252,12 @@ def caption_split(model, examples, batch_size, sampler="greedy", keep_images=0, 
         for image_id, image in zip(batch_ids, images):
             if len(kept_images) < keep_images:
                 kept_images[image_id] = side_by_side(image)
-        progress.add(len(images))
     return ids, captions, references, scenes, kept_images, changes
-
-
-def answer_split(model, examples, batch_size, sampler="greedy", keep_images=0, verbose=None):
-    """Answers every question of a shapes_qa examples dataset, with a progress bar.
-
-    Each image is asked its questions as `qa_prompt(question)` prompts
-    (`VisionLanguageModel.generate`, or any model whose `generate` takes
-    `prompts`).
-
-    Returns:
-        `(rows, kept_images)`: one dict per question (`image_id`,
-        `question`, `type`, `answer`, `prediction`), and `{id: image}` for
-        the first `keep_images` examples.
-    """
-    import keras
-    import numpy as np
-
-    from vlm.data.batching import eval_batches
-    from vlm.data.shapes_qa import qa_prompt
-    from vlm.scene_vocab import QUESTION_TYPES
-
-    cardinality = int(examples.cardinality())
-    progress = keras.utils.Progbar(cardinality if cardinality > 0 else None,
-                                   unit_name="image", verbose=_progbar_verbosity(verbose))
-    rows, kept_images = [], {}
-    for batch in eval_batches(examples, image_size=model.image_size, batch_size=batch_size):
-        images = batch["images"].numpy()
-        questions = [[q.decode() for q in row] for row in batch["questions"].numpy()]
-        per_image = len(questions[0])
-        predictions = model.generate(np.repeat(images, per_image, axis=0), sampler=sampler,
-                                     prompts=[qa_prompt(q) for row in questions for q in row])
-        answers = batch["answers"].numpy()
-        types = batch["question_types"].numpy()
-        for i, image_id in enumerate(_plain(x) for x in batch["image_id"].numpy()):
-            for j, question in enumerate(questions[i]):
-                rows.append({"image_id": image_id, "question": question,
-                             "type": QUESTION_TYPES[int(types[i, j])],
-                             "answer": answers[i, j].decode(),
-                             "prediction": predictions[i * per_image + j]})
-            if len(kept_images) < keep_images:
-                kept_images[image_id] = images[i]
-        progress.add(len(images))
-    return rows, kept_images
-
-
-def answer_scores_of(rows):
-    """`answer_scores` of `answer_split`'s rows."""
-    return answer_scores([r["prediction"] for r in rows], [r["answer"] for r in rows],
-                         [r["type"] for r in rows])
-
-
-def answer_metrics(model, rows):
-    """`answer_scores` of `answer_split`'s rows, and the model's `trainable_fraction`.
-
-    `trainable_fraction` is trainable / total parameters as the model stands
-    (a loaded model's layers keep the `trainable` they were saved with).
-    """
-    metrics = answer_scores_of(rows)
-    trainable = sum(math.prod(w.shape) for w in model.trainable_weights)
-    metrics["trainable_fraction"] = trainable / sum(math.prod(w.shape) for w in model.weights)
-    return metrics
 
 
 def evaluate_model(model, data_config, split="test", sampler="greedy", batch_size=64,
                    max_images=None, gallery_size=8):
-    """Captions a whole split and scores it.
+    """Runs a model over a whole split and scores it as the dataset says (its `scorer`).
 
     Args:
         model: a `Captioner` (compiled here for the loss if it is not).
@@ -328,74 +272,108 @@ def evaluate_model(model, data_config, split="test", sampler="greedy", batch_siz
     Returns:
         `(metrics, per_image, gallery_entries)`.
     """
+    from vlm import datasets
     from vlm import samplers
-    from vlm.data.batching import count_pairs
-    from vlm.data.batching import eval_batches
-    from vlm.data.batching import train_batches
-    from vlm.data.datasets import load_examples
 
-    examples = load_examples(data_config, split, model.image_size)
+    dataset = datasets.get(data_config.dataset)
+    examples = dataset.load(data_config, split, model.image_size)
     if examples is None:
         raise ValueError(f"Dataset {data_config.dataset!r} has no {split!r} split.")
     if max_images:
         examples = examples.take(max_images)
-    if data_config.dataset == "shapes_qa":
-        return _evaluate_answers(model, examples, split, sampler, batch_size, gallery_size)
-    ids, captions, references, scenes, kept_images, changes = caption_split(
-        model, examples, batch_size, sampler=sampler, keep_images=gallery_size)
-    metrics, per_image = score(ids, captions, references, scenes or None, changes or None)
+    metrics, per_image, entries = dataset.scorer.evaluate(
+        model, examples, sampler=sampler, batch_size=batch_size, gallery_size=gallery_size)
     metrics.update(split=split, sampler=repr(samplers.get(sampler)), dataset=data_config.dataset)
-
-    if not model.compiled:
-        model.compile()  # the masked caption loss and token accuracy
-    markers = model.image_token_id
-    prefix_ids = [markers] * model.images_per_example if markers is not None else ()
-    pairs = train_batches(examples, model.tokenizer, image_size=model.image_size,
-                          sequence_length=model.sequence_length, batch_size=batch_size,
-                          shuffle_buffer=0, prefix_ids=prefix_ids)
-    steps = max(count_pairs(examples) // batch_size, 1)
-    results = model.evaluate(pairs, steps=steps, verbose=0, return_dict=True)
-    metrics["loss"] = float(results["loss"])
-    metrics["perplexity"] = perplexity(metrics["loss"])
-    metrics["token_accuracy"] = float(results.get("token_accuracy", float("nan")))
-
-    samples = list(kept_images)
-    others = [row for row in per_image if row["image_id"] not in kept_images]
-    worst = sorted(others, key=lambda row: row["cider_d"])[:gallery_size // 2]
-    worst_ids = {row["image_id"] for row in worst}
-    if worst_ids:
-        for batch in eval_batches(examples, image_size=model.image_size, batch_size=batch_size):
-            for image_id, image in zip(batch["image_id"].numpy(), batch["images"].numpy()):
-                if _plain(image_id) in worst_ids:
-                    kept_images[_plain(image_id)] = side_by_side(image)
-    rows = {row["image_id"]: row for row in per_image}
-    entries = [dict(rows[i], image=kept_images[i]) for i in samples]
-    entries += [dict(row, image=kept_images[row["image_id"]],
-                     label=f"worst: CIDEr-D {row['cider_d']:.2f}") for row in worst]
     return metrics, per_image, entries
 
 
-def _evaluate_answers(model, examples, split, sampler, batch_size, gallery_size):
-    """`evaluate_model` on shapes_qa: answer accuracies, per question type."""
-    from vlm import samplers
+class CaptionScorer:
+    """Scores the captions a model writes for a dataset's images: a dataset's `scorer`.
 
-    rows, kept_images = answer_split(model, examples, batch_size, sampler=sampler,
-                                     keep_images=gallery_size)
-    metrics = answer_metrics(model, rows)
-    metrics.update(split=split, sampler=repr(samplers.get(sampler)), dataset="shapes_qa")
-    entries = []
-    for image_id, image in kept_images.items():
-        asked = [r for r in rows if r["image_id"] == image_id]
-        entries.append({"image_id": image_id, "image": image,
-                        "caption": "; ".join(f"{r['question']}? {r['prediction']}"
-                                             for r in asked[:3]),
-                        "references": [f"{r['question']}? {r['answer']}" for r in asked[:3]]})
-    return metrics, rows, entries
+    COCO metrics against the references, the loss, and grounded scene scores
+    or change scores where the examples carry scene graphs (`objects`) or
+    changes (see `caption_split`). Datasets that score more bring a subclass
+    (`vlm.datasets.shapes.scorers`).
+    """
+
+    # What `validation_scores` measures after each epoch (`train.validation_images`): none.
+    score_names = ()
+
+    def validation_scores(self, model, examples, batch_size):
+        """`{name: value}` of `score_names` for the model as it stands, without a progress bar."""
+        raise ValueError(f"{type(self).__name__} has no validation scores.")
+
+    def report(self, model, examples, batch_size=250):
+        """Greedy captions of `examples` (cached decoding) for a training report.
+
+        Returns:
+            dict with `num_images`, `samples` (a few image ids, captions and
+            references) and the scene or change scores where there are scenes
+            or changes.
+        """
+        ids, captions, references, scenes, _, changes = caption_split(model, examples,
+                                                                      batch_size)
+        report = {
+            "num_images": len(captions),
+            "samples": [
+                {"image_id": i, "caption": c, "references": r}
+                for i, c, r in list(zip(ids, captions, references))[:10]
+            ],
+        }
+        if scenes:
+            report["grounded"] = grounded_scores(captions, scenes)
+            report["relation_errors"] = relation_breakdown(captions, scenes)
+        if changes:
+            report["change"] = change_scores_of(captions, changes)
+            report["moved_errors"] = moved_errors_of(captions, changes)
+        return report
+
+    def evaluate(self, model, examples, sampler="greedy", batch_size=64, gallery_size=8):
+        """Captions and scores every example; `evaluate_model`'s work once the split is loaded.
+
+        Returns:
+            `(metrics, per_image, gallery_entries)`.
+        """
+        from vlm.data.batching import count_pairs
+        from vlm.data.batching import eval_batches
+        from vlm.data.batching import train_batches
+
+        ids, captions, references, scenes, kept_images, changes = caption_split(
+            model, examples, batch_size, sampler=sampler, keep_images=gallery_size)
+        metrics, per_image = score(ids, captions, references, scenes or None, changes or None)
+
+        if not model.compiled:
+            model.compile()  # the masked caption loss and token accuracy
+        markers = model.image_token_id
+        prefix_ids = [markers] * model.images_per_example if markers is not None else ()
+        pairs = train_batches(examples, model.tokenizer, image_size=model.image_size,
+                              sequence_length=model.sequence_length, batch_size=batch_size,
+                              shuffle_buffer=0, prefix_ids=prefix_ids)
+        steps = max(count_pairs(examples) // batch_size, 1)
+        results = model.evaluate(pairs, steps=steps, verbose=0, return_dict=True)
+        metrics["loss"] = float(results["loss"])
+        metrics["perplexity"] = perplexity(metrics["loss"])
+        metrics["token_accuracy"] = float(results.get("token_accuracy", float("nan")))
+
+        samples = list(kept_images)
+        others = [row for row in per_image if row["image_id"] not in kept_images]
+        worst = sorted(others, key=lambda row: row["cider_d"])[:gallery_size // 2]
+        worst_ids = {row["image_id"] for row in worst}
+        if worst_ids:
+            for batch in eval_batches(examples, image_size=model.image_size, batch_size=batch_size):
+                for image_id, image in zip(batch["image_id"].numpy(), batch["images"].numpy()):
+                    if plain_id(image_id) in worst_ids:
+                        kept_images[plain_id(image_id)] = side_by_side(image)
+        rows = {row["image_id"]: row for row in per_image}
+        entries = [dict(rows[i], image=kept_images[i]) for i in samples]
+        entries += [dict(row, image=kept_images[row["image_id"]],
+                         label=f"worst: CIDEr-D {row['cider_d']:.2f}") for row in worst]
+        return metrics, per_image, entries
 
 
 def _scenes_of(objects):
     """The scene graph of each example from a batch's padded `objects` features."""
-    from vlm.data.shapes import scene_from_features
+    from vlm.datasets.shapes.scene import scene_from_features
 
     objects = {k: v.numpy() for k, v in objects.items()}
     real = objects["shape"] >= 0  # padded objects are -1
@@ -422,7 +400,7 @@ def side_by_side(image):
     return np.concatenate(list(image), axis=1) if image.ndim == 4 else image
 
 
-def _plain(value):
+def plain_id(value):
     """A JSON-friendly image id (bytes -> str, NumPy ints -> int)."""
     if isinstance(value, bytes):
         return value.decode()

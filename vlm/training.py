@@ -13,6 +13,7 @@ import warnings
 import keras
 import tensorflow as tf
 
+from vlm import datasets
 from vlm.backend import resolve_jit_compile
 from vlm.backend import xla_has_float16_attention
 from vlm.callbacks import AtomicBackupAndRestore
@@ -30,19 +31,10 @@ from vlm.data.batching import count_pairs
 from vlm.data.batching import text_batches
 from vlm.data.batching import text_rows
 from vlm.data.batching import train_batches
-from vlm.data.datasets import load_examples
-from vlm.data.shapes_qa import as_prompted
 from vlm.data.tokenizer import IMAGE
 from vlm.data.tokenizer import train_tokenizer
 from vlm.distribution import plan_distribution
-from vlm.evaluation import answer_metrics
-from vlm.evaluation import answer_split
-from vlm.evaluation import caption_split
-from vlm.evaluation import change_scores_of
-from vlm.evaluation import moved_errors_of
 from vlm.machine import describe_machine
-from vlm.metrics.grounded import grounded_scores
-from vlm.metrics.grounded import relation_breakdown
 from vlm.models.captioner import CaptionLoss
 from vlm.models.captioner import MaskedTokenAccuracy
 from vlm.models.captioner import build_captioner
@@ -90,7 +82,8 @@ def make_callbacks(config, paths, has_validation, score_examples=None):
     done = (read_backup(paths["backup"]) or {}).get("history", {}).get(monitor)
     callbacks = [
         LearningRateLogger(),
-        *([ValidationScoreLogger(score_examples, config.train.validation_images,
+        *([ValidationScoreLogger(score_examples, datasets.get(config.data.dataset).scorer,
+                                 config.train.validation_images,
                                  targets=parse_targets(config.train.stop_at))]
           if score_examples is not None and config.train.validation_images else []),
         AtomicModelCheckpoint(
@@ -136,40 +129,6 @@ def without_training_state(model):
 
 
 write_json = write_json_atomically  # temporary file, then rename
-
-
-def caption_report(model, examples, num_images, batch_size=250):
-    """Greedy-captions `num_images` images (cached decoding) and scores what they say.
-
-    For the shapes dataset (examples carry `objects`, the scene graph) the
-    captions are parsed back into objects and relations and compared with
-    the scene: `vlm.metrics.grounded.grounded_scores`.
-
-    Returns:
-        dict with `num_images`, `samples` (a few image ids, captions and
-        references) and, for shapes, the grounded scores.
-    """
-    if "questions" in examples.element_spec:  # shapes_qa: answer accuracies
-        rows, _ = answer_split(model, examples.take(num_images), batch_size)
-        return {"num_images": num_images, "samples": rows[:12],
-                "answers": answer_metrics(model, rows)}
-    ids, captions, references, scenes, _, changes = caption_split(
-        model, examples.take(num_images), batch_size
-    )
-    report = {
-        "num_images": len(captions),
-        "samples": [
-            {"image_id": i, "caption": c, "references": r}
-            for i, c, r in list(zip(ids, captions, references))[:10]
-        ],
-    }
-    if scenes:
-        report["grounded"] = grounded_scores(captions, scenes)
-        report["relation_errors"] = relation_breakdown(captions, scenes)
-    if changes:
-        report["change"] = change_scores_of(captions, changes)
-        report["moved_errors"] = moved_errors_of(captions, changes)
-    return report
 
 
 def build_model(model_config, tokenizer, dtype=None, language_model=None):
@@ -254,7 +213,7 @@ def cached(examples, data_config):
     COCO's decoded training images (train+restval, 113,287 at about 0.8 MB
     each) would take about 95 GB of memory.
     """
-    return examples if data_config.dataset == "coco" else examples.cache()
+    return examples.cache() if datasets.get(data_config.dataset).in_memory else examples
 
 
 def fit_in_phases(model, train_data, plan, *, epochs, steps_per_epoch, optimizer_for,
@@ -345,11 +304,11 @@ def _train(config):
                              train_config.captions_per_image)
     print(f"Devices: {plan.description}")
 
-    train_examples = load_examples(data_config, "train", model_config.image_size)
-    validation_examples = load_examples(data_config, "validation", model_config.image_size)
-    if data_config.dataset == "shapes_qa":  # answers after question prompts
-        train_examples, validation_examples = map(
-            as_prompted, (train_examples, validation_examples))
+    dataset = datasets.get(data_config.dataset)
+    train_examples = dataset.training_examples(
+        dataset.load(data_config, "train", model_config.image_size))
+    validation_examples = dataset.training_examples(
+        dataset.load(data_config, "validation", model_config.image_size))
     train_examples = cached(train_examples, data_config)
     captions_per_image = train_config.captions_per_image
     num_pairs = count_pairs(train_examples, captions_per_image)
@@ -442,7 +401,7 @@ def _train(config):
     score_examples = None
     if train_config.validation_images:  # shapes or shapes_qa (Config.validate)
         # Scored against their scene graphs (or asked their questions) each epoch.
-        score_examples = load_examples(data_config, "validation", model_config.image_size)
+        score_examples = dataset.load(data_config, "validation", model_config.image_size)
     callbacks = make_callbacks(config, paths, validation_data is not None, score_examples)
     start = time.time()
     history = fit_in_phases(
@@ -493,10 +452,10 @@ def _train(config):
     print(f"Trained in {train_seconds / 60:.1f} min; model: {paths['model']}")
 
     if train_config.report_images:
-        split = "test" if data_config.dataset != "folder" else "train"
-        examples = load_examples(data_config, split, model_config.image_size)
+        split = dataset.report_split
+        examples = dataset.load(data_config, split, model_config.image_size)
         print(f"Captioning {train_config.report_images} {split} images for the report")
-        report = caption_report(model, examples, train_config.report_images)
+        report = dataset.scorer.report(model, examples.take(train_config.report_images))
         report.update(split=split, train_seconds=train_seconds,
                       backend=keras.config.backend())
         write_json(paths["report"], report)

@@ -180,7 +180,7 @@ def test_train_batches_feed_fit(tokenizer):
 
 def test_examples_of_image_pairs_with_markers_before_each_caption(tokenizer):
     """shapes_change examples: (2, H, W, 3) images, `<image>` ids first, no loss on them."""
-    from vlm.data.shapes_change import generate_change_examples
+    from vlm.datasets.shapes.changes import generate_change_examples
 
     rows = list(generate_change_examples(4, seed=0, image_size=24))
     examples = tf.data.Dataset.from_tensor_slices({

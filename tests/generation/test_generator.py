@@ -21,7 +21,7 @@ import pytest
 
 from tests.test_case import to_numpy
 from vlm import load_captioner
-from vlm.data.shapes import generate_examples
+from vlm.datasets.shapes.captions import generate_examples
 from vlm.generation.naive import naive_greedy
 from vlm.layers import CrossAttention
 from vlm.samplers import BeamSampler

@@ -1,6 +1,6 @@
 """Batches of examples for training and evaluation (tf.data).
 
-Every example source (`vlm.data.coco`, `vlm.data.folder`, `vlm.data.shapes`)
+Every example source (`vlm.data.coco`, `vlm.data.folder`, `vlm.datasets.shapes`)
 yields an *examples* dataset, one element per image, a dict with:
 
     "image":    uint8 (height, width, 3), any size
@@ -9,8 +9,8 @@ yields an *examples* dataset, one element per image, a dict with:
 
 plus any other keys a source adds (the shapes dataset adds "objects"). With
 "prompts", tf.string (num_references,), each caption follows its prompt (a
-question before its answer: `vlm.data.shapes_qa.as_prompted`). An
-example of several images (`vlm.data.shapes_change`) has "images", uint8
+question before its answer: `vlm.datasets.shapes.questions.as_prompted`). An
+example of several images (`vlm.datasets.shapes.changes`) has "images", uint8
 (num_images, height, width, 3), in place of "image"; its batches then hold
 (batch, num_images, S, S, 3) images.
 `train_batches` and `eval_batches` turn examples into model inputs; they work
@@ -225,7 +225,7 @@ def text_batches(examples, tokenizer, *, sequence_length, batch_size, shuffle_bu
 
     Every caption after its prompt (with the loss on the prompt too: the
     model learns the questions as well as the answers) and every
-    "scene_captions" entry (`vlm.data.shapes_qa.as_prompted`), each its own
+    "scene_captions" entry (`vlm.datasets.shapes.questions.as_prompted`), each its own
     row: `prompt [START] caption [END]` (`prompted_captions`).
 
     Returns:

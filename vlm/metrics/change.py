@@ -1,8 +1,8 @@
 """Change caption scores: read the change a caption states, compare it with the true change.
 
-A caption is read in the grammar that `vlm.data.shapes_change` writes
+A caption is read in the grammar that `vlm.datasets.shapes.changes` writes
 reference captions in, into the canonical change string of
-`vlm.change_vocab.canonical_change` ("moved|small red circle|left of|large
+`vlm.datasets.shapes.changes.canonical_change` ("moved|small red circle|left of|large
 blue square", "appeared|large green triangle", "none", ...). Scores compare
 those strings field by field with the true ones; `moved_breakdown` sorts
 the captions of "moved" changes by what they get wrong.
@@ -22,14 +22,14 @@ change_scores(["the small red circle turned green", "a large blue square appeare
 
 import re
 
-from vlm.change_vocab import CHANGE_TYPES
-from vlm.change_vocab import CHANGE_VERBS
-from vlm.change_vocab import NO_CHANGE_CAPTIONS
-from vlm.change_vocab import canonical_change
+from vlm.datasets.shapes.changes import canonical_change
+from vlm.datasets.shapes.vocabulary import CHANGE_TYPES
+from vlm.datasets.shapes.vocabulary import CHANGE_VERBS
+from vlm.datasets.shapes.vocabulary import DEFAULT_VOCABULARY
+from vlm.datasets.shapes.vocabulary import NO_CHANGE_CAPTIONS
+from vlm.datasets.shapes.vocabulary import RELATIONS
+from vlm.datasets.shapes.vocabulary import dominant_relation
 from vlm.metrics.grounded import parse_caption
-from vlm.scene_vocab import DEFAULT_VOCABULARY
-from vlm.scene_vocab import RELATIONS
-from vlm.scene_vocab import dominant_relation
 
 # Every phrase that names a change type, longest first so "was moved" wins over "moved".
 _TYPE_PHRASES = sorted(
@@ -65,7 +65,7 @@ def parse_change_caption(text, vocabulary=DEFAULT_VOCABULARY):
 
     The earliest change phrase decides the type: a no-change caption ("nothing
     changed", "no change", "the scene is the same") or a verb of
-    `vlm.change_vocab.CHANGE_VERBS` ("moved", "was moved", "is now",
+    `vlm.datasets.shapes.vocabulary.CHANGE_VERBS` ("moved", "was moved", "is now",
     "appeared", "was added", "disappeared", "is gone", "was removed",
     "turned", "became", "changed to"). The changed object is the last mention
     before the verb; for "moved", the relation is the first one after the verb
@@ -76,7 +76,7 @@ def parse_change_caption(text, vocabulary=DEFAULT_VOCABULARY):
 
     Args:
         text: the caption, `str` or UTF-8 `bytes`; anything is accepted.
-        vocabulary: `vlm.scene_vocab.SceneVocabulary` with the colour, shape
+        vocabulary: `vlm.datasets.shapes.vocabulary.SceneVocabulary` with the colour, shape
             and size words.
 
     Returns:
@@ -197,10 +197,10 @@ def change_scores(captions, changes, vocabulary=DEFAULT_VOCABULARY, scenes=None)
     Args:
         captions: one caption per example, `str` or `bytes`.
         changes: the true canonical change strings (the `"change"` feature of
-            `vlm.data.shapes_change`), `str` or `bytes`.
+            `vlm.datasets.shapes.changes`), `str` or `bytes`.
         vocabulary: `SceneVocabulary` passed on to `parse_change_caption`.
         scenes: optional `(before, after)` scene graphs per example
-            (`{"objects": [...]}` as `vlm.data.shapes.generate_scene`).
+            (`{"objects": [...]}` as `vlm.datasets.shapes.scene.generate_scene`).
 
     Returns:
         dict: `change_type_accuracy` (the type is right),
@@ -293,7 +293,7 @@ def moved_breakdown(captions, changes, scenes, vocabulary=DEFAULT_VOCABULARY):
         captions: one caption per example, `str` or `bytes`.
         changes: the true canonical change strings, `str` or `bytes`.
         scenes: `(before, after)` scene graphs per example
-            (`{"objects": [...]}` as `vlm.data.shapes.generate_scene`).
+            (`{"objects": [...]}` as `vlm.datasets.shapes.scene.generate_scene`).
         vocabulary: `SceneVocabulary` passed on to `parse_change_caption`.
 
     Returns:

@@ -2,7 +2,7 @@
 
 A caption is parsed into *mentions* (size, colour, shape triples, with None
 for a missing word) and *relations* between mentions, in the grammar that
-`vlm.data.shapes` writes reference captions in. Mentions are then matched
+`vlm.datasets.shapes.captions` writes reference captions in. Mentions are then matched
 one-to-one to the scene's objects and every claim is checked: attributes
 against the matched object, relations by the rule the captions were written
 with (the dominant axis between the objects' centres).
@@ -29,10 +29,10 @@ import re
 
 import numpy as np
 
-from vlm.scene_vocab import DEFAULT_VOCABULARY
-from vlm.scene_vocab import INVERSE_RELATIONS
-from vlm.scene_vocab import RELATIONS
-from vlm.scene_vocab import dominant_relation
+from vlm.datasets.shapes.vocabulary import DEFAULT_VOCABULARY
+from vlm.datasets.shapes.vocabulary import INVERSE_RELATIONS
+from vlm.datasets.shapes.vocabulary import RELATIONS
+from vlm.datasets.shapes.vocabulary import dominant_relation
 
 ATTRIBUTES = ("size", "color", "shape")
 _RELATION_TOKENS = tuple((relation, tuple(relation.split())) for relation in RELATIONS)
@@ -127,7 +127,7 @@ def relation_holds(obj_a, relation, obj_b):
     """Whether a caption may say `obj_a relation obj_b`: the data's own rule.
 
     The shapes captions state each pair's relation along the axis where the
-    centres differ most (`vlm.scene_vocab.dominant_relation`), so "a below b"
+    centres differ most (`vlm.datasets.shapes.vocabulary.dominant_relation`), so "a below b"
     is wrong when a is a little lower and much further left: a reference
     would say "left of". The change scores and the questions use the same rule.
 

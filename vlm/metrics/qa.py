@@ -1,6 +1,6 @@
 """Question-answering scores: exact match of normalised answers, overall and per question type.
 
-The answers of `vlm.data.shapes_qa` are short and closed ("red", "two",
+The answers of `vlm.datasets.shapes.questions` are short and closed ("red", "two",
 "yes", "a small red circle"), so a predicted answer counts when it equals the
 reference after the caption normalisation of `vlm.text.normalize_caption`
 (case and punctuation do not matter; articles do: "small red circle" is not
@@ -19,7 +19,7 @@ answer_scores(["Red.", "two", "no"], ["red", "three", "no"], ["colour", "count",
 
 import numbers
 
-from vlm.scene_vocab import QUESTION_TYPES
+from vlm.datasets.shapes.vocabulary import QUESTION_TYPES
 from vlm.text import normalize_caption
 
 
@@ -57,7 +57,7 @@ def answer_scores(predictions, answers, question_types):
         answers: the reference answers, `str` or `bytes`.
         question_types: the type of each question: a name of
             `QUESTION_TYPES` (`str` or `bytes`) or its index (the
-            `question_types` feature of `vlm.data.shapes_qa`).
+            `question_types` feature of `vlm.datasets.shapes.questions`).
 
     Returns:
         dict: `answer_accuracy`, the share of predictions equal to their

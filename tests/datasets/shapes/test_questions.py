@@ -5,12 +5,15 @@ import re
 import numpy as np
 import pytest
 
-from vlm import scene_vocab
+from tests.datasets.shapes.scene_references import dominant
+from tests.datasets.shapes.scene_references import triple
 from vlm.config import DataConfig
-from vlm.data import shapes
-from vlm.data import shapes_qa
-from vlm.data.datasets import load_examples
-from vlm.metrics.grounded import relation_holds
+from vlm.datasets import load_examples
+from vlm.datasets.shapes import builders
+from vlm.datasets.shapes import captions
+from vlm.datasets.shapes import questions
+from vlm.datasets.shapes import scene
+from vlm.datasets.shapes import vocabulary
 
 NUMBERS = {"zero": 0, "one": 1, "two": 2, "three": 3}
 # Written out again here, so the check does not lean on the generator's table.
@@ -19,16 +22,6 @@ POSITIONS = {"on the left": "left of", "on the right": "right of", "at the top":
 ASKED = {"colour": "color", "shape": "shape", "size": "size"}
 
 
-def triple(obj):
-    return (obj["size"], obj["color"], obj["shape"])
-
-
-def dominant(a, b):
-    """The relation of `a` to `b` along the axis where their centres differ most."""
-    horizontal = abs(a["x"] - b["x"]) > abs(a["y"] - b["y"])
-    candidates = ("left of", "right of") if horizontal else ("above", "below")
-    (relation,) = [r for r in candidates if relation_holds(a, r, b)]
-    return relation
 
 
 def obj(size, color, shape, x, y):
@@ -58,11 +51,11 @@ def resolve(reference, objects, asked=None):
     *attributes, noun = words[1:]
     named = {}
     if noun != "object":
-        assert noun in scene_vocab.SHAPES, reference
+        assert noun in vocabulary.SHAPES, reference
         named["shape"] = noun
     for word in attributes:
-        key = "size" if word in scene_vocab.SIZES else "color"
-        assert word in scene_vocab.COLORS or key == "size", reference
+        key = "size" if word in vocabulary.SIZES else "color"
+        assert word in vocabulary.COLORS or key == "size", reference
         assert key not in named, reference
         named[key] = word
     assert asked not in named and named, reference
@@ -95,9 +88,9 @@ def check_answer(entry, objects):
         match = re.fullmatch(r"what (colour|shape|size) is (the .+)", question)
         assert match and match.group(1) == kind, question
         asked = ASKED[kind]
-        vocabulary = {"color": scene_vocab.COLORS, "shape": scene_vocab.SHAPES,
-                      "size": scene_vocab.SIZES}[asked]
-        assert not words & set(vocabulary), question  # the asked attribute is not named
+        values = {"color": vocabulary.COLORS, "shape": vocabulary.SHAPES,
+                  "size": vocabulary.SIZES}[asked]
+        assert not words & set(values), question  # the asked attribute is not named
         target, by_position = resolve(match.group(2), objects, asked)
         assert answer == target[asked], (question, answer, objects)
         return "position" if by_position else "attributes"
@@ -105,20 +98,20 @@ def check_answer(entry, objects):
         subject = re.fullmatch(r"how many (.+) are there", question).group(1)
         if subject == "objects":
             expected = len(objects)
-        elif subject.endswith("s") and subject[:-1] in scene_vocab.SHAPES:
+        elif subject.endswith("s") and subject[:-1] in vocabulary.SHAPES:
             expected = sum(o["shape"] == subject[:-1] for o in objects)
         else:
             value, rest = subject.split(" ")
             assert rest == "objects", question
-            key = "size" if value in scene_vocab.SIZES else "color"
-            assert value in scene_vocab.COLORS or key == "size", question
+            key = "size" if value in vocabulary.SIZES else "color"
+            assert value in vocabulary.COLORS or key == "size", question
             expected = sum(o[key] == value for o in objects)
         assert NUMBERS[answer] == expected, (question, answer, objects)
         return subject
     if kind == "existence":
         size, color, shape = re.fullmatch(r"is there a (\w+) (\w+) (\w+)", question).groups()
-        assert size in scene_vocab.SIZES and color in scene_vocab.COLORS
-        assert shape in scene_vocab.SHAPES
+        assert size in vocabulary.SIZES and color in vocabulary.COLORS
+        assert shape in vocabulary.SHAPES
         present = (size, color, shape) in {triple(o) for o in objects}
         assert answer == ("yes" if present else "no"), (question, answer, objects)
         if not present:  # a near miss: one attribute away from an object of the scene
@@ -138,31 +131,31 @@ def check_answer(entry, objects):
     return relation
 
 
-def questions(count, image_size, seed=0):
+def sample_questions(count, image_size, seed=0):
     rng = np.random.default_rng(seed)
     for _ in range(count):
-        scene = shapes.generate_scene(rng, image_size)
-        yield scene["objects"], shapes_qa.generate_questions(scene, rng)
+        graph = scene.generate_scene(rng, image_size)
+        yield graph["objects"], questions.generate_questions(graph, rng)
 
 
 @pytest.mark.parametrize("image_size, count", [(64, 500), (32, 200)])
 def test_every_answer_is_true_of_the_scene(image_size, count):
     answers = collections.defaultdict(collections.Counter)
     tags = collections.defaultdict(collections.Counter)
-    for objects, entries in questions(count, image_size, seed=image_size):
-        assert [entry["type"] for entry in entries] == list(scene_vocab.QUESTION_TYPES)
+    for objects, entries in sample_questions(count, image_size, seed=image_size):
+        assert [entry["type"] for entry in entries] == list(vocabulary.QUESTION_TYPES)
         for entry in entries:
             tags[entry["type"]][check_answer(entry, objects)] += 1
             relation_answer = entry["type"] == "relation" and entry["answer"] != "nothing"
             answers[entry["type"]]["<object>" if relation_answer else entry["answer"]] += 1
     # Every answer word of each type occurs.
-    assert set(answers["colour"]) == set(scene_vocab.COLORS)
-    assert set(answers["shape"]) == set(scene_vocab.SHAPES)
-    assert set(answers["size"]) == set(scene_vocab.SIZES)
+    assert set(answers["colour"]) == set(vocabulary.COLORS)
+    assert set(answers["shape"]) == set(vocabulary.SHAPES)
+    assert set(answers["size"]) == set(vocabulary.SIZES)
     assert set(answers["count"]) == set(NUMBERS)
     assert set(answers["existence"]) == {"yes", "no"}
     assert set(answers["relation"]) == {"<object>", "nothing"}
-    assert set(tags["relation"]) == set(scene_vocab.RELATIONS)
+    assert set(tags["relation"]) == set(vocabulary.RELATIONS)
     # Count answers are spread, zero included; the forms all occur.
     shares = {word: n / count for word, n in answers["count"].items()}
     assert 0.1 < shares["zero"] < 0.35 and shares["one"] < 0.6 and shares["three"] > 0.04, shares
@@ -179,7 +172,7 @@ def test_position_tells_apart_objects_that_differ_only_in_the_asked_attribute():
     left, right = obj("small", "red", "circle", 10, 30), obj("small", "blue", "circle", 50, 32)
     asked = {}
     for seed in range(20):
-        entry = shapes_qa.generate_questions({"objects": [left, right]},
+        entry = questions.generate_questions({"objects": [left, right]},
                                              np.random.default_rng(seed))[0]
         asked[entry["question"]] = entry["answer"]
     assert asked == {"what colour is the small circle on the left": "red",
@@ -187,7 +180,7 @@ def test_position_tells_apart_objects_that_differ_only_in_the_asked_attribute():
     # Three: one lies below both others (the other two are not beyond both on any side).
     bottom = obj("small", "green", "circle", 30, 60)
     for seed in range(5):
-        entry = shapes_qa.generate_questions(
+        entry = questions.generate_questions(
             {"objects": [obj("small", "red", "circle", 10, 20), bottom,
                          obj("small", "blue", "circle", 50, 24)]},
             np.random.default_rng(seed))[0]
@@ -199,34 +192,34 @@ def test_one_object_scene():
     scene = {"objects": [obj("large", "cyan", "triangle", 30, 30)]}
     relations = set()
     for seed in range(30):
-        entries = shapes_qa.generate_questions(scene, np.random.default_rng(seed))
+        entries = questions.generate_questions(scene, np.random.default_rng(seed))
         by_type = {entry["type"]: entry for entry in entries}
         assert by_type["colour"]["question"] == "what colour is the triangle"
         assert by_type["shape"]["question"] == "what shape is the large object"
         assert by_type["size"]["question"] == "what size is the triangle"
         assert by_type["relation"]["answer"] == "nothing"
         relations.add(by_type["relation"]["question"])
-    assert relations == {f"what is {r} the triangle" for r in scene_vocab.RELATIONS}
+    assert relations == {f"what is {r} the triangle" for r in vocabulary.RELATIONS}
 
 
 def test_prompt_and_text():
-    assert (shapes_qa.qa_prompt("what colour is the circle")
+    assert (questions.qa_prompt("what colour is the circle")
             == "question what colour is the circle answer")
-    assert (shapes_qa.qa_text("is there a small red circle", "yes")
+    assert (questions.qa_text("is there a small red circle", "yes")
             == "question is there a small red circle answer yes")
 
 
 def test_same_seed_same_bytes_and_the_shapes_examples():
-    first = list(shapes_qa.generate_qa_examples(5, seed=3, image_size=16))
-    again = list(shapes_qa.generate_qa_examples(5, seed=3, image_size=16))
-    other = list(shapes_qa.generate_qa_examples(5, seed=4, image_size=16))
-    captions = list(shapes.generate_examples(5, seed=3, image_size=16))
-    for a, b, c, d in zip(first, again, other, captions):
+    first = list(questions.generate_qa_examples(5, seed=3, image_size=16))
+    again = list(questions.generate_qa_examples(5, seed=3, image_size=16))
+    other = list(questions.generate_qa_examples(5, seed=4, image_size=16))
+    caption_examples = list(captions.generate_examples(5, seed=3, image_size=16))
+    for a, b, c, d in zip(first, again, other, caption_examples):
         assert a["image"].shape == (16, 16, 3) and a["image"].dtype == np.uint8
         assert a["image"].tobytes() == b["image"].tobytes() != c["image"].tobytes()
         for key in ("questions", "answers", "question_types", "captions", "objects"):
             assert a[key] == b[key], key
-        assert a["question_types"] == list(scene_vocab.QUESTION_TYPES)
+        assert a["question_types"] == list(vocabulary.QUESTION_TYPES)
         assert len(a["questions"]) == len(a["answers"]) == 6
         # The image, captions and objects are those of the shapes captions dataset.
         assert a["image"].tobytes() == d["image"].tobytes()
@@ -234,19 +227,8 @@ def test_same_seed_same_bytes_and_the_shapes_examples():
             d["image_id"], d["captions"], d["objects"])
     assert [a["questions"] for a in first] != [c["questions"] for c in other]
     # An example depends on (seed, index) only.
-    alone = list(shapes_qa.generate_qa_examples(3, seed=3, image_size=16))[-1]
+    alone = list(questions.generate_qa_examples(3, seed=3, image_size=16))[-1]
     assert alone["questions"] == first[2]["questions"] and alone["answers"] == first[2]["answers"]
-
-
-def test_config_name_encodes_sizes():
-    config = shapes_qa.shapes_qa_config(image_size=32, train_size=8, validation_size=4,
-                                        test_size=4, seed=1)
-    assert isinstance(config, shapes_qa.ShapesQAConfig)
-    assert config.name == "s32_tr8_va4_te4_seed1"
-    assert shapes_qa.shapes_qa_config() is shapes_qa.ShapesQA.builder_configs[
-        "s64_tr20000_va1000_te1000_seed0"]
-    with pytest.raises(ValueError, match="train_size=0"):
-        shapes_qa.shapes_qa_config(train_size=0)
 
 
 def test_load_shapes_qa_prepares_offline(tmp_path, capsys):
@@ -255,10 +237,10 @@ def test_load_shapes_qa_prepares_offline(tmp_path, capsys):
                   data_dir=tmp_path)
     first_questions = {}
     for split, size in sizes.items():
-        examples = list(shapes_qa.load_shapes_qa(split, **kwargs).as_numpy_iterator())
+        examples = list(builders.load_shapes_qa(split, **kwargs).as_numpy_iterator())
         assert len(examples) == size
         examples.sort(key=lambda example: example["image_id"])  # TFDS stores them shuffled
-        expected = shapes_qa.generate_qa_examples(size, shapes.split_seed(1, split),
+        expected = questions.generate_qa_examples(size, builders.split_seed(1, split),
                                                   image_size=16)
         for example, reference in zip(examples, expected):
             assert example["image"].shape == (16, 16, 3) and example["image"].dtype == np.uint8
@@ -269,8 +251,8 @@ def test_load_shapes_qa_prepares_offline(tmp_path, capsys):
             assert [a.decode() for a in example["answers"]] == reference["answers"]
             assert example["question_types"].dtype == np.int64
             assert example["question_types"].tolist() == list(range(6))
-            assert (shapes.scene_from_features(example["objects"])
-                    == shapes.scene_from_features(reference["objects"]))
+            assert (scene.scene_from_features(example["objects"])
+                    == scene.scene_from_features(reference["objects"]))
         first_questions[split] = [e["questions"].tolist() for e in examples]
     out = capsys.readouterr().out
     assert "Preparing shapes QA dataset (16px)" in out and "12/12" in out

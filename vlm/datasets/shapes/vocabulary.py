@@ -1,9 +1,10 @@
-"""Words of the shapes scene language, shared by the data generator and the grounded metrics.
+"""Words of the shapes world's languages, shared by the generators and the metrics.
 
-`vlm.data.shapes` renders and describes scenes with these words and
-`vlm.metrics.grounded` reads captions back with them (`vlm.data.shapes_qa`
-and `vlm.metrics.qa` share the question types); keeping them here lets the
-metrics run without importing the data package (and TensorFlow).
+`vlm.datasets.shapes.captions` describes scenes with the scene words and
+`vlm.metrics.grounded` reads captions back with them;
+`vlm.datasets.shapes.changes` and `vlm.metrics.change` share the change words,
+`vlm.datasets.shapes.questions` and `vlm.metrics.qa` the question types.
+Plain Python: the metrics import it without TensorFlow.
 """
 
 import dataclasses
@@ -41,15 +42,30 @@ RELATION_PHRASES = {
 }
 # Optional openings of a reference caption; they carry no scene content.
 CAPTION_PREFIXES = ("", "there is ", "a picture of ", "an image of ", "a photo of ")
-# The kinds of question `vlm.data.shapes_qa` asks about a scene, one each per image, in this order.
+# The kinds of question `vlm.datasets.shapes.questions` asks about a scene, one each per
+# image, in this order.
 QUESTION_TYPES = ("colour", "shape", "size", "count", "existence", "relation")
+
+CHANGE_TYPES = ("none", "moved", "appeared", "disappeared", "color")
+# The whole caption of an unchanged scene.
+NO_CHANGE_CAPTIONS = ("nothing changed", "no change", "the scene is the same")
+# The words after the changed object, per change type: "the small red circle
+# moved left of ...", "... was added", "... is gone", "... turned blue".
+CHANGE_VERBS = {
+    "moved": ("moved", "was moved", "is now"),
+    "appeared": ("appeared", "was added"),
+    "disappeared": ("disappeared", "is gone", "was removed"),
+    "color": ("turned", "became", "changed to"),
+}
+# The articles of an appeared object (the other changes name a known one: "the").
+APPEARED_ARTICLES = ("a", "a new")
 
 
 def dominant_relation(a, b):
     """The relation of object `a` to `b` along the axis where their centres differ most.
 
-    The relation the shapes captions state (`vlm.data.shapes`) and the change
-    scores check (`vlm.metrics.change`).
+    The relation the shapes captions state (`vlm.datasets.shapes.captions`)
+    and the change scores check (`vlm.metrics.change`).
     """
     dx, dy = a["x"] - b["x"], a["y"] - b["y"]
     if abs(dx) > abs(dy):

@@ -3,7 +3,10 @@ import itertools
 import numpy as np
 import pytest
 
-from vlm.data import shapes
+from vlm.datasets.shapes import builders
+from vlm.datasets.shapes import captions
+from vlm.datasets.shapes import scene
+from vlm.datasets.shapes import vocabulary
 from vlm.metrics.grounded import parse_caption
 from vlm.metrics.grounded import relation_holds
 from vlm.metrics.grounded import score_caption
@@ -11,7 +14,7 @@ from vlm.metrics.grounded import score_caption
 
 def bounding_gap(a, b, image_size):
     """Free space between two objects' bounding boxes along their better-separated axis."""
-    reach = (shapes.SIZE_RADIUS[a["size"]] + shapes.SIZE_RADIUS[b["size"]]) * image_size
+    reach = (scene.SIZE_RADIUS[a["size"]] + scene.SIZE_RADIUS[b["size"]]) * image_size
     return max(abs(a["x"] - b["x"]), abs(a["y"] - b["y"])) - reach
 
 
@@ -19,49 +22,49 @@ def scenes_with_captions(count, image_size):
     """`count` random scenes with their reference captions."""
     rng = np.random.default_rng(123)
     for _ in range(count):
-        scene = shapes.generate_scene(rng, image_size)
-        yield scene, shapes.scene_captions(scene, rng, int(rng.integers(3, 6)))
+        graph = scene.generate_scene(rng, image_size)
+        yield graph, captions.scene_captions(graph, rng, int(rng.integers(3, 6)))
 
 
 def test_same_seed_same_bytes_different_seed_different_images():
-    first = list(shapes.generate_examples(6, seed=3, image_size=32))
-    again = list(shapes.generate_examples(6, seed=3, image_size=32))
-    other = list(shapes.generate_examples(6, seed=4, image_size=32))
+    first = list(captions.generate_examples(6, seed=3, image_size=32))
+    again = list(captions.generate_examples(6, seed=3, image_size=32))
+    other = list(captions.generate_examples(6, seed=4, image_size=32))
     for a, b, c in zip(first, again, other):
         assert a["image"].tobytes() == b["image"].tobytes()
         assert a["captions"] == b["captions"] and a["objects"] == b["objects"]
         assert a["image"].tobytes() != c["image"].tobytes()
     # An example depends on (seed, index) only, not on how many came before.
-    alone = list(shapes.generate_examples(3, seed=3, image_size=32))[-1]
+    alone = list(captions.generate_examples(3, seed=3, image_size=32))[-1]
     assert alone["image"].tobytes() == first[2]["image"].tobytes()
 
 
 @pytest.mark.parametrize("image_size", [32, 64])
 def test_scene_layout(image_size):
-    for scene, _ in scenes_with_captions(150, image_size):
-        objects = scene["objects"]
+    for graph, _ in scenes_with_captions(150, image_size):
+        objects = graph["objects"]
         assert 1 <= len(objects) <= 3
         assert len({(o["size"], o["color"], o["shape"]) for o in objects}) == len(objects)
         for o in objects:
-            r = shapes.SIZE_RADIUS[o["size"]] * image_size
+            r = scene.SIZE_RADIUS[o["size"]] * image_size
             assert r <= o["x"] <= image_size - 1 - r and r <= o["y"] <= image_size - 1 - r
         for a, b in itertools.combinations(objects, 2):
             dx, dy = abs(a["x"] - b["x"]), abs(a["y"] - b["y"])
-            assert bounding_gap(a, b, image_size) >= shapes.GAP * image_size  # no overlap
+            assert bounding_gap(a, b, image_size) >= scene.GAP * image_size  # no overlap
             assert max(dx, dy) >= 0.15 * image_size
-            assert abs(dx - dy) >= shapes.AXIS_LEAD * image_size  # a clear dominant axis
+            assert abs(dx - dy) >= scene.AXIS_LEAD * image_size  # a clear dominant axis
 
 
 @pytest.mark.parametrize("image_size", [32, 64])
 def test_every_reference_caption_parses_back_to_its_scene(image_size):
     num_objects_seen = set()
-    for scene, captions in scenes_with_captions(150, image_size):
-        objects = scene["objects"]
+    for graph, references in scenes_with_captions(150, image_size):
+        objects = graph["objects"]
         num_objects_seen.add(len(objects))
         expected = {(o["size"], o["color"], o["shape"]): o for o in objects}
-        assert len(set(captions)) == len(captions)
-        assert 3 <= len(captions) <= 5
-        for caption in captions:
+        assert len(set(references)) == len(references)
+        assert 3 <= len(references) <= 5
+        for caption in references:
             assert caption == caption.lower() and caption.replace(" ", "").isalpha()
             mentions, relations = parse_caption(caption)
             assert sorted(mentions) == sorted(expected), caption
@@ -79,43 +82,33 @@ def test_every_reference_caption_parses_back_to_its_scene(image_size):
 
 
 def test_caption_counts_per_example():
-    for example in shapes.generate_examples(40, seed=0, image_size=32):
+    for example in captions.generate_examples(40, seed=0, image_size=32):
         assert 3 <= len(example["captions"]) <= 5
         assert len(set(example["captions"])) == len(example["captions"])
 
 
 def test_rendered_colours_at_object_centres():
-    palette = np.array(list(shapes.COLORS.values()), np.float32)
-    for example in shapes.generate_examples(60, seed=5, image_size=32):
+    palette = np.array(list(vocabulary.COLORS.values()), np.float32)
+    for example in captions.generate_examples(60, seed=5, image_size=32):
         image = example["image"]
         assert image.shape == (32, 32, 3) and image.dtype == np.uint8
-        scene = shapes.scene_from_features(example["objects"])
-        for obj in scene["objects"]:
+        graph = scene.scene_from_features(example["objects"])
+        for obj in graph["objects"]:
             x, y = int(obj["x"]), int(obj["y"])
             # Mean over the 3x3 centre patch (inside every shape) averages the noise out.
             patch = image[y - 1:y + 2, x - 1:x + 2].reshape(-1, 3).astype(np.float32).mean(0)
-            assert np.abs(patch - shapes.COLORS[obj["color"]]).max() <= 20
-            nearest = list(shapes.COLORS)[np.argmin(((palette - patch) ** 2).sum(-1))]
+            assert np.abs(patch - vocabulary.COLORS[obj["color"]]).max() <= 20
+            nearest = list(vocabulary.COLORS)[np.argmin(((palette - patch) ** 2).sum(-1))]
             assert nearest == obj["color"]
 
 
 def test_scene_from_features_reads_class_indices():
     features = {"shape": np.array([2, 0]), "color": np.array([1, 6]), "size": np.array([0, 1]),
                 "x": np.array([3.0, 20.0], np.float32), "y": np.array([4.0, 5.0], np.float32)}
-    assert shapes.scene_from_features(features) == {"objects": [
+    assert scene.scene_from_features(features) == {"objects": [
         {"shape": "triangle", "color": "green", "size": "small", "x": 3.0, "y": 4.0},
         {"shape": "circle", "color": "orange", "size": "large", "x": 20.0, "y": 5.0},
     ]}
-
-
-def test_config_name_encodes_sizes_and_default_is_registered():
-    config = shapes.shapes_config(image_size=32, train_size=12, validation_size=4,
-                                  test_size=3, seed=1)
-    assert config.name == "s32_tr12_va4_te3_seed1"
-    assert shapes.shapes_config() is shapes.ShapesCaptions.builder_configs[
-        "s64_tr20000_va1000_te1000_seed0"]
-    with pytest.raises(ValueError, match="train_size=0"):
-        shapes.shapes_config(train_size=0)
 
 
 def test_load_shapes_prepares_offline(tmp_path, capsys, monkeypatch):
@@ -124,10 +117,10 @@ def test_load_shapes_prepares_offline(tmp_path, capsys, monkeypatch):
     kwargs = dict(image_size=32, train_size=12, validation_size=4, test_size=3, seed=1)
     first_images = {}
     for split, size in sizes.items():
-        examples = list(shapes.load_shapes(split, **kwargs).as_numpy_iterator())
+        examples = list(builders.load_shapes(split, **kwargs).as_numpy_iterator())
         assert len(examples) == size
         examples.sort(key=lambda example: example["image_id"])  # TFDS stores them shuffled
-        expected = shapes.generate_examples(size, shapes.split_seed(1, split), image_size=32)
+        expected = captions.generate_examples(size, builders.split_seed(1, split), image_size=32)
         for example, reference in zip(examples, expected):
             assert example["image"].shape == (32, 32, 3) and example["image"].dtype == np.uint8
             assert example["image_id"].dtype == np.int64
@@ -137,8 +130,8 @@ def test_load_shapes_prepares_offline(tmp_path, capsys, monkeypatch):
             assert [c.decode() for c in example["captions"]] == reference["captions"]
             objects = example["objects"]
             assert objects["shape"].dtype == np.int64 and objects["x"].dtype == np.float32
-            assert (shapes.scene_from_features(objects)
-                    == shapes.scene_from_features(reference["objects"]))
+            assert (scene.scene_from_features(objects)
+                    == scene.scene_from_features(reference["objects"]))
         first_images[split] = examples[0]["image"]
     out = capsys.readouterr().out
     # One progress line (no TFDS notices), counting the 12 + 4 + 3 images.
@@ -149,5 +142,5 @@ def test_load_shapes_prepares_offline(tmp_path, capsys, monkeypatch):
     # Splits are different streams.
     assert not np.array_equal(first_images["train"], first_images["validation"])
     # A second load reuses the prepared files.
-    assert len(list(shapes.load_shapes("test", **kwargs))) == 3
+    assert len(list(builders.load_shapes("test", **kwargs))) == 3
     assert "Preparing" not in capsys.readouterr().out

@@ -1,14 +1,15 @@
-"""The "shapes QA" dataset: questions about a shapes scene, answered from its scene graph.
+"""The shapes question language: questions about a scene, answered from its scene graph.
 
-After CLEVR (Johnson et al., 2017), on the scenes of `vlm.data.shapes`: example
-`i` of a seed is example `i` of `vlm.data.shapes.generate_examples` (the same
-image, reference captions and objects), with six questions added, one of each
-type in `QUESTION_TYPES` and in that order, drawn from
+After CLEVR (Johnson et al., 2017), on the scenes of `vlm.datasets.shapes.scene`:
+example `i` of a seed is example `i` of
+`vlm.datasets.shapes.captions.generate_examples` (the same image, reference
+captions and objects), with six questions added, one of each type in
+`QUESTION_TYPES` and in that order, drawn from
 `np.random.default_rng([seed, index, 1])`. Every question has exactly one
 correct answer, checked against the scene graph when it is made.
 
 Questions and answers follow a small grammar (lowercase, no punctuation; the
-words are `vlm.scene_vocab`'s):
+words are `vlm.datasets.shapes.vocabulary`'s):
 
     colour:    "what colour is" REF                 -> COLOR          e.g. "red"
     shape:     "what shape is" REF                  -> SHAPE          e.g. "circle"
@@ -44,37 +45,20 @@ other object holds, named in full in the answer ("a small red circle"); only
 a one-object scene, where none does, answers "nothing".
 
 `qa_prompt` and `qa_text` are the one place the prompt wording lives.
-`ShapesQA` wraps the generator as a TFDS builder that prepares offline, and
-`load_shapes_qa` returns a split as a `tf.data.Dataset`.
+`vlm.datasets.shapes.builders.ShapesQA` writes the examples as a TFDS dataset.
 """
 
-import dataclasses
-import pathlib
-
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
 
-from vlm.data.shapes import SPLITS
-from vlm.data.shapes import ShapesCaptionsConfig
-from vlm.data.shapes import _encode_png
-from vlm.data.shapes import generate_examples
-from vlm.data.shapes import load_prepared
-from vlm.data.shapes import objects_feature
-from vlm.data.shapes import scene_from_features
-from vlm.data.shapes import split_seed
-from vlm.scene_vocab import COLORS
-from vlm.scene_vocab import QUESTION_TYPES
-from vlm.scene_vocab import RELATIONS
-from vlm.scene_vocab import SHAPES
-from vlm.scene_vocab import SIZES
-from vlm.scene_vocab import dominant_relation
-
-__all__ = [
-    "QUESTION_TYPES", "NUMBER_WORDS", "POSITION_PHRASES", "NOTHING", "generate_questions",
-    "generate_qa_examples", "qa_prompt", "qa_text", "ShapesQAConfig", "ShapesQA",
-    "shapes_qa_config", "load_shapes_qa",
-]
+from vlm.datasets.shapes.captions import generate_examples
+from vlm.datasets.shapes.scene import scene_from_features
+from vlm.datasets.shapes.scene import triple
+from vlm.datasets.shapes.vocabulary import COLORS
+from vlm.datasets.shapes.vocabulary import QUESTION_TYPES
+from vlm.datasets.shapes.vocabulary import RELATIONS
+from vlm.datasets.shapes.vocabulary import SHAPES
+from vlm.datasets.shapes.vocabulary import SIZES
+from vlm.datasets.shapes.vocabulary import dominant_relation
 
 NUMBER_WORDS = ("zero", "one", "two", "three")
 # How a reference picks the object whose dominant relation to the others it describes is this.
@@ -102,16 +86,14 @@ def qa_prompt(question):
     """
     if isinstance(question, str):
         return f"question {question} answer"
+    import tensorflow as tf  # here, so the scorers and metrics import this module without it
+
     return tf.strings.join(["question ", question, " answer"])
 
 
 def qa_text(question, answer):
     """A question and its answer as one text: `"question {question} answer {answer}"`."""
     return f"{qa_prompt(question)} {answer}"
-
-
-def _triple(obj):
-    return (obj["size"], obj["color"], obj["shape"])
 
 
 def _describe(obj, attributes):
@@ -189,11 +171,11 @@ def _existence_question(objects, rng):
     """Asks "is there a large green triangle": an object ("yes") or a near miss of one ("no")."""
     obj = _choice(rng, objects)
     if rng.random() < 0.5:
-        return f"is there a {' '.join(_triple(obj))}", "yes"
-    present = {_triple(other) for other in objects}
+        return f"is there a {' '.join(triple(obj))}", "yes"
+    present = {triple(other) for other in objects}
     near_misses = {}  # attribute -> the absent triples that differ from `obj` in it alone
     for key, values in (("size", SIZES), ("color", tuple(COLORS)), ("shape", SHAPES)):
-        triples = [_triple({**obj, key: value}) for value in values if value != obj[key]]
+        triples = [triple({**obj, key: value}) for value in values if value != obj[key]]
         if free := [triple for triple in triples if triple not in present]:
             near_misses[key] = free
     # Another colour is always free (7 colours, 3 objects at most).
@@ -215,7 +197,7 @@ def _relation_question(objects, rng):
     # Of two or three objects, some anchor and relation always have exactly one holder.
     if held:
         a, relation, holder = _choice(rng, held)
-        answer = f"a {' '.join(_triple(holder))}"
+        answer = f"a {' '.join(triple(holder))}"
     else:
         (a, relation), answer = _choice(rng, unheld), NOTHING
     return f"what is {relation} {_reference(objects, a)}", answer
@@ -225,7 +207,8 @@ def generate_questions(scene, rng):
     """Samples one question of each type about a scene, with its answer.
 
     Args:
-        scene: `{"objects": [...]}` as returned by `vlm.data.shapes.generate_scene`.
+        scene: `{"objects": [...]}` as returned by
+            `vlm.datasets.shapes.scene.generate_scene`.
         rng: `np.random.Generator` choosing objects, wordings and answers.
 
     Returns:
@@ -256,8 +239,8 @@ def generate_questions(scene, rng):
 def generate_qa_examples(num_examples, seed, image_size=64):
     """Yields examples `0 .. num_examples - 1`, each determined by `(seed, index)` alone.
 
-    Example `i` is example `i` of `vlm.data.shapes.generate_examples(num_examples,
-    seed, image_size)` with the questions of `generate_questions` about its
+    Example `i` is example `i` of `generate_examples(num_examples, seed,
+    image_size)` with the questions of `generate_questions` about its
     scene, drawn from `np.random.default_rng([seed, i, 1])`.
 
     Args:
@@ -267,7 +250,7 @@ def generate_qa_examples(num_examples, seed, image_size=64):
 
     Yields:
         dicts `{"image_id": int, "image": uint8 (S, S, 3), "captions": list
-        of 3-5 str, "objects": dict as in `vlm.data.shapes.generate_examples`,
+        of 3-5 str, "objects": dict as in `generate_examples`,
         "questions", "answers", "question_types": lists of 6 str}`.
     """
     for example in generate_examples(num_examples, seed, image_size):
@@ -279,116 +262,6 @@ def generate_qa_examples(num_examples, seed, image_size=64):
                "question_types": [entry["type"] for entry in qa]}
 
 
-@dataclasses.dataclass(eq=False)
-class ShapesQAConfig(ShapesCaptionsConfig):
-    """Sizes and seed of one variant of the shapes QA dataset; `name` is derived from them.
-
-    Args:
-        image_size: int, side of the square images in pixels.
-        train_size: int, number of training images (6 questions each).
-        validation_size: int, number of validation images.
-        test_size: int, number of test images.
-        seed: int, dataset seed.
-    """
-
-
-class ShapesQA(tfds.core.GeneratorBasedBuilder):
-    """TFDS builder of the shapes QA dataset; generates everything locally.
-
-    Example:
-
-    ```python
-    builder = ShapesQA(config=shapes_qa_config(image_size=32, train_size=100),
-                       data_dir="/tmp/tfds")
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-    train = builder.as_dataset(split="train")
-    ```
-    """
-
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release."}
-    BUILDER_CONFIGS = [ShapesQAConfig()]
-    # As `ShapesCaptions`: TFDS 4.9.10 cannot work this path out itself.
-    code_path = pathlib.Path(__file__)
-    # Called once per generated example while preparing (`load_shapes_qa`' progress line).
-    on_example = None
-
-    def _info(self):
-        size, count = self.builder_config.image_size, len(QUESTION_TYPES)
-        return self.dataset_info_from_configs(
-            description="Procedurally generated coloured shapes with questions and answers.",
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(size, size, 3)),
-                "image_id": tfds.features.Scalar(np.int64),
-                "captions": tfds.features.Sequence(tfds.features.Text()),
-                "objects": objects_feature(),
-                "questions": tfds.features.Sequence(tfds.features.Text(), length=count),
-                "answers": tfds.features.Sequence(tfds.features.Text(), length=count),
-                "question_types": tfds.features.Sequence(
-                    tfds.features.ClassLabel(names=QUESTION_TYPES), length=count),
-            }),
-        )
-
-    def _split_generators(self, dl_manager):
-        del dl_manager  # nothing to download
-        return {split: self._generate_examples(split) for split in SPLITS}
-
-    def _generate_examples(self, split):
-        config = self.builder_config
-        examples = generate_qa_examples(config.split_size(split), split_seed(config.seed, split),
-                                        config.image_size)
-        for example in examples:
-            if self.on_example is not None:
-                self.on_example()
-            yield example["image_id"], {**example, "image": _encode_png(example["image"])}
-
-
-def shapes_qa_config(image_size=64, train_size=20000, validation_size=1000, test_size=1000,
-                     seed=0):
-    """The builder config for these sizes and seed (the registered one where the names match).
-
-    Args:
-        image_size: int, side of the square images in pixels.
-        train_size: int, number of training images.
-        validation_size: int, number of validation images.
-        test_size: int, number of test images.
-        seed: int, dataset seed.
-
-    Returns:
-        `ShapesQAConfig`.
-    """
-    config = ShapesQAConfig(image_size=image_size, train_size=train_size,
-                            validation_size=validation_size, test_size=test_size, seed=seed)
-    return ShapesQA.builder_configs.get(config.name, config)
-
-
-def load_shapes_qa(split, *, image_size=64, train_size=20000, validation_size=1000,
-                   test_size=1000, seed=0, data_dir=None):
-    """Loads a split of the shapes QA dataset, generating it offline on first use.
-
-    Args:
-        split: "train", "validation" or "test" (TFDS split slicing such as
-            "train[:10%]" also works).
-        image_size: int, side of the square images in pixels.
-        train_size: int, number of training images.
-        validation_size: int, number of validation images.
-        test_size: int, number of test images.
-        seed: int, dataset seed.
-        data_dir: TFDS data directory. Defaults to `vlm.data.paths.tfds_data_dir()`
-            (`$VLM_CACHE_DIR/tensorflow_datasets`, else under `~/.cache/vlm`).
-
-    Returns:
-        `tf.data.Dataset`, in TFDS' fixed shuffled order, of dicts: `image`
-        uint8 `(S, S, 3)`, `image_id` int64 scalar, `captions` string
-        `(num_captions,)`, `objects` as in `vlm.data.shapes.load_shapes`,
-        `questions` and `answers` string `(6,)`, and `question_types` int64
-        `(6,)`, class indices into `QUESTION_TYPES` (always 0..5 in order).
-    """
-    config = shapes_qa_config(image_size, train_size, validation_size, test_size, seed)
-    return load_prepared(ShapesQA, config, split, data_dir, "shapes QA dataset")
-
-
 def as_prompted(examples):
     """QA examples read as captions after prompts, for `train_batches` and the models.
 
@@ -396,6 +269,8 @@ def as_prompted(examples):
     questions its "prompts" (one per answer); the scene's reference
     captions move to "scene_captions".
     """
+    import tensorflow as tf
+
     def convert(example):
         example = dict(example)
         example["scene_captions"] = example["captions"]

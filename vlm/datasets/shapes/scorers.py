@@ -1,0 +1,111 @@
+"""How a model is scored on each shapes dataset: the scorer each brings (`vlm.datasets`).
+
+    SceneScorer    shapes captions, also checked against their scene graphs each epoch
+    CaptionScorer  shapes change captions: `vlm.evaluation.CaptionScorer` as it is
+                   (its change scores come from the examples' canonical changes)
+    AnswerScorer   shapes questions: each image asked its six questions, answers scored
+
+Plain Python at import (the model and TensorFlow are met at call time).
+"""
+
+import math
+
+from vlm.datasets.shapes.questions import qa_prompt
+from vlm.datasets.shapes.vocabulary import QUESTION_TYPES
+from vlm.evaluation import CaptionScorer
+from vlm.evaluation import caption_split
+from vlm.evaluation import plain_id
+from vlm.evaluation import progress_batches
+from vlm.metrics.grounded import grounded_scores
+from vlm.metrics.qa import answer_scores
+
+
+class SceneScorer(CaptionScorer):
+    """Scores shapes captions as `CaptionScorer` does, and each epoch against the scene graphs."""
+
+    score_names = ("object_accuracy", "color_accuracy", "shape_accuracy", "size_accuracy",
+                   "relation_accuracy", "exact_scene_accuracy", "hallucination_rate")
+
+    def validation_scores(self, model, examples, batch_size):
+        _, captions, _, scenes, _, _ = caption_split(model, examples, batch_size, verbose=0)
+        return grounded_scores(captions, scenes)
+
+
+class AnswerScorer:
+    """Scores the answers a model gives to the shapes questions, overall and per question type.
+
+    The examples are those of `vlm.datasets.shapes.builders.load_shapes_qa`;
+    each image is asked its questions as `qa_prompt(question)` prompts (a
+    model whose `generate` takes `prompts`).
+    """
+
+    score_names = ("answer_accuracy", *(f"answer_accuracy_{t}" for t in QUESTION_TYPES))
+
+    def validation_scores(self, model, examples, batch_size):
+        rows = answer_split(model, examples, batch_size, verbose=0)[0]
+        return {k: v for k, v in answer_scores_of(rows).items() if k != "num_questions"}
+
+    def report(self, model, examples, batch_size=250):
+        rows, _ = answer_split(model, examples, batch_size)
+        return {"num_images": len({row["image_id"] for row in rows}), "samples": rows[:12],
+                "answers": answer_metrics(model, rows)}
+
+    def evaluate(self, model, examples, sampler="greedy", batch_size=64, gallery_size=8):
+        rows, kept_images = answer_split(model, examples, batch_size, sampler=sampler,
+                                         keep_images=gallery_size)
+        entries = []
+        for image_id, image in kept_images.items():
+            asked = [r for r in rows if r["image_id"] == image_id]
+            entries.append({"image_id": image_id, "image": image,
+                            "caption": "; ".join(f"{r['question']}? {r['prediction']}"
+                                                 for r in asked[:3]),
+                            "references": [f"{r['question']}? {r['answer']}" for r in asked[:3]]})
+        return answer_metrics(model, rows), rows, entries
+
+
+def answer_split(model, examples, batch_size, sampler="greedy", keep_images=0, verbose=None):
+    """Answers every question of a shapes QA examples dataset, with a progress bar.
+
+    Returns:
+        `(rows, kept_images)`: one dict per question (`image_id`,
+        `question`, `type`, `answer`, `prediction`), and `{id: image}` for
+        the first `keep_images` examples.
+    """
+    import numpy as np
+
+    rows, kept_images = [], {}
+    for batch in progress_batches(model, examples, batch_size, verbose):
+        images = batch["images"].numpy()
+        questions = [[q.decode() for q in row] for row in batch["questions"].numpy()]
+        per_image = len(questions[0])
+        predictions = model.generate(np.repeat(images, per_image, axis=0), sampler=sampler,
+                                     prompts=[qa_prompt(q) for row in questions for q in row])
+        answers = batch["answers"].numpy()
+        types = batch["question_types"].numpy()
+        for i, image_id in enumerate(plain_id(x) for x in batch["image_id"].numpy()):
+            for j, question in enumerate(questions[i]):
+                rows.append({"image_id": image_id, "question": question,
+                             "type": QUESTION_TYPES[int(types[i, j])],
+                             "answer": answers[i, j].decode(),
+                             "prediction": predictions[i * per_image + j]})
+            if len(kept_images) < keep_images:
+                kept_images[image_id] = images[i]
+    return rows, kept_images
+
+
+def answer_scores_of(rows):
+    """`vlm.metrics.qa.answer_scores` of `answer_split`'s rows."""
+    return answer_scores([r["prediction"] for r in rows], [r["answer"] for r in rows],
+                         [r["type"] for r in rows])
+
+
+def answer_metrics(model, rows):
+    """`answer_scores_of(rows)`, and the model's `trainable_fraction`.
+
+    `trainable_fraction` is trainable / total parameters as the model stands
+    (a loaded model's layers keep the `trainable` they were saved with).
+    """
+    metrics = answer_scores_of(rows)
+    trainable = sum(math.prod(w.shape) for w in model.trainable_weights)
+    metrics["trainable_fraction"] = trainable / sum(math.prod(w.shape) for w in model.weights)
+    return metrics
