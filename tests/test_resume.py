@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 import vlm
+from vlm.atomic_files import write_json_atomically
 from vlm.callbacks import AtomicBackupAndRestore
 from vlm.callbacks import AtomicModelCheckpoint
-from vlm.callbacks import write_json_atomically
 from vlm.config import load_config
 from vlm.datasets import load_examples
 from vlm.training import make_callbacks

@@ -4,15 +4,10 @@ Keras' `ModelCheckpoint` and `BackupAndRestore` write their files in place:
 a process killed during a save leaves a truncated file where a good one
 was. `BackupAndRestore` also writes two files per backup (weights, then the
 epoch number), so a kill between the two pairs new weights with the old
-epoch. The callbacks here write every file through `atomic_write` and make
-one small JSON file the commit point of a backup.
-
-Keras has no public hook for where a checkpoint is written nor for the epoch
-`fit` resumes at, so two private names are overridden or set here:
-`ModelCheckpoint._save_model` / `_should_save_model` / `_get_file_path` and
-`Model._initial_epoch` (as Keras' own `BackupAndRestore` sets it). The Keras
-versions they are tested with are pinned in pyproject.toml;
-tests/test_callbacks.py fails loudly when Keras changes them.
+epoch. The callbacks here write every file through
+`vlm.atomic_files.atomic_write`, make one small JSON file the commit point of
+a backup, and use Keras' public callback hooks only: a resumed `fit` is
+told where to start with `initial_epoch=backup.initial_epoch`.
 """
 
 import json
@@ -24,80 +19,35 @@ import keras
 import numpy as np
 from keras import ops
 
+from vlm.atomic_files import atomic_write
+from vlm.atomic_files import write_json_atomically
 from vlm.backend import global_rng_state
 from vlm.backend import set_global_rng_state
 from vlm.config import targets_met
-
-
-def atomic_write(path, write):
-    """Writes a file through a temporary file beside it, then renames it into place.
-
-    `write(temporary)` writes the whole file at `temporary`, a name in the
-    same folder that keeps `path`'s ending (Keras picks the format from it).
-    The temporary file is flushed to disk, then `os.replace`d onto `path`:
-    whenever the process dies, `path` holds either the previous file or the
-    new one, never a part of one. A temporary left by a killed process is
-    overwritten by the next save.
-
-    Args:
-        path: the file to write.
-        write: callable taking the temporary path.
-
-    Example:
-
-    >>> atomic_write("saved_models/run.keras", model.save)
-    """
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    temporary = os.path.join(directory, ".tmp-" + os.path.basename(path))
-    try:
-        write(temporary)
-        with open(temporary, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-    _fsync_directory(directory)
-
-
-def _fsync_directory(directory):
-    """Makes a rename in `directory` durable (POSIX; a no-op where unsupported)."""
-    try:
-        descriptor = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
-
-
-def write_json_atomically(path, data):
-    """Writes `data` as indented JSON through `atomic_write`."""
-
-    def write(temporary):
-        with open(temporary, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-
-    atomic_write(path, write)
 
 
 def _is_finite(value):
     return value is None or math.isfinite(float(value))
 
 
-class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
-    """`ModelCheckpoint` that writes each checkpoint through `atomic_write`.
+class AtomicModelCheckpoint(keras.callbacks.Callback):
+    """Saves the model after each epoch (or its best one) through `atomic_write`.
 
-    Same arguments as `keras.callbacks.ModelCheckpoint`. A kill during a save
-    leaves the previous checkpoint in place, loadable. With `save_best_only`,
-    an epoch whose monitored value is NaN or infinite is never saved (Keras
-    compares the first epoch with None, so a diverged first epoch would win).
+    The arguments are those of `keras.callbacks.ModelCheckpoint` that
+    training uses. A kill during a save leaves the previous checkpoint in
+    place, loadable. With `save_best_only`, an epoch whose monitored value is
+    missing, NaN or infinite is never saved.
+
+    Args:
+        filepath: the file to write (`.keras`, or `.weights.h5` with
+            `save_weights_only`).
+        monitor: the log to compare epochs by.
+        mode: "min", "max", or "auto" (max for names holding "acc", else min).
+        save_best_only: save only an epoch better than every earlier one.
+        save_weights_only: `model.save_weights` instead of `model.save`.
+        initial_value_threshold: the value to beat at the first epoch (a
+            resumed run's best so far), or None.
+        verbose: 1 prints a line per save.
 
     Example:
 
@@ -106,22 +56,36 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
     >>> model.fit(data, epochs=3, callbacks=[best])
     """
 
-    def _should_save_model(self, epoch, batch, logs, filepath):
-        current = (logs or {}).get(self.monitor)
-        if self.save_best_only and not _is_finite(current):
-            return False
-        return super()._should_save_model(epoch, batch, logs, filepath)
+    def __init__(self, filepath, monitor="val_loss", mode="auto", save_best_only=False,
+                 save_weights_only=False, initial_value_threshold=None, verbose=0):
+        super().__init__()
+        if mode not in ("auto", "min", "max"):
+            raise ValueError(f"`mode` must be 'auto', 'min' or 'max'. Received: mode={mode!r}")
+        if mode == "auto":
+            mode = "max" if "acc" in monitor else "min"
+        self.filepath = os.fspath(filepath)
+        self.monitor, self.mode = monitor, mode
+        self.save_best_only, self.save_weights_only = save_best_only, save_weights_only
+        self.best = initial_value_threshold
+        self.verbose = verbose
 
-    def _save_model(self, epoch, batch, logs):
-        filepath = self._get_file_path(epoch, batch, logs)
-        if not self._should_save_model(epoch, batch, logs, filepath):
-            return
-        if self.save_weights_only:
-            atomic_write(filepath, lambda p: self.model.save_weights(p, overwrite=True))
-        else:
-            atomic_write(filepath, lambda p: self.model.save(p, overwrite=True))
+    def _improves(self, value):
+        if value is None or not math.isfinite(float(value)):
+            return False
+        if self.best is None:
+            return True
+        return value < self.best if self.mode == "min" else value > self.best
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if self.save_best_only:
+            if not self._improves(value):
+                return
+            self.best = float(value)
+        save = self.model.save_weights if self.save_weights_only else self.model.save
+        atomic_write(self.filepath, lambda path: save(path, overwrite=True))
         if self.verbose > 0:
-            print(f"\nEpoch {epoch + 1}: finished saving model to {filepath}")
+            print(f"\nEpoch {epoch + 1}: saved the model to {self.filepath}")
 
 
 def read_backup(backup_dir):
@@ -157,8 +121,10 @@ class AtomicBackupAndRestore(keras.callbacks.Callback):
     finite is not backed up, so a diverged run resumes from the last good
     epoch.
 
-    At the start of `fit` the committed backup, if any, is loaded and `fit`
-    starts at the epoch after it. Unlike Keras' callback the backup is not
+    At the start of `fit` the committed backup, if any, is loaded; pass
+    `initial_epoch=backup.initial_epoch` to `fit` so that it starts at the
+    epoch after it (a `fit` that starts elsewhere is refused at its first
+    epoch, before any step). Unlike Keras' callback the backup is not
     deleted at the end of `fit`: delete it (`shutil.rmtree(backup_dir)`) once
     the final model is safely written, so a kill in between loses nothing.
 
@@ -168,7 +134,8 @@ class AtomicBackupAndRestore(keras.callbacks.Callback):
     Example:
 
     >>> backup = AtomicBackupAndRestore("logs/run/backup")
-    >>> model.fit(data, epochs=10, callbacks=[backup])  # rerun after a kill
+    >>> model.fit(data, epochs=10, initial_epoch=backup.initial_epoch,
+    ...           callbacks=[backup])  # the same lines again after a kill
     >>> backup.history["loss"]  # all 10 epochs, restored ones included
     """
 
@@ -184,9 +151,12 @@ class AtomicBackupAndRestore(keras.callbacks.Callback):
         self.restored_epoch = 0
         self._rng_state = None
         self._rng_after_step = None
+        self._checked_start = False
 
     def on_train_begin(self, logs=None):
         self._rng_state = global_rng_state()
+        self._checked_start = False
+        self.restored_epoch = 0
         state = read_backup(self.backup_dir)
         if state is None:
             return
@@ -206,7 +176,21 @@ class AtomicBackupAndRestore(keras.callbacks.Callback):
         self._rng_state = state.get("global_rng_state")
         self.history = state["history"]
         self.restored_epoch = state["epoch"]
-        self.model._initial_epoch = state["epoch"]  # `fit` starts after it (private)
+
+    @property
+    def initial_epoch(self):
+        """Epochs in the committed backup: the `initial_epoch` to pass to `fit`."""
+        return (read_backup(self.backup_dir) or {}).get("epoch", 0)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._checked_start:
+            return
+        self._checked_start = True
+        if epoch != self.restored_epoch:
+            raise ValueError(
+                f"The backup in {self.backup_dir} holds {self.restored_epoch} finished "
+                f"epochs, but `fit` started at epoch {epoch}: pass "
+                f"`initial_epoch=backup.initial_epoch` to `fit`.")
 
     # On PyTorch, Keras' data loaders draw a seed from torch's global generator,
     # which unseeded dropout also draws from, whenever `fit` or its validation

@@ -14,6 +14,8 @@ import keras
 import tensorflow as tf
 
 from vlm import datasets
+from vlm.atomic_files import atomic_write
+from vlm.atomic_files import write_json_atomically
 from vlm.backend import resolve_jit_compile
 from vlm.backend import xla_has_float16_attention
 from vlm.callbacks import AtomicBackupAndRestore
@@ -23,9 +25,7 @@ from vlm.callbacks import LearningRateLogger
 from vlm.callbacks import ResumableEarlyStopping
 from vlm.callbacks import TerminateOnNaNWithReason
 from vlm.callbacks import ValidationScoreLogger
-from vlm.callbacks import atomic_write
 from vlm.callbacks import read_backup
-from vlm.callbacks import write_json_atomically
 from vlm.config import parse_targets
 from vlm.data.batching import count_pairs
 from vlm.data.batching import text_batches
@@ -246,8 +246,8 @@ def fit_in_phases(model, train_data, plan, *, epochs, steps_per_epoch, optimizer
     frozen = min(freeze_encoder_epochs, epochs)
     if not frozen:
         with plan.scope():
-            return model.fit(train_data, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                             **fit_kwargs)
+            return model.fit(train_data, initial_epoch=done_epochs, epochs=epochs,
+                             steps_per_epoch=steps_per_epoch, **fit_kwargs)
     history = keras.callbacks.History()
     history.history = {}
     for first, last, trainable in [(0, frozen, False), (frozen, epochs, True)]:
@@ -262,7 +262,7 @@ def fit_in_phases(model, train_data, plan, *, epochs, steps_per_epoch, optimizer
             model.encoder.trainable = trainable
             model.compile(optimizer=optimizer_for((last - first) * steps_per_epoch),
                           jit_compile=model.jit_compile)
-            phase = model.fit(train_data, initial_epoch=first, epochs=last,
+            phase = model.fit(train_data, initial_epoch=max(first, done_epochs), epochs=last,
                               steps_per_epoch=steps_per_epoch, **fit_kwargs)
         for key, values in phase.history.items():
             history.history.setdefault(key, []).extend(values)
