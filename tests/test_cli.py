@@ -137,8 +137,36 @@ def test_caption_together_gives_one_caption_for_the_pair(image_files, tmp_path, 
     expected = model.generate([[np.asarray(PIL.Image.open(p).convert("RGB")) for p in pair]],
                               max_length=4)[0]
     assert line == f"{pair[0]} + {pair[1]}\t{expected}"
-    # One image to a model of pairs, and a pair to a model of one image: one-line errors.
-    assert cli.main(["caption", pair[0], "--model", path]) == 2
-    assert "reads exactly 2, one per source" in capsys.readouterr().err
-    assert cli.main(["caption", "--together", *pair, "--model", MODEL]) == 2
-    assert "--together needs a model that reads several" in capsys.readouterr().err
+    # The same file twice is two images.
+    same = [pair[0], pair[0]]
+    assert cli.main(["caption", "--together", *same, "--model", path, "--max-length", "4"]) == 0
+    image = np.asarray(PIL.Image.open(pair[0]).convert("RGB"))
+    expected = model.generate([[image, image]], max_length=4)[0]
+    assert capsys.readouterr().out.strip().splitlines()[-1] == f"{pair[0]} + {pair[0]}\t{expected}"
+    # Image counts the model does not read, and a pair to a model of one image:
+    # exit code 2 and one line naming what the model takes.
+    for argv, message in [
+        ([pair[0]], f"error: {path} reads 2 images per example: give them with --together"),
+        (["--together", pair[0]], f"error: {path} reads 2 images per example; --together got 1"),
+        (["--together", *pair, pair[0]],
+         f"error: {path} reads 2 images per example; --together got 3"),
+        (["--together", *pair, "--model", MODEL],
+         f"error: {MODEL} reads one image per caption; --together needs a model that reads "
+         f"several, such as {cli.DEFAULT_PAIR_MODEL}"),
+    ]:
+        argv = argv if "--model" in argv else [*argv, "--model", path]
+        assert cli.main(["caption", *argv]) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [message]
+
+
+def test_caption_prompt_continues_the_text_for_every_image(image_files, capsys):
+    from vlm import load_captioner
+
+    paths = [image_files["scene.png"], image_files["gray.png"]]
+    assert cli.main(["caption", *paths, "--model", MODEL, "--prompt", "a", "--max-length",
+                     "5"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    model = load_captioner(MODEL)
+    images = [np.asarray(PIL.Image.open(p).convert("RGB")) for p in paths]
+    expected = model.generate(model.preprocessor(images), prompts="a", max_length=5)
+    assert lines == [f"{p}\t{c}" for p, c in zip(paths, expected)]

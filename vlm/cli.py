@@ -2,6 +2,7 @@
 
     python -m vlm caption IMAGE... [--model PATH] [--sampler beam --beams 4]
                                    [--attention-map out.png [--layer N]]
+    python -m vlm caption IMAGE... --prompt "question what color is the circle answer"
     python -m vlm caption --together BEFORE AFTER [--model PATH]
     python -m vlm export [--model PATH] --output DIR [--sampler greedy|beam --beams N]
                          [--max-length N]
@@ -32,6 +33,11 @@ def _caption_parser(subparsers):
     parser.add_argument("--together", action="store_true",
                         help="the images are one example (such as a before/after pair): "
                              "one caption for all of them, by a model that reads several")
+    parser.add_argument("--prompt", default=None,
+                        help="text the model continues for every image, such as a "
+                             "question for a model trained on questions "
+                             "(saved_models/shapes_qa_adapter.keras: \"question what "
+                             "color is the circle answer\")")
     _sampler_arguments(parser, serving_only=False)
     parser.add_argument("--max-length", type=int, default=None, help="new tokens at most")
     parser.add_argument("--attention-map", metavar="PNG",
@@ -82,40 +88,41 @@ def sampler_from_args(args):
 
 
 def read_images(paths):
-    """Decodes image files; returns `(images, errors)` keyed by path.
+    """Decodes image files; returns `(images, errors)`, lists of `(path, ...)` pairs.
 
-    Every problem (missing, empty, not an image, truncated, over the pixel
-    limit) becomes a one-line error naming the file; the other files are
-    still read. The header is checked before decoding, so a decompression
-    bomb is refused without decoding it.
+    `images` holds `(path, pixels)` in the order given, a path named twice
+    twice. Every problem (missing, empty, not an image, truncated, over the
+    pixel limit) becomes a `(path, message)` error naming the file; the
+    other files are still read. The header is checked before decoding, so a
+    decompression bomb is refused without decoding it.
     """
     from vlm.data.images import ImageError
     from vlm.data.images import ImageTooLargeError
     from vlm.data.images import decode_image
     from vlm.data.images import read_image_header
 
-    images, errors = {}, {}
+    images, errors = [], []
     for path in paths:
         if not os.path.isfile(path):
-            errors[path] = "no such file"
+            errors.append((path, "no such file"))
             continue
         with open(path, "rb") as f:
             contents = f.read()
         if not contents:
-            errors[path] = "empty file"
+            errors.append((path, "empty file"))
             continue
         try:
             read_image_header(contents)
         except ImageTooLargeError as error:
-            errors[path] = f"refused: {error}"
+            errors.append((path, f"refused: {error}"))
             continue
         except ImageError as error:
-            errors[path] = f"not a readable image ({error})"
+            errors.append((path, f"not a readable image ({error})"))
             continue
         try:
-            images[path] = decode_image(contents).numpy()
+            images.append((path, decode_image(contents).numpy()))
         except Exception as error:  # noqa: BLE001  (TF raises several kinds)
-            errors[path] = f"not a readable image ({_short_tf_message(error)})"
+            errors.append((path, f"not a readable image ({_short_tf_message(error)})"))
     return images, errors
 
 
@@ -141,54 +148,47 @@ def caption_command(args):
         print(f"error: {error}", file=sys.stderr)
         return 2
     images, errors = read_images(args.images)
-    for path, message in errors.items():
+    for path, message in errors:
         print(f"error: {path}: {message}", file=sys.stderr)
-    if args.together:
-        return 1 if errors else _caption_together(args, sampler, images)
-    if images:
-        from vlm import load_captioner
-
-        try:
-            model = load_captioner(args.model)
-        except ValueError as error:  # not a .keras file, or one carrying code
-            print(f"error: {error}", file=sys.stderr)
-            return 2
-        paths = list(images)
-        if model.images_per_example is not None:  # several images, given one each
-            try:
-                details = model.generate([[images[p]] for p in paths], sampler=sampler,
-                                         max_length=args.max_length, return_details=True)
-            except ValueError as error:
-                print(f"error: {error} (give them with --together)", file=sys.stderr)
-                return 2
-        else:
-            pixels = model.preprocessor([images[p] for p in paths])
-            details = model.generate(pixels, sampler=sampler, max_length=args.max_length,
-                                     return_details=True)
-        for path, caption in zip(paths, details["captions"]):
-            print(f"{path}\t{caption}")
-        if args.attention_map:
-            _write_attention_maps(model, paths, pixels, details, args)
-    return 1 if errors else 0
-
-
-def _caption_together(args, sampler, images):
-    """One caption for all the images, read as one example; the exit code."""
+    if (args.together and errors) or not images:
+        return 1
     from vlm import load_captioner
-    from vlm.models.multi_image_captioner import MultiImageCaptioner
 
     try:
         model = load_captioner(args.model)
-        if not isinstance(model, MultiImageCaptioner):
-            raise ValueError(f"{args.model} reads one image per caption; --together needs a "
-                             f"model that reads several, such as {DEFAULT_PAIR_MODEL}")
-        caption = model.generate([list(images.values())], sampler=sampler,
-                                 max_length=args.max_length)[0]
-    except ValueError as error:
+        _check_image_count(model, args, len(images))
+        paths = [path for path, _ in images]
+        if args.together:
+            examples = [[pixels for _, pixels in images]]
+            paths = [" + ".join(paths)]
+        elif model.images_per_example is not None:
+            examples = [[pixels] for _, pixels in images]
+        else:
+            examples = model.preprocessor([pixels for _, pixels in images])
+        details = model.generate(examples, sampler=sampler, max_length=args.max_length,
+                                 return_details=True, prompts=args.prompt)
+    except ValueError as error:  # not a .keras file, one carrying code, a bad prompt...
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"{' + '.join(images)}\t{caption}")
-    return 0
+    for path, caption in zip(paths, details["captions"]):
+        print(f"{path}\t{caption}")
+    if args.attention_map:
+        _write_attention_maps(model, paths, examples, details, args)
+    return 1 if errors else 0
+
+
+def _check_image_count(model, args, count):
+    """Refuses, in one line, images a model does not read as they are given."""
+    per_example = model.images_per_example
+    if args.together and per_example is None:
+        raise ValueError(f"{args.model} reads one image per caption; --together needs a "
+                         f"model that reads several, such as {DEFAULT_PAIR_MODEL}")
+    if args.together and count != per_example:
+        raise ValueError(f"{args.model} reads {per_example} images per example; "
+                         f"--together got {count}")
+    if not args.together and per_example is not None:
+        raise ValueError(f"{args.model} reads {per_example} images per example: give "
+                         f"them with --together")
 
 
 def _write_attention_maps(model, paths, pixels, details, args):

@@ -15,6 +15,7 @@ from vlm.data.tokenizer import train_tokenizer
 from vlm.layers.cross_attention import CrossAttention
 from vlm.models.multi_image_captioner import MultiImageCaptioner
 from vlm.models.multi_image_captioner import build_multi_image_captioner
+from vlm.models.multi_image_preprocessor import MultiImagePreprocessor
 
 CAPTIONS = ["the small red circle moved left of the large blue square", "nothing changed",
             "a large green triangle appeared", "the small cyan square turned red"]
@@ -165,8 +166,16 @@ def test_image_keys_and_values_are_projected_once(design, monkeypatch):
         assert len(calls) == m.decoder.num_layers * per_source, calls
 
 
-def test_generate_takes_image_lists_of_any_sizes():
+def reading(min_images):
+    """The cached 3-image model, with a preprocessor that takes `min_images` to 3 images."""
     m = model()
+    return MultiImageCaptioner(m.encoder, m.decoder, num_images=3, image_token_id=m.image_token_id,
+                               preprocessor=MultiImagePreprocessor(
+                                   m.tokenizer, 16, 12, num_images=3, min_images=min_images))
+
+
+def test_generate_takes_image_lists_of_any_sizes():
+    m = reading(min_images=1)  # a model trained on examples of 1 to 3 images
     rng = np.random.default_rng(5)
     pair = [(rng.random((20, 30, 3)) * 255).astype("uint8"), rng.random((16, 16, 3)) * 255]
     lone = [(rng.random((40, 40, 3)) * 255).astype("uint8")]
@@ -179,11 +188,18 @@ def test_generate_takes_image_lists_of_any_sizes():
 
 def test_image_and_marker_counts_must_agree():
     m = model()
-    pair = images(1)[0, :2]
-    with pytest.raises(ValueError, match="Example 0 has 2 images but 1 <image> tokens"):
-        m.generate([list(pair)], prompts=["<image> red"])
-    with pytest.raises(ValueError, match="Example 0 has 4 images; this model reads 1 to 3"):
-        m.generate([list(images(1, 4)[0])])
+    three = list(images(1)[0])
+    with pytest.raises(ValueError, match="Example 0 has 3 images but 1 <image> tokens"):
+        m.generate([three], prompts=["<image> red"])
+    pair = three[:2]
+    # Trained on 3 images per example, it refuses any other count, in one line.
+    for count in (4, 1):
+        with pytest.raises(ValueError) as error:
+            m.generate([list(images(1, 4)[0, :count])])
+        assert str(error.value) == f"Example 0 has {count} images; this model reads 3 per example."
+    with pytest.raises(ValueError, match="^Example 1 has 1 images; this model reads 2 to 3 "
+                                         "per example.$"):
+        reading(min_images=2).generate([pair, pair[:1]])
 
 
 @pytest.mark.parametrize("design", ["interleaved", "sources"])

@@ -13,11 +13,14 @@ from vlm.validation import check_positive_int
 
 @keras.saving.register_keras_serializable(package="vlm")
 class MultiImagePreprocessor(CaptionerPreprocessor):
-    """The `CaptionerPreprocessor` of a model that reads up to `num_images` images per example.
+    """The `CaptionerPreprocessor` of a model that reads `num_images` images per example.
 
     Each image follows the single-image rules (dtype, channels, the one
-    resize), so images of different sizes in one example are fine. An
-    example with fewer images is padded with black images, which the model
+    resize), so images of different sizes in one example are fine. A model
+    reads the image counts it was trained for, `min_images` to `num_images`
+    (`train.py` trains on `num_images` per example, so by default exactly
+    that many); any other count is refused in one line. An example with
+    fewer than `num_images` is padded with black images, which the model
     never reads (no `<image>` marker points at them).
 
     Args:
@@ -26,6 +29,9 @@ class MultiImagePreprocessor(CaptionerPreprocessor):
         image_size: int, the model's square image side.
         sequence_length: int, the model's token sequence length.
         num_images: int, images per example at most.
+        min_images: int, images per example at least (default
+            `num_images`). An interleaved model trained on examples of
+            fewer images reads them (Flamingo's masks).
         interleaved: bool. True: the text holds an `<image>` marker per image
             (`prompt`); False: the images are the model's named sources
             and need no marker.
@@ -42,16 +48,47 @@ class MultiImagePreprocessor(CaptionerPreprocessor):
 
     Example:
 
+    >>> preprocessor = MultiImagePreprocessor(tokenizer, 64, 32, num_images=2,
+    ...                                       min_images=1)
     >>> pixels, counts = preprocessor([[before, after], [photo]])
     >>> counts
     array([2, 1])
     """
 
     def __init__(self, tokenizer, image_size, sequence_length, num_images, interleaved=True,
-                 **kwargs):
+                 min_images=None, **kwargs):
         super().__init__(tokenizer, image_size, sequence_length, **kwargs)
         self.num_images = check_positive_int("num_images", num_images)
+        self.min_images = check_positive_int("min_images", min_images, allow_none=True)
+        if self.min_images is not None and self.min_images > self.num_images:
+            raise ValueError(f"`min_images` must be at most `num_images`. Received: "
+                             f"min_images={min_images}, num_images={num_images}")
         self.interleaved = bool(interleaved)
+
+    @property
+    def image_counts(self):
+        """`(least, most)` images per example this model reads."""
+        return (self.min_images or self.num_images, self.num_images)
+
+    def __call__(self, images, *args, **kwargs):
+        # Checked before Keras' call wrapper, whose error would print every pixel.
+        self.check_counts(images)
+        return super().__call__(images, *args, **kwargs)
+
+    def check_counts(self, images):
+        """Raises a one-line `ValueError` for an example of a count the model does not read."""
+        if not isinstance(images, (list, tuple)):
+            shape = ops.shape(images)
+            counts = [shape[1]] * shape[0] if len(shape) == 5 else []
+        else:
+            counts = [len(example) if isinstance(example, (list, tuple))
+                      else ops.shape(example)[0] for example in images]
+        least, most = self.image_counts
+        for row, count in enumerate(counts):
+            if not least <= count <= most:
+                takes = f"{most}" if least == most else f"{least} to {most}"
+                raise ValueError(f"Example {row} has {count} images; this model reads "
+                                 f"{takes} per example.")
 
     @property
     def image_token_id(self):
@@ -72,10 +109,6 @@ class MultiImagePreprocessor(CaptionerPreprocessor):
         for row, example in enumerate(images):
             example = list(example) if isinstance(example, (list, tuple)) else list(
                 _to_numpy(example))
-            if not 1 <= len(example) <= self.num_images:
-                raise ValueError(
-                    f"Example {row} has {len(example)} images; this model reads 1 to "
-                    f"{self.num_images} per example.")
             pixels[row, :len(example)] = ops.convert_to_numpy(self.pixels(example))
             counts[row] = len(example)
         return ops.convert_to_tensor(pixels), counts
@@ -132,5 +165,6 @@ class MultiImagePreprocessor(CaptionerPreprocessor):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"num_images": self.num_images, "interleaved": self.interleaved})
+        config.update({"num_images": self.num_images, "interleaved": self.interleaved,
+                       "min_images": self.min_images})
         return config
