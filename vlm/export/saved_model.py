@@ -61,7 +61,9 @@ def export(model_path, output_dir, sampler="greedy", max_length=None, xla=True):
         output_dir: the SavedModel folder to write (for TF Serving, a
             version folder such as `models/shapes/1`).
         sampler: "greedy", "beam", or a `GreedySampler` / `BeamSampler`.
-        max_length: new tokens at most (default: the model's longest).
+        max_length: new tokens at most (default: the model's longest; for a
+            prompted model a third of its sequence, so that a prompt has the
+            other two thirds).
         xla: compile the decoding loop with XLA (`jit_compile=True`); turn it
             off for a TensorFlow runtime built without XLA.
     """
@@ -95,6 +97,10 @@ def export_model(model, output_dir, sampler="greedy", max_length=None, xla=True)
     if keras.config.backend() != "tensorflow":
         raise RuntimeError("export_model needs KERAS_BACKEND=tensorflow; use `export`.")
     sampler = _serving_sampler(sampler)
+    if max_length is None and model.prompted:
+        # A prompt and its answer share the sequence: the longest answer would
+        # leave no room for any prompt.
+        max_length = max(1, model.sequence_length // 3)
     max_length = model.resolve_max_length(max_length)
     module = _ServingModule(model, sampler, max_length, xla)
     signatures = {
