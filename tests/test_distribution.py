@@ -112,11 +112,12 @@ def test_coco_recipe_is_vit_b16_on_coco_karpathy_bfloat16_data_parallel(monkeypa
     assert 1 <= train.freeze_encoder_epochs < train.epochs
 
     from vlm import datasets
+    from vlm.data import coco
+    from vlm.datasets.registry import SPLITS
 
     splits = []
-    monkeypatch.setattr(datasets, "coco_examples",
-                        lambda split, data_dir=None: splits.append(split))
-    for split in datasets.SPLITS:
+    monkeypatch.setattr(coco, "coco_examples", lambda split, data_dir=None: splits.append(split))
+    for split in SPLITS:
         datasets.load_examples(data, split, model.image_size)
     assert splits == ["train+restval", "val", "test"]  # TFDS' Karpathy splits
 

@@ -293,7 +293,7 @@ def train(config):
 
 
 def _train(config):
-    model_config, data_config, train_config = config.model, config.data, config.train
+    model_config, train_config = config.model, config.train
     paths = output_paths(config)
     if train_config.mixed_precision:
         keras.config.set_dtype_policy(train_config.mixed_precision)
@@ -304,34 +304,109 @@ def _train(config):
                              train_config.captions_per_image)
     print(f"Devices: {plan.description}")
 
-    dataset = datasets.get(data_config.dataset)
-    train_examples = dataset.training_examples(
-        dataset.load(data_config, "train", model_config.image_size))
-    validation_examples = dataset.training_examples(
-        dataset.load(data_config, "validation", model_config.image_size))
-    train_examples = cached(train_examples, data_config)
-    captions_per_image = train_config.captions_per_image
-    num_pairs = count_pairs(train_examples, captions_per_image)
-    print(f"Training pairs (image, caption): {num_pairs}"
-          + (f", {captions_per_image} captions per image in a batch"
-             if captions_per_image > 1 else ""))
-    markers = uses_image_markers(model_config)
+    dataset = datasets.get(config.data.dataset)
+    train_examples, validation_examples, num_pairs = load_splits(config, dataset)
+    steps_per_epoch = train_config.steps_per_epoch or num_pairs // train_config.batch_size
+    if steps_per_epoch < 1:
+        raise ValueError(
+            f"train.batch_size={train_config.batch_size} is larger than the "
+            f"{num_pairs} training pairs: not one batch per epoch."
+        )
     # Seeded here, after the data is read: preparing it (a fresh cache) or not
     # (a warm one) then leaves the weights and dropout the same. Before the
     # tokenizer: seeding TensorFlow clears its eager kernels, and with them a
     # SentencePiece tokenizer's model.
     keras.utils.set_random_seed(train_config.seed)
+    tokenizer = make_tokenizer(model_config, train_examples)
+    model = build_and_compile(config, tokenizer, train_examples, plan, paths,
+                              steps_per_epoch)
+
+    resumed = read_backup(paths["backup"])
+    train_data, validation_data, validation_steps = make_batches(
+        config, model, tokenizer, train_examples, validation_examples,
+        skip_batches=resumed["epoch"] * steps_per_epoch if resumed else 0)
+    if resumed:
+        print(f"Resuming after epoch {resumed['epoch']}/{train_config.epochs} from the "
+              f"backup in {paths['backup']}")
+    os.makedirs(train_config.output_dir, exist_ok=True)
+    write_json(paths["config"], config.to_dict())
+
+    score_examples = None
+    if train_config.validation_images:  # a dataset with a scorer (Config.validate)
+        score_examples = dataset.load(config.data, "validation", model_config.image_size)
+    callbacks = make_callbacks(config, paths, validation_data is not None, score_examples)
+    start = time.time()
+    history = fit_in_phases(
+        model, train_data, plan,
+        optimizer_for=lambda steps: make_optimizer(train_config, steps),
+        freeze_encoder_epochs=train_config.freeze_encoder_epochs,
+        done_epochs=resumed["epoch"] if resumed else 0,
+        shuffle=False,  # the tf.data pipeline shuffles
+        epochs=train_config.epochs,
+        steps_per_epoch=steps_per_epoch,
+        validation_data=validation_data,
+        validation_steps=validation_steps,
+        callbacks=callbacks,
+        verbose=1 if sys.stdout.isatty() else 0,  # a log file gets EpochLine's lines, no bar
+    )
+    train_seconds = time.time() - start
+    record = history_record(model, history, resumed, train_seconds)
+    nan_stop = next(c for c in callbacks if isinstance(c, TerminateOnNaNWithReason))
+    if nan_stop.stopped:
+        record["stopped_on_nan"] = dict(nan_stop.stopped, loss=str(nan_stop.stopped["loss"]))
+        write_json(paths["history"], record)
+        backed_up = read_backup(paths["backup"])
+        kept = (f"epoch {backed_up['epoch']} is backed up in {paths['backup']} (rerun "
+                "with a lower train.learning_rate to resume from it)" if backed_up
+                else "no epoch finished with a finite loss")
+        raise TrainingDiverged(
+            f"Training stopped: {nan_stop.message()}. {paths['model']} was not written; {kept}. "
+            f"History: {paths['history']}"
+        )
+    atomic_save(without_training_state(model), paths["model"])
+    write_json(paths["history"], record)
+    shutil.rmtree(paths["backup"], ignore_errors=True)  # the run is complete
+    print(f"Trained in {train_seconds / 60:.1f} min; model: {paths['model']}")
+    if train_config.report_images:
+        write_report(config, dataset, model, paths["report"], train_seconds)
+    return paths
+
+
+def load_splits(config, dataset):
+    """`(train_examples, validation_examples or None, training pairs)`, cached as asked."""
+    image_size = config.model.image_size
+    train_examples = cached(dataset.training_examples(
+        dataset.load(config.data, "train", image_size)), config.data)
+    validation_examples = dataset.training_examples(
+        dataset.load(config.data, "validation", image_size))
+    if validation_examples is not None:
+        validation_examples = cached(validation_examples, config.data)
+    captions_per_image = config.train.captions_per_image
+    num_pairs = count_pairs(train_examples, captions_per_image)
+    print(f"Training pairs (image, caption): {num_pairs}"
+          + (f", {captions_per_image} captions per image in a batch"
+             if captions_per_image > 1 else ""))
+    return train_examples, validation_examples, num_pairs
+
+
+def make_tokenizer(model_config, train_examples):
+    """A pretrained language model's tokenizer, or one trained on the examples' text."""
     if model_config.language_model_preset:  # the pretrained model's own
         tokenizer = preset_tokenizer(model_config)
         print(f"Vocabulary: {tokenizer.vocabulary_size()} tokens "
               f"({model_config.language_model_preset}'s {type(tokenizer).__name__})")
-    else:
-        tokenizer = train_tokenizer(
-            train_examples.map(text_of), model_config.vocabulary_size,
-            extra_special_tokens=(IMAGE,) if markers else (),
-        )
-        print(f"Vocabulary: {tokenizer.vocabulary_size()} tokens")
+        return tokenizer
+    tokenizer = train_tokenizer(
+        train_examples.map(text_of), model_config.vocabulary_size,
+        extra_special_tokens=(IMAGE,) if uses_image_markers(model_config) else (),
+    )
+    print(f"Vocabulary: {tokenizer.vocabulary_size()} tokens")
+    return tokenizer
 
+
+def build_and_compile(config, tokenizer, train_examples, plan, paths, steps_per_epoch):
+    """The model the config asks for, its parts copied or frozen as asked, compiled."""
+    model_config, train_config = config.model, config.train
     jit_compile = resolve_jit_compile(train_config.jit_compile) and plan.xla
     with plan.scope():  # the variables are laid out (JAX) or mirrored (TF) as made
         language_model = None
@@ -349,12 +424,6 @@ def _train(config):
             print(f"Language model frozen: {report['trainable_parameters']:,} of "
                   f"{report['total_parameters']:,} parameters train "
                   f"({report['trainable_fraction']:.1%})")
-    steps_per_epoch = train_config.steps_per_epoch or num_pairs // train_config.batch_size
-    if steps_per_epoch < 1:
-        raise ValueError(
-            f"train.batch_size={train_config.batch_size} is larger than the "
-            f"{num_pairs} training pairs: not one batch per epoch."
-        )
     if jit_compile and train_config.mixed_precision == "mixed_float16" and (
             not xla_has_float16_attention()):
         print("mixed_float16 on JAX's CPU backend trains without jit_compile: XLA:CPU "
@@ -369,62 +438,46 @@ def _train(config):
           f"{train_config.jit_compile!r} on {keras.config.backend()})")
     print(f"Parameters: {model.count_params():,}; {steps_per_epoch} steps/epoch x "
           f"{train_config.epochs} epochs")
+    return model
 
+
+def make_batches(config, model, tokenizer, train_examples, validation_examples,
+                 skip_batches=0):
+    """`(train_data, validation_data, validation_steps)`: repeated batches of pairs.
+
+    `skip_batches` are the batches a resumed run's finished epochs ate: it
+    then sees the batches an uninterrupted one would.
+    """
+    model_config, train_config = config.model, config.train
     batch_args = dict(
         image_size=model_config.image_size,
         sequence_length=model_config.sequence_length,
         batch_size=train_config.batch_size,
-        prefix_ids=[model.image_token_id] * model_config.num_images if markers else (),
+        prefix_ids=([model.image_token_id] * model_config.num_images
+                    if uses_image_markers(model_config) else ()),
     )
     train_data = train_batches(
-        train_examples, tokenizer, shuffle_buffer=data_config.shuffle_buffer,
-        seed=train_config.seed, repeat=True, captions_per_image=captions_per_image,
-        **batch_args,
-    )
-    resumed = read_backup(paths["backup"])
-    if resumed:
-        # Skip the batches the finished epochs ate: the resumed run sees the
-        # batches an uninterrupted one would.
-        train_data = train_data.skip(resumed["epoch"] * steps_per_epoch)
-        print(f"Resuming after epoch {resumed['epoch']}/{train_config.epochs} from the "
-              f"backup in {paths['backup']}")
-    validation_data, validation_steps = None, None
-    if validation_examples is not None:
-        validation_examples = cached(validation_examples, data_config)
-        validation_steps = count_pairs(validation_examples) // train_config.batch_size
-        validation_data = train_batches(
-            validation_examples, tokenizer, shuffle_buffer=0, **batch_args
-        ).repeat()
-    os.makedirs(train_config.output_dir, exist_ok=True)
-    write_json(paths["config"], config.to_dict())
+        train_examples, tokenizer, shuffle_buffer=config.data.shuffle_buffer,
+        seed=train_config.seed, repeat=True,
+        captions_per_image=train_config.captions_per_image, **batch_args,
+    ).skip(skip_batches)
+    if validation_examples is None:
+        return train_data, None, None
+    validation_steps = count_pairs(validation_examples) // train_config.batch_size
+    validation_data = train_batches(
+        validation_examples, tokenizer, shuffle_buffer=0, **batch_args).repeat()
+    return train_data, validation_data, validation_steps
 
-    score_examples = None
-    if train_config.validation_images:  # shapes or shapes_qa (Config.validate)
-        # Scored against their scene graphs (or asked their questions) each epoch.
-        score_examples = dataset.load(data_config, "validation", model_config.image_size)
-    callbacks = make_callbacks(config, paths, validation_data is not None, score_examples)
-    start = time.time()
-    history = fit_in_phases(
-        model, train_data, plan,
-        optimizer_for=lambda steps: make_optimizer(train_config, steps),
-        freeze_encoder_epochs=train_config.freeze_encoder_epochs,
-        done_epochs=resumed["epoch"] if resumed else 0,
-        shuffle=False,  # the tf.data pipeline shuffles
-        epochs=train_config.epochs,
-        steps_per_epoch=steps_per_epoch,
-        validation_data=validation_data,
-        validation_steps=validation_steps,
-        callbacks=callbacks,
-        verbose=1 if sys.stdout.isatty() else 0,  # a log file gets EpochLine's lines, no bar
-    )
-    train_seconds = time.time() - start
+
+def history_record(model, history, resumed, train_seconds):
+    """The `<name>.history.json` record: every epoch's logs, resumed ones included."""
     all_epochs = {k: list(v) for k, v in (resumed or {}).get("history", {}).items()}
     for key, values in history.history.items():
         # JSON has no NaN: a diverged epoch's values are null.
         all_epochs.setdefault(key, []).extend(
             float(v) if math.isfinite(v) else None for v in values
         )
-    record = {
+    return {
         "history": all_epochs,  # the epochs before a resume included
         "train_seconds": train_seconds,  # this run only
         "backend": keras.config.backend(),
@@ -434,40 +487,24 @@ def _train(config):
         "optimizer_steps": int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
         "resumed_after_epoch": resumed["epoch"] if resumed else 0,
     }
-    nan_stop = next(c for c in callbacks if isinstance(c, TerminateOnNaNWithReason))
-    if nan_stop.stopped:
-        record["stopped_on_nan"] = dict(nan_stop.stopped, loss=str(nan_stop.stopped["loss"]))
-        write_json(paths["history"], record)
-        backed_up = read_backup(paths["backup"])
-        kept = (f"epoch {backed_up['epoch']} is backed up in {paths['backup']} (rerun "
-                "with a lower train.learning_rate to resume from it)" if backed_up
-                else "no epoch finished with a finite loss")
-        raise TrainingDiverged(
-            f"Training stopped: {nan_stop.message()}. {paths['model']} was not written; {kept}. "
-            f"History: {paths['history']}"
-        )
-    atomic_save(without_training_state(model), paths["model"])
-    write_json(paths["history"], record)
-    shutil.rmtree(paths["backup"], ignore_errors=True)  # the run is complete
-    print(f"Trained in {train_seconds / 60:.1f} min; model: {paths['model']}")
 
-    if train_config.report_images:
-        split = dataset.report_split
-        examples = dataset.load(data_config, split, model_config.image_size)
-        print(f"Captioning {train_config.report_images} {split} images for the report")
-        report = dataset.scorer.report(model, examples.take(train_config.report_images))
-        report.update(split=split, train_seconds=train_seconds,
-                      backend=keras.config.backend())
-        write_json(paths["report"], report)
-        for sample in report["samples"][:3]:
-            if "question" in sample:
-                print(f"  {sample['question']!r}: {sample['prediction']!r} "
-                      f"(answer: {sample['answer']!r})")
-            else:
-                print(f"  {sample['caption']!r}  (reference: {sample['references'][0]!r})")
-        scores = {**report.get("grounded", {}), **report.get("change", {}),
-                  **report.get("answers", {})}
-        for key, value in scores.items():
-            print(f"  {key:>22}: {value:.4f}")
-        print(f"Report: {paths['report']}")
-    return paths
+
+def write_report(config, dataset, model, path, train_seconds):
+    """Scores the model on `train.report_images` of the dataset's report split; prints a few."""
+    split = dataset.report_split
+    examples = dataset.load(config.data, split, config.model.image_size)
+    print(f"Captioning {config.train.report_images} {split} images for the report")
+    report = dataset.scorer.report(model, examples.take(config.train.report_images))
+    report.update(split=split, train_seconds=train_seconds, backend=keras.config.backend())
+    write_json(path, report)
+    for sample in report["samples"][:3]:
+        if "question" in sample:
+            print(f"  {sample['question']!r}: {sample['prediction']!r} "
+                  f"(answer: {sample['answer']!r})")
+        else:
+            print(f"  {sample['caption']!r}  (reference: {sample['references'][0]!r})")
+    scores = {**report.get("grounded", {}), **report.get("change", {}),
+              **report.get("answers", {})}
+    for key, value in scores.items():
+        print(f"  {key:>22}: {value:.4f}")
+    print(f"Report: {path}")
