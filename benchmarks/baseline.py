@@ -15,7 +15,7 @@ import keras
 import keras_hub
 from keras import ops
 
-from vlm.backend import compiled_inference
+from vlm.compilation import compiled_inference
 
 
 def build_baseline(model_config, vocabulary_size):

@@ -4,7 +4,7 @@
     python -m benchmarks.generation --backends jax,torch --repeats 5
 
 Each backend runs in its own process; PyTorch runs twice, compiled (the
-default, `vlm.backend.compiled_inference`) and eager (`VLM_TORCH_INFERENCE=eager`,
+default, `vlm.compilation.compiled_inference`) and eager (`VLM_TORCH_INFERENCE=eager`,
 the loop before it was compiled). Rows:
 
 1. the benchmark issue's "ref" size (64x64 images, patch 8, 4+4 layers of

@@ -1,4 +1,4 @@
-"""PyTorch's compiled decoding (`vlm.backend.compiled_inference`) against its eager loop.
+"""PyTorch's compiled decoding (`vlm.compilation.compiled_inference`) against its eager loop.
 
 The rest of the suite decodes eagerly on PyTorch (`tests/conftest.py`); here
 the traced graph, with and without Inductor, must give the eager loop's
@@ -18,7 +18,7 @@ from tests.generation.test_generator import golden_images
 from tests.models import test_multi_image_captioner as multi_image
 from tests.models import test_vision_language_model as vlm_models
 from vlm import load_captioner
-from vlm.backend import _ExportedFunction
+from vlm.compilation.torch_export import ExportedFunction
 from vlm.samplers import BeamSampler
 from vlm.samplers import TopKSampler
 
@@ -89,7 +89,7 @@ def test_inductor_decoding_equals_eager_and_compiles_once(monkeypatch, caplog):
     assert again["token_ids"].shape == (4, model.sequence_length - 1)
     (function,) = [f for key, f in model._generate_functions.items()
                    if key[0][0] == "TopKSampler"]
-    assert isinstance(function, _ExportedFunction) and len(function.graphs) == 1
+    assert isinstance(function, ExportedFunction) and len(function.graphs) == 1
 
 
 def test_the_log_check_sees_a_recompile_warning_and_not_debug_chatter():

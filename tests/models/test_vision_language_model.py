@@ -8,7 +8,7 @@ import pytest
 from tests.test_case import assert_close
 from tests.test_case import jit_compile_for_backend
 from tests.test_case import to_numpy
-from vlm.backend import compiled_inference
+from vlm.compilation import compiled_inference
 from vlm.data.tokenizer import train_tokenizer
 from vlm.models.cross_attention_language_model import cross_attention_positions
 from vlm.models.image_encoder import ImageEncoder

@@ -29,7 +29,7 @@ TABLE[..., START] = -30.0
 TABLE = log_softmax(TABLE).astype("float32")
 
 
-def next_fn(tokens, cache, index, context=()):
+def next_fn(tokens, cache, index):
     current = ops.take(tokens, ops.expand_dims(index, 0), axis=1)[:, 0]
     rows = cache * VOCAB + current
     log_probs = ops.take(ops.reshape(ops.convert_to_tensor(TABLE), (VOCAB * VOCAB, VOCAB)),

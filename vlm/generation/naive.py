@@ -5,7 +5,7 @@ import weakref
 import numpy as np
 from keras import ops
 
-from vlm.backend import compiled_inference
+from vlm.compilation import compiled_inference
 
 
 def naive_greedy(model, images, max_length=None):
@@ -13,7 +13,7 @@ def naive_greedy(model, images, max_length=None):
 
     Slow on purpose: it is the reference that cached decoding must equal,
     token for token. Each step runs the whole model (compiled like the
-    cached loop, `vlm.backend.compiled_inference`) on the full fixed-length
+    cached loop, `vlm.compilation.compiled_inference`) on the full fixed-length
     token array; causal attention makes the padding after the prefix
     irrelevant, and the fixed shape means one trace, not one per length.
 

@@ -5,8 +5,8 @@ import numpy as np
 from keras import ops
 
 from vlm import samplers
-from vlm.backend import compiled_inference
 from vlm.backend import replica_sum
+from vlm.compilation import compiled_inference
 from vlm.models.captioner_preprocessor import CaptionerPreprocessor
 from vlm.models.image_encoder import ImageEncoder
 from vlm.models.text_decoder import TextDecoder
@@ -154,7 +154,7 @@ class Captioner(keras.Model):
         keys and values computed once; the decoding loop runs compiled (XLA on
         TensorFlow and JAX; `torch.export` and Inductor on PyTorch), compiled
         once per batch size, sampler setting and `max_length` for the
-        model's lifetime (`vlm.backend.compiled_inference`).
+        model's lifetime (`vlm.compilation.compiled_inference`).
 
         Args:
             images: a `(batch, H, W, C)` array or tensor, or a list of images
@@ -262,7 +262,7 @@ class Captioner(keras.Model):
         return ids, log_probs
 
     def make_generate_function(self, sampler, max_length, prompt_length=0):
-        """`generate_step` compiled for this setting (`vlm.backend.compiled_inference`).
+        """`generate_step` compiled for this setting (`vlm.compilation.compiled_inference`).
 
         Made once per `(sampler.trace_key(), max_length, prompt_length)` and
         kept: later calls, other seeds and weight updates reuse it. The
@@ -327,7 +327,7 @@ class Captioner(keras.Model):
             [ops.full((rows, 1), tokenizer.start_token_id, "int32"),
              ops.full((rows, max_length), tokenizer.pad_token_id, "int32")], axis=1)
 
-        def next(tokens, state, index, context_caches):
+        def next(tokens, state, index):
             caches, seen = state
             current = ops.take(tokens, ops.expand_dims(index, 0), axis=1)  # (rows, 1)
             mask, seen = self.cross_attention_mask(current, seen)
@@ -336,7 +336,7 @@ class Captioner(keras.Model):
             return ops.log_softmax(ops.cast(logits[:, 0], "float32"), axis=-1), (caches, seen)
 
         return sampler(next, tokens, (caches, seen), noise, max_length, tokenizer.end_token_id,
-                       tokenizer.pad_token_id, context=context_caches)
+                       tokenizer.pad_token_id)
 
     # Positions the default prompt takes before [START] (`<image>` markers).
     prompt_length = 0

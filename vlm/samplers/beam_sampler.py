@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from vlm.backend import while_loop
+from vlm.compilation import while_loop
 from vlm.samplers.sampler import NEG_INF
 from vlm.samplers.sampler import Sampler
 from vlm.samplers.sampler import keep_going
@@ -35,8 +35,7 @@ class BeamSampler(Sampler):
     def rows_per_input(self):
         return self.num_beams
 
-    def __call__(self, next, tokens, cache, noise, max_length, end_token_id, pad_token_id,
-                 context=()):
+    def __call__(self, next, tokens, cache, noise, max_length, end_token_id, pad_token_id):
         """Beam search; `tokens` has `num_beams` rows per input (see `Sampler`).
 
         Returns:
@@ -51,8 +50,8 @@ class BeamSampler(Sampler):
         first = ops.concatenate([ops.zeros((1,)), ops.full((beams - 1,), NEG_INF)])
         scores = ops.tile(first[None], (batch, 1))  # (batch, beams)
 
-        def body(index, tokens, cache, done, scores, context):
-            log_probs, cache = next(tokens, cache, index, context)
+        def body(index, tokens, cache, done, scores):
+            log_probs, cache = next(tokens, cache, index)
             vocabulary = ops.shape(log_probs)[-1]
             pad_only = ops.where(ops.arange(vocabulary) == pad_token_id, 0.0, NEG_INF)
             log_probs = ops.where(done[:, None], pad_only[None], log_probs)
@@ -71,8 +70,7 @@ class BeamSampler(Sampler):
 
         start = ops.convert_to_tensor(0, "int32")
         _, tokens, _, _, scores = while_loop(
-            keep_going(max_length), body, (start, tokens, cache, done, scores),
-            constants=(context,))
+            keep_going(max_length), body, (start, tokens, cache, done, scores))
         # top_k sorts, so beam 0 is each input's best.
         best = ops.reshape(tokens, (-1, beams, max_length + 1))[:, 0, 1:]
         return best, scores[:, 0]

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from vlm.backend import while_loop
+from vlm.compilation import while_loop
 
 NEG_INF = -1e9  # "impossible" in log space, finite so sums never make NaN
 
@@ -31,15 +31,13 @@ class Sampler:
     # Decoding rows per input (image): beams share their image's context.
     rows_per_input = 1
 
-    def __call__(self, next, tokens, cache, noise, max_length, end_token_id, pad_token_id,
-                 context=()):
+    def __call__(self, next, tokens, cache, noise, max_length, end_token_id, pad_token_id):
         """Decodes up to `max_length` tokens after each row's first.
 
         Args:
-            next: `next(tokens, cache, index, context) -> (log_probs,
-                cache)`: float32 `(rows, vocabulary)` log-probabilities of
-                the token after `tokens[:, index]`, and the cache with that
-                position written.
+            next: `next(tokens, cache, index) -> (log_probs, cache)`: float32
+                `(rows, vocabulary)` log-probabilities of the token after
+                `tokens[:, index]`, and the cache with that position written.
             tokens: int32 `(rows, max_length + 1)`, the start token in column
                 0 and padding after it.
             cache: any structure of tensors with the rows first.
@@ -48,10 +46,6 @@ class Sampler:
             max_length: int, new tokens at most.
             end_token_id, pad_token_id: int. A row stops at its end token and
                 is padded after it.
-            context: tensors `next` reads and never changes (the images'
-                keys and values), in any structure; passed to it, not
-                captured, so that every backend can trace the loop
-                (`vlm.backend.while_loop`).
 
         Returns:
             `(ids, log_probs)`: int32 `(rows, max_length)` new tokens (the
@@ -62,8 +56,10 @@ class Sampler:
         done = ops.zeros((batch,), "bool")
         total = ops.zeros((batch,), "float32")
 
-        def body(index, tokens, cache, done, total, noise, context):
-            log_probs, cache = next(tokens, cache, index, context)
+        noise = ops.convert_to_tensor(noise)
+
+        def body(index, tokens, cache, done, total):
+            log_probs, cache = next(tokens, cache, index)
             chosen = self.select(log_probs, ops.take(noise, index, axis=0))
             chosen = ops.where(done, pad_token_id, chosen)
             picked = ops.take_along_axis(log_probs, chosen[:, None], axis=1)[:, 0]
@@ -74,8 +70,7 @@ class Sampler:
 
         start = ops.convert_to_tensor(0, "int32")
         _, tokens, _, _, total = while_loop(
-            keep_going(max_length), body, (start, tokens, cache, done, total),
-            constants=(ops.convert_to_tensor(noise), context))
+            keep_going(max_length), body, (start, tokens, cache, done, total))
         return tokens[:, 1:], total
 
     def select(self, log_probs, noise):
