@@ -1,4 +1,4 @@
-"""Each shipped model's headline figures, measured again on a sample of its test split.
+"""Each shipped model's headline figures, measured again, and every README command on it.
 
 `saved_models/<name>.report.json` holds what `train.py` measured on the whole
 test split, and the README's results table repeats it. Here the first
@@ -9,11 +9,14 @@ both scenes): each figure must agree with the report within three standard
 errors of the sample, and the README must show the report's figure.
 """
 
+import functools
 import json
 import math
 import os
 
 import keras
+import numpy as np
+import PIL.Image
 import pytest
 
 from vlm import load_captioner
@@ -101,3 +104,92 @@ def test_the_question_answerer_answers_as_its_report_claims():
     assert_agrees(measured["answer_accuracy"], claimed["answer_accuracy"], len(rows),
                   "answer_accuracy")
     assert_in_readme(claimed["answer_accuracy"])
+
+
+def write_test_images(dataset, folder, count=3):
+    """The first `count` test examples as PNG files: `[[path, ...] per example]`."""
+    _, examples = sample_of({"shapes": "shapes", "shapes_change": "shapes_change",
+                             "shapes_qa": "shapes_qa_adapter"}[dataset], dataset,
+                            QA_SAMPLE if dataset == "shapes_qa" else SAMPLE)
+    files = []
+    for i, example in enumerate(examples.take(count)):
+        images = example["images"] if "images" in example else [example["image"]]
+        paths = []
+        for j, image in enumerate(images):
+            path = os.path.join(folder, f"{dataset}_{i}_{j}.png")
+            PIL.Image.fromarray(np.asarray(image)).save(path)
+            paths.append(path)
+        files.append(paths)
+    return files
+
+
+def read_pixels(paths):
+    return [np.asarray(PIL.Image.open(p).convert("RGB")) for p in paths]
+
+
+QUESTION = "question what colour is the small circle answer"
+
+
+@pytest.mark.parametrize("name, dataset, flags", [
+    ("shapes", "shapes", []),
+    ("shapes_change", "shapes_change", ["--together"]),
+    ("shapes_qa_adapter", "shapes_qa", ["--prompt", QUESTION]),
+])
+def test_every_readme_command_runs_on_the_shipped_model(name, dataset, flags, tmp_path, capsys,
+                                                         monkeypatch):
+    """`python -m vlm caption`, `evaluate.py` (the whole report) and `export`, then serving."""
+    import tensorflow as tf
+
+    import evaluate
+    from vlm import cli
+    from vlm import config
+
+    path = os.path.join(REPO, "saved_models", f"{name}.keras")
+    model = load_captioner(path)
+    examples = write_test_images(dataset, str(tmp_path))
+    prompts = [QUESTION] * len(examples) if model.prompted else None
+    if model.images_per_example is not None:
+        inputs = [read_pixels(paths) for paths in examples]
+    else:
+        inputs = model.preprocessor([read_pixels(paths)[0] for paths in examples])
+    expected = model.generate(inputs, prompts=prompts)
+    assert all(expected), expected
+    capsys.readouterr()  # the dataset's preparation line
+
+    # caption: one line per image, or per pair given with --together.
+    lines = []
+    for paths in (examples if model.images_per_example is not None
+                  else [[paths[0] for paths in examples]]):
+        assert cli.main(["caption", *paths, "--model", path, *flags]) == 0
+        lines += capsys.readouterr().out.strip().splitlines()
+    names = [" + ".join(paths) if model.images_per_example is not None else paths[0]
+             for paths in examples]
+    assert lines == [f"{n}\t{c}" for n, c in zip(names, expected)]
+
+    # evaluate.py, every file of its report. The test split is this module's
+    # sample: the default sizes would prepare the 20,000-image training split.
+    monkeypatch.setattr(config, "DataConfig", functools.partial(
+        DataConfig, train_size=8, validation_size=8,
+        test_size=QA_SAMPLE if dataset == "shapes_qa" else SAMPLE))
+    output = tmp_path / "results" / "results.json"
+    assert evaluate.main(["--model", path, "--max-images", "3", "--output", str(output)]) == 0
+    monkeypatch.undo()
+    metrics = json.loads(output.read_text())
+    assert metrics["dataset"] == dataset
+    written = capsys.readouterr().out.strip().splitlines()[-1]
+    for suffix in (".json", ".md", ".jsonl"):
+        assert suffix + "," in written + ",", written
+
+    # export, then serving from plain TensorFlow: the answers of `generate`.
+    serving = str(tmp_path / "serving")
+    assert cli.main(["export", "--model", path, "--output", serving]) == 0
+    served = tf.saved_model.load(serving)
+    images = [[open(p, "rb").read() for p in paths] for paths in examples]
+    if model.images_per_example is None:
+        images = [row[0] for row in images]
+    kwargs = {"prompts": tf.constant(prompts)} if prompts else {}
+    out = served.signatures["serving_default"](images=tf.constant(images), **kwargs)
+    # The export keeps a third of a prompted model's sequence for the answer.
+    max_length = model.sequence_length // 3 if model.prompted else None
+    reference = model.generate(inputs, prompts=prompts, max_length=max_length)
+    assert [c.decode() for c in out["captions"].numpy()] == reference

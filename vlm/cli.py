@@ -2,7 +2,7 @@
 
     python -m vlm caption IMAGE... [--model PATH] [--sampler beam --beams 4]
                                    [--attention-map out.png [--layer N]]
-    python -m vlm caption IMAGE... --prompt "question what color is the circle answer"
+    python -m vlm caption IMAGE... --prompt "question what colour is the circle answer"
     python -m vlm caption --together BEFORE AFTER [--model PATH]
     python -m vlm export [--model PATH] --output DIR [--sampler greedy|beam --beams N]
                          [--max-length N]
@@ -37,7 +37,7 @@ def _caption_parser(subparsers):
                         help="text the model continues for every image, such as a "
                              "question for a model trained on questions "
                              "(saved_models/shapes_qa_adapter.keras: \"question what "
-                             "color is the circle answer\")")
+                             "colour is the circle answer\")")
     _sampler_arguments(parser, serving_only=False)
     parser.add_argument("--max-length", type=int, default=None, help="new tokens at most")
     parser.add_argument("--attention-map", metavar="PNG",

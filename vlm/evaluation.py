@@ -346,6 +346,9 @@ class CaptionScorer:
             model.compile()  # the masked caption loss and token accuracy
         markers = model.image_token_id
         prefix_ids = [markers] * model.images_per_example if markers is not None else ()
+        # Batches drop their remainder (one static shape): fewer pairs than a
+        # batch are one smaller batch.
+        batch_size = max(min(batch_size, count_pairs(examples)), 1)
         pairs = train_batches(examples, model.tokenizer, image_size=model.image_size,
                               sequence_length=model.sequence_length, batch_size=batch_size,
                               shuffle_buffer=0, prefix_ids=prefix_ids)
