@@ -164,7 +164,7 @@ def caption_command(args):
         elif model.images_per_example is not None:
             examples = [[pixels] for _, pixels in images]
         else:
-            examples = model.preprocessor([pixels for _, pixels in images])
+            examples = [pixels for _, pixels in images]
         details = model.generate(examples, sampler=sampler, max_length=args.max_length,
                                  return_details=True, prompts=args.prompt)
     except ValueError as error:  # not a .keras file, one carrying code, a bad prompt...
@@ -172,8 +172,8 @@ def caption_command(args):
         return 2
     for path, caption in zip(paths, details["captions"]):
         print(f"{path}\t{caption}")
-    if args.attention_map:
-        _write_attention_maps(model, paths, examples, details, args)
+    if args.attention_map:  # drawn over the images as the model read them
+        _write_attention_maps(model, paths, model.preprocessor(examples), details, args)
     return 1 if errors else 0
 
 

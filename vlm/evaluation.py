@@ -344,8 +344,7 @@ class CaptionScorer:
 
         if not model.compiled:
             model.compile()  # the masked caption loss and token accuracy
-        markers = model.image_token_id
-        prefix_ids = [markers] * model.images_per_example if markers is not None else ()
+        prefix_ids = model.preprocessor.prefix_ids
         # Batches drop their remainder (one static shape): fewer pairs than a
         # batch are one smaller batch.
         batch_size = max(min(batch_size, count_pairs(examples)), 1)

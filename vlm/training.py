@@ -453,8 +453,7 @@ def make_batches(config, model, tokenizer, train_examples, validation_examples,
         image_size=model_config.image_size,
         sequence_length=model_config.sequence_length,
         batch_size=train_config.batch_size,
-        prefix_ids=([model.image_token_id] * model_config.num_images
-                    if uses_image_markers(model_config) else ()),
+        prefix_ids=model.preprocessor.prefix_ids,
     )
     train_data = train_batches(
         train_examples, tokenizer, shuffle_buffer=config.data.shuffle_buffer,

@@ -127,12 +127,12 @@ class _ServingModule(tf.Module):
         noise = tf.constant(sampler.noise(max_length, 1, 1))
         # Images per example: a row of several for a `MultiImageCaptioner`.
         per_example = [] if model.images_per_example is None else [model.images_per_example]
-        marker = model.image_token_id
+        prefix = tf.constant([preprocessor.prefix_ids], tf.int32)
 
         def decode(images):
             prompt = None
-            if marker is not None:  # every example has all its images: one marker each
-                prompt = tf.zeros_like(images[:, :, 0, 0, 0], tf.int32) + marker
+            if preprocessor.prefix_ids:  # every example has all its images: one marker each
+                prompt = tf.tile(prefix, [tf.shape(images)[0], 1])
             return model.generate_step(images, noise, sampler, max_length, prompt)
 
         self._decode = tf.function(decode, jit_compile=xla)

@@ -58,6 +58,11 @@ class CaptionerPreprocessor(keras.layers.Layer):
         self.sequence_length = check_positive_int("sequence_length", sequence_length)
         self.built = True
 
+    @property
+    def prefix_ids(self):
+        """Token ids before every text's [START], with no loss on them: none here."""
+        return ()
+
     def call(self, images):
         return self.pixels(images)
 

@@ -70,6 +70,11 @@ class MultiImagePreprocessor(CaptionerPreprocessor):
         """`(least, most)` images per example this model reads."""
         return (self.min_images or self.num_images, self.num_images)
 
+    @property
+    def prefix_ids(self):
+        """An `<image>` marker per image before every caption (interleaved), else none."""
+        return (self.image_token_id,) * self.num_images if self.interleaved else ()
+
     def __call__(self, images, *args, **kwargs):
         # Checked before Keras' call wrapper, whose error would print every pixel.
         self.check_counts(images)
@@ -161,7 +166,7 @@ class MultiImagePreprocessor(CaptionerPreprocessor):
         if not self.interleaved:
             return super().tokenize(captions)
         return prefixed_captions(self.tokenizer, captions, self.sequence_length,
-                                 [self.image_token_id] * self.num_images)
+                                 list(self.prefix_ids))
 
     def get_config(self):
         config = super().get_config()
