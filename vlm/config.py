@@ -43,6 +43,9 @@ class ModelConfig:
     encoder_coordinates: bool = False
     # Add the 2D sine-cosine code to the stem's output, before the ViT.
     encoder_stem_positions: bool = False
+    # Transformer blocks after the ViT whose attention learns a bias per 2D
+    # offset (`vlm.layers.RelativePositionBlock`).
+    encoder_relative_layers: int = 0
     # Add a fixed 2D sine-cosine position code to the patches the decoder reads.
     add_2d_positions: bool = True
     decoder_layers: int = 4
@@ -488,7 +491,8 @@ def _check_fields(section, prefix):
 
 
 # Fields where 0 is meaningful; every other number must be positive.
-_NON_NEGATIVE = {"dropout", "encoder_stem_layers", "weight_decay", "warmup_fraction",
+_NON_NEGATIVE = {"dropout", "encoder_stem_layers", "encoder_relative_layers", "weight_decay",
+                 "warmup_fraction",
                  "early_stopping_patience", "seed", "report_images", "validation_images",
                  "freeze_encoder_epochs", "language_model_epochs"}
 

@@ -164,6 +164,25 @@ def test_stem_positions_add_the_2d_code_to_the_stem_grid_before_the_vit():
         ImageEncoder(encoder.backbone, stem_positions=True)
 
 
+def test_relative_blocks_follow_the_vit_and_its_2d_code(tmp_path):
+    encoder = ImageEncoder.from_sizes(image_size=16, patch_size=8, num_layers=1, num_heads=2,
+                                      hidden_dim=16, mlp_dim=32, stem_filters=(4, 8),
+                                      relative_layers=2)
+    images = batch(n=2)[0]["images"]
+    encoder(images)  # built
+    blocks = encoder.relative_blocks
+    assert [b.grid_size for b in blocks] == [2, 2]
+    for block in blocks:  # a bias the blocks must apply, not the zeros they start with
+        block.offset_bias.assign(np.random.default_rng(0).standard_normal((2, 9)))
+    patches = to_numpy(encoder.backbone(encoder.stem((images / 255.0 - 0.5) / 0.5)))
+    expected = blocks[1](blocks[0](patches + sincos_2d(2, 2, 16)[None]))
+    assert_close(encoder(images), expected, atol=1e-5)
+    model = keras.Sequential([keras.Input((16, 16, 3)), encoder])
+    model.save(os.path.join(tmp_path, "encoder.keras"))
+    loaded = keras.saving.load_model(os.path.join(tmp_path, "encoder.keras"))
+    assert_close(loaded(images), encoder(images), atol=1e-6)
+
+
 def test_preset_path_drops_the_class_token(monkeypatch):
     """The `preset=` wiring, with a preset-free backbone standing in (no download)."""
     calls = []

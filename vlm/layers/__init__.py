@@ -10,6 +10,7 @@ from vlm.layers.image_index_embedding import ImageIndexEmbedding
 from vlm.layers.media_attention_mask import count_images
 from vlm.layers.media_attention_mask import media_attention_mask
 from vlm.layers.patch_position_embedding import PatchPositionEmbedding
+from vlm.layers.relative_position_block import RelativePositionBlock
 
 __all__ = [
     "CausalSelfAttention",
@@ -20,6 +21,7 @@ __all__ = [
     "GatedCrossAttentionBlock",
     "ImageIndexEmbedding",
     "PatchPositionEmbedding",
+    "RelativePositionBlock",
     "count_images",
     "media_attention_mask",
 ]

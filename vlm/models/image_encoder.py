@@ -6,6 +6,7 @@ from keras import ops
 
 from vlm.layers.conv_stem import ConvStem
 from vlm.layers.patch_position_embedding import PatchPositionEmbedding
+from vlm.layers.relative_position_block import RelativePositionBlock
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -31,6 +32,9 @@ class ImageEncoder(keras.layers.Layer):
             from its first layer (its learned 1D embedding starts at random).
         stem: optional `vlm.layers.ConvStem` between the pixels and the ViT.
             A patch then covers `stem.stride * backbone.patch_size` pixels.
+        relative_blocks: optional list of `vlm.layers.RelativePositionBlock`
+            run after the ViT and its 2D code: attention that knows each
+            pair's 2D offset, so a patch can gather what lies beside it.
         **kwargs: Base `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -55,6 +59,7 @@ class ImageEncoder(keras.layers.Layer):
         add_2d_positions=True,
         stem=None,
         stem_positions=False,
+        relative_blocks=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -62,6 +67,7 @@ class ImageEncoder(keras.layers.Layer):
             raise ValueError("`stem_positions` adds a position code to a stem's output; "
                              "pass a `stem`. Received: stem=None")
         self.stem_positions = bool(stem_positions)
+        self.relative_blocks = list(relative_blocks or [])
         self.backbone = backbone
         self.stem = stem
         self.image_mean = tuple(float(m) for m in image_mean)
@@ -101,6 +107,7 @@ class ImageEncoder(keras.layers.Layer):
         stem_filters=(),
         stem_coordinates=False,
         stem_positions=False,
+        relative_layers=0,
         dtype=None,
         **kwargs,
     ):
@@ -112,6 +119,8 @@ class ImageEncoder(keras.layers.Layer):
         `ConvStem` of those channels before a fresh ViT, which then embeds
         `patch_size / 2 ** len(stem_filters)` cells of the stem's grid;
         `stem_coordinates` gives its convolutions x and y maps.
+        `relative_layers` `RelativePositionBlock`s (the ViT's heads and MLP
+        width) follow the ViT.
         """
         stride = 2 ** len(stem_filters)
         if stem_filters and (preset is not None or patch_size % stride):
@@ -143,7 +152,13 @@ class ImageEncoder(keras.layers.Layer):
                 use_class_token=False,
                 dtype=dtype,
             )
-        return cls(backbone, stem=stem, stem_positions=stem_positions, dtype=dtype, **kwargs)
+        patch = backbone.patch_size  # an int or (height, width)
+        grid = backbone.image_shape[0] // (patch[0] if isinstance(patch, (tuple, list)) else patch)
+        relative_blocks = [RelativePositionBlock(grid, num_heads, mlp_dim, dropout, dtype=dtype,
+                                                 name=f"relative_block_{i}")
+                           for i in range(relative_layers)]
+        return cls(backbone, stem=stem, stem_positions=stem_positions,
+                   relative_blocks=relative_blocks, dtype=dtype, **kwargs)
 
     def build(self, images_shape):
         if self.stem is not None:
@@ -155,6 +170,9 @@ class ImageEncoder(keras.layers.Layer):
         self.backbone.build(images_shape)
         if self.patch_positions is not None:
             self.patch_positions.build((None, self.grid_size**2, self.hidden_dim))
+        for block in self.relative_blocks:
+            if not block.built:
+                block.build((None, self.grid_size**2, self.hidden_dim))
 
     def call(self, images, training=None):
         mean = ops.convert_to_tensor(self.image_mean, self.compute_dtype) * 255.0
@@ -170,6 +188,8 @@ class ImageEncoder(keras.layers.Layer):
             patches = patches[:, 1:]
         if self.patch_positions is not None:
             patches = self.patch_positions(patches)
+        for block in self.relative_blocks:
+            patches = block(patches, training=training)
         return patches
 
     def compute_output_shape(self, images_shape):
@@ -184,6 +204,8 @@ class ImageEncoder(keras.layers.Layer):
                 "image_std": self.image_std,
                 "add_2d_positions": self.add_2d_positions,
                 "stem_positions": self.stem_positions,
+                "relative_blocks": [keras.saving.serialize_keras_object(b)
+                                    for b in self.relative_blocks],
                 "stem": (keras.saving.serialize_keras_object(self.stem)
                          if self.stem is not None else None),
             }
@@ -196,4 +218,6 @@ class ImageEncoder(keras.layers.Layer):
         config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
         if config.get("stem") is not None:
             config["stem"] = keras.saving.deserialize_keras_object(config["stem"])
+        config["relative_blocks"] = [keras.saving.deserialize_keras_object(b)
+                                     for b in config.get("relative_blocks") or []]
         return cls(**config)
