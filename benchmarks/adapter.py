@@ -19,8 +19,8 @@ import sys
 import time
 
 from benchmarks.report import markdown
-from vlm.machine import machine
-from vlm.machine import matmul_peak_gflops
+from vlm.utils.machine import machine
+from vlm.utils.machine import matmul_peak_gflops
 
 
 def best_of(fn, repeats):

@@ -11,7 +11,7 @@ the loop before it was compiled). Rows:
    width 256, vocabulary 1000) with random weights and the end token off,
    so that every caption runs all 24 new tokens: ms per caption of cached
    decoding (`Captioner.generate`) and of naive decoding, which re-runs the
-   whole model over the padded prefix each step (`vlm.generation.naive`),
+   whole model over the padded prefix each step (`vlm.samplers.reference`),
    at batch 1 and 32, and the first call's seconds (tracing, compiling);
 2. the shipped model (`saved_models/shapes.keras`), batch 1: ms per caption
    for greedy, beam (4) and top-k sampling (seed 0), averaged over 4 scenes;
@@ -32,7 +32,7 @@ import sys
 import time
 
 from benchmarks.report import write_results
-from vlm.machine import machine
+from vlm.utils.machine import machine
 
 NEW_TOKENS = 24
 BATCHES = (1, 32)
@@ -63,8 +63,8 @@ def ref_rows(repeats):
     from vlm.config import ModelConfig
     from vlm.data.tokenizer import SPECIAL_TOKENS
     from vlm.data.tokenizer import CaptionTokenizer
-    from vlm.generation.naive import naive_greedy
     from vlm.models.captioner import build_captioner
+    from vlm.samplers.reference import naive_greedy
 
     keras.utils.set_random_seed(0)
     vocabulary = list(SPECIAL_TOKENS) + [f"w{i}" for i in range(1000 - len(SPECIAL_TOKENS))]
@@ -93,9 +93,9 @@ def shipped_rows(repeats):
 
     from vlm import load_captioner
     from vlm.datasets.shapes.captions import generate_examples
-    from vlm.generation.naive import naive_greedy
     from vlm.samplers import BeamSampler
     from vlm.samplers import TopKSampler
+    from vlm.samplers.reference import naive_greedy
 
     model = load_captioner(MODEL)
     scenes = np.stack([e["image"] for e in generate_examples(8, seed=12345, image_size=64)])

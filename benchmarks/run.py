@@ -34,8 +34,8 @@ import sys
 import time
 
 from benchmarks.report import write_results
-from vlm.machine import machine
-from vlm.machine import matmul_peak_gflops
+from vlm.utils.machine import machine
+from vlm.utils.machine import matmul_peak_gflops
 
 BACKENDS = ("tensorflow", "jax", "torch")
 NEW_TOKENS = 20
@@ -220,8 +220,8 @@ def measure_generation(c, vocabulary_size, repeats):
     from benchmarks.baseline import build_baseline
     from benchmarks.baseline import make_greedy_generate
     from vlm.data.tokenizer import CaptionTokenizer
-    from vlm.generation.naive import naive_greedy
     from vlm.models.captioner import build_captioner
+    from vlm.samplers.reference import naive_greedy
 
     keras.utils.set_random_seed(0)
     tokenizer = CaptionTokenizer(vocabulary=vocabulary(vocabulary_size))

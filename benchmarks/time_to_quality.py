@@ -25,8 +25,8 @@ import time
 from benchmarks.report import write_results
 from vlm.config import parse_targets
 from vlm.config import targets_met
-from vlm.machine import machine
-from vlm.machine import matmul_peak_gflops
+from vlm.utils.machine import machine
+from vlm.utils.machine import matmul_peak_gflops
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BACKENDS = ("jax", "tensorflow", "torch")

@@ -20,8 +20,8 @@ import sys
 import time
 
 from benchmarks.report import write_results
-from vlm.machine import machine
-from vlm.machine import matmul_peak_gflops
+from vlm.utils.machine import machine
+from vlm.utils.machine import matmul_peak_gflops
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BACKENDS = ("tensorflow", "jax", "torch")

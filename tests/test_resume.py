@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 
 import vlm
-from vlm.atomic_files import write_json_atomically
 from vlm.callbacks import AtomicBackupAndRestore
 from vlm.callbacks import AtomicModelCheckpoint
 from vlm.config import load_config
 from vlm.datasets import load_examples
 from vlm.training import make_callbacks
 from vlm.training import output_paths
+from vlm.utils.atomic_files import write_json_atomically
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPOCHS, STEPS = 3, 8

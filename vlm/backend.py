@@ -2,7 +2,7 @@
 summing over `tf.distribute` replicas, the global random state a resumed run
 restores, and whether XLA can train under `mixed_float16` here.
 
-Everything in `vlm/layers`, `vlm/models`, `vlm/samplers` and `vlm/generation`
+Everything in `vlm/layers`, `vlm/models` and `vlm/samplers`
 is `keras.ops` only. Three packages name a backend because their whole job is
 backend-specific, and keep their branches to it: `vlm/compilation` compiles
 inference functions (XLA; `torch.export` and Inductor on PyTorch),

@@ -5,7 +5,7 @@ a process killed during a save leaves a truncated file where a good one
 was. `BackupAndRestore` also writes two files per backup (weights, then the
 epoch number), so a kill between the two pairs new weights with the old
 epoch. The callbacks here write every file through
-`vlm.atomic_files.atomic_write`, make one small JSON file the commit point of
+`vlm.utils.atomic_files.atomic_write`, make one small JSON file the commit point of
 a backup, and use Keras' public callback hooks only: a resumed `fit` is
 told where to start with `initial_epoch=backup.initial_epoch`.
 """
@@ -19,11 +19,11 @@ import keras
 import numpy as np
 from keras import ops
 
-from vlm.atomic_files import atomic_write
-from vlm.atomic_files import write_json_atomically
 from vlm.backend import global_rng_state
 from vlm.backend import set_global_rng_state
 from vlm.config import targets_met
+from vlm.utils.atomic_files import atomic_write
+from vlm.utils.atomic_files import write_json_atomically
 
 
 def _is_finite(value):

@@ -14,8 +14,6 @@ import keras
 import tensorflow as tf
 
 from vlm import datasets
-from vlm.atomic_files import atomic_write
-from vlm.atomic_files import write_json_atomically
 from vlm.backend import resolve_jit_compile
 from vlm.backend import xla_has_float16_attention
 from vlm.callbacks import AtomicBackupAndRestore
@@ -34,7 +32,6 @@ from vlm.data.batching import train_batches
 from vlm.data.tokenizer import IMAGE
 from vlm.data.tokenizer import train_tokenizer
 from vlm.distribution import plan_distribution
-from vlm.machine import describe_machine
 from vlm.models.captioner import CaptionLoss
 from vlm.models.captioner import MaskedTokenAccuracy
 from vlm.models.captioner import build_captioner
@@ -44,6 +41,9 @@ from vlm.models.vision_language_model import build_vision_language_model
 from vlm.models.vision_language_model import preset_tokenizer
 from vlm.optimization import make_optimizer
 from vlm.saving import load_keras_file
+from vlm.utils.atomic_files import atomic_write
+from vlm.utils.atomic_files import write_json_atomically
+from vlm.utils.machine import describe_machine
 
 
 def output_paths(config):

@@ -26,7 +26,7 @@ from vlm.data.tokenizer import pack_captions
 from vlm.data.tokenizer import prefixed_captions
 from vlm.data.tokenizer import prompted_captions
 from vlm.data.tokenizer import tf_normalize_caption
-from vlm.validation import check_positive_int
+from vlm.utils.argument_checks import check_positive_int
 
 AUTOTUNE = tf.data.AUTOTUNE
 

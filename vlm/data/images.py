@@ -18,7 +18,7 @@ import struct
 
 import tensorflow as tf
 
-from vlm.validation import check_positive_int
+from vlm.utils.argument_checks import check_positive_int
 
 # 50 megapixels decode to 150 MB of uint8 RGB (600 MB as float32); a larger
 # image is refused before decoding. A 8000x6000 photo is 48 megapixels.

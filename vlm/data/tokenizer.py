@@ -24,8 +24,8 @@ import keras_hub
 import numpy as np
 import tensorflow as tf
 
-from vlm.text import normalize_caption  # noqa: F401  (part of this module's API)
-from vlm.validation import check_positive_int
+from vlm.utils.argument_checks import check_positive_int
+from vlm.utils.caption_text import normalize_caption  # noqa: F401  (part of this module's API)
 
 PAD = "[PAD]"
 UNK = "[UNK]"

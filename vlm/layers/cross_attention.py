@@ -9,7 +9,7 @@ from vlm.layers.attention_utils import OUTPUT_EQUATION
 from vlm.layers.attention_utils import check_dropout
 from vlm.layers.attention_utils import core_dtype
 from vlm.layers.attention_utils import finfo_min
-from vlm.validation import check_positive_int
+from vlm.utils.argument_checks import check_positive_int
 
 
 @keras.saving.register_keras_serializable(package="vlm")

@@ -8,7 +8,7 @@ from vlm.layers.attention_utils import check_dropout
 from vlm.layers.causal_self_attention import CausalSelfAttention
 from vlm.layers.cross_attention import CrossAttention
 from vlm.layers.focus_shift import FocusShift
-from vlm.validation import check_positive_int
+from vlm.utils.argument_checks import check_positive_int
 
 
 @keras.saving.register_keras_serializable(package="vlm")

@@ -5,7 +5,7 @@ from keras import ops
 
 from vlm.layers.attention_utils import check_dropout
 from vlm.layers.cross_attention import CrossAttention
-from vlm.validation import check_positive_int
+from vlm.utils.argument_checks import check_positive_int
 
 
 @keras.saving.register_keras_serializable(package="vlm")

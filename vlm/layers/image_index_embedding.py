@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from vlm.validation import check_positive_int
+from vlm.utils.argument_checks import check_positive_int
 
 
 @keras.saving.register_keras_serializable(package="vlm")

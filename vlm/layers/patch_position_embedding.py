@@ -4,7 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from vlm.validation import check_positive_int
+from vlm.utils.argument_checks import check_positive_int
 
 
 def sincos_2d(grid_height, grid_width, dim):

@@ -32,8 +32,8 @@ from collections import Counter
 
 import numpy as np
 
-from vlm.text import caption_words
-from vlm.validation import check_positive_int
+from vlm.utils.argument_checks import check_positive_int
+from vlm.utils.caption_text import caption_words
 
 # pycocoevalcap's BLEU smoothing: every modified precision is
 # (correct + 1e-15) / (guess + 1e-9), so a candidate with no n-grams of some
@@ -46,7 +46,7 @@ _CIDER_MAX_N = 4
 def normalize(text):
     """Splits a caption into the tokens every metric here scores.
 
-    The project's one normalisation (`vlm.text.normalize_caption`: lowercase,
+    The project's one normalisation (`vlm.utils.caption_text.normalize_caption`: lowercase,
     apostrophes deleted, other punctuation to spaces), split on whitespace.
 
     Args:

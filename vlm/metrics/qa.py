@@ -2,7 +2,7 @@
 
 The answers of `vlm.datasets.shapes.questions` are short and closed ("red", "two",
 "yes", "a small red circle"), so a predicted answer counts when it equals the
-reference after the caption normalisation of `vlm.text.normalize_caption`
+reference after the caption normalisation of `vlm.utils.caption_text.normalize_caption`
 (case and punctuation do not matter; articles do: "small red circle" is not
 "a small red circle").
 
@@ -20,11 +20,11 @@ answer_scores(["Red.", "two", "no"], ["red", "three", "no"], ["colour", "count",
 import numbers
 
 from vlm.datasets.shapes.vocabulary import QUESTION_TYPES
-from vlm.text import normalize_caption
+from vlm.utils.caption_text import normalize_caption
 
 
 def normalize_answer(text):
-    """An answer as it is compared: `vlm.text.normalize_caption(text)`.
+    """An answer as it is compared: `vlm.utils.caption_text.normalize_caption(text)`.
 
     Args:
         text: `str`, or UTF-8 `bytes` (as tf.data yields them).

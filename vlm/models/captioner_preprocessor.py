@@ -7,7 +7,7 @@ from keras import ops
 from vlm.data import images as image_ops
 from vlm.data.tokenizer import detokenize_captions
 from vlm.data.tokenizer import pack_captions
-from vlm.validation import check_positive_int
+from vlm.utils.argument_checks import check_positive_int
 
 
 @keras.saving.register_keras_serializable(package="vlm")

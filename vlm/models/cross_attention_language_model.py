@@ -5,7 +5,7 @@ from keras import ops
 
 from vlm.layers.gated_cross_attention_block import GatedCrossAttentionBlock
 from vlm.models.text_decoder import positions_from
-from vlm.validation import check_positive_int
+from vlm.utils.argument_checks import check_positive_int
 
 
 class _Family:

@@ -13,7 +13,7 @@ from vlm.layers.media_attention_mask import media_attention_mask
 from vlm.models.captioner import Captioner
 from vlm.models.captioner import build_encoder_decoder
 from vlm.models.multi_image_preprocessor import MultiImagePreprocessor
-from vlm.validation import check_positive_int
+from vlm.utils.argument_checks import check_positive_int
 
 
 @keras.saving.register_keras_serializable(package="vlm")

@@ -8,7 +8,7 @@ from vlm.data.tokenizer import IMAGE
 from vlm.data.tokenizer import prefixed_captions
 from vlm.models.captioner_preprocessor import CaptionerPreprocessor
 from vlm.models.captioner_preprocessor import _to_numpy
-from vlm.validation import check_positive_int
+from vlm.utils.argument_checks import check_positive_int
 
 
 @keras.saving.register_keras_serializable(package="vlm")

@@ -6,7 +6,7 @@ from keras import ops
 
 from vlm.layers.decoder_block import DecoderBlock
 from vlm.layers.decoder_block import check_sources
-from vlm.validation import check_positive_int
+from vlm.utils.argument_checks import check_positive_int
 
 
 @keras.saving.register_keras_serializable(package="vlm")

@@ -7,7 +7,7 @@ from vlm.compilation import while_loop
 from vlm.samplers.sampler import NEG_INF
 from vlm.samplers.sampler import Sampler
 from vlm.samplers.sampler import keep_going
-from vlm.validation import check_positive_int
+from vlm.utils.argument_checks import check_positive_int
 
 
 @keras.saving.register_keras_serializable(package="vlm")

@@ -7,7 +7,7 @@ from vlm.samplers.sampler import NEG_INF
 from vlm.samplers.sampler import Sampler
 from vlm.samplers.sampler import check_temperature
 from vlm.samplers.sampler import gumbel_noise
-from vlm.validation import check_positive_int
+from vlm.utils.argument_checks import check_positive_int
 
 
 @keras.saving.register_keras_serializable(package="vlm")

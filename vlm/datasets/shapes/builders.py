@@ -33,7 +33,7 @@ from vlm.datasets.shapes.vocabulary import COLORS
 from vlm.datasets.shapes.vocabulary import QUESTION_TYPES
 from vlm.datasets.shapes.vocabulary import SHAPES
 from vlm.datasets.shapes.vocabulary import SIZES
-from vlm.validation import check_positive_int
+from vlm.utils.argument_checks import check_positive_int
 
 SPLITS = ("train", "validation", "test")
 

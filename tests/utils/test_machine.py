@@ -1,7 +1,7 @@
-from vlm.machine import describe_machine
-from vlm.machine import machine
-from vlm.machine import matmul_peak_gflops
-from vlm.machine import vector_extensions
+from vlm.utils.machine import describe_machine
+from vlm.utils.machine import machine
+from vlm.utils.machine import matmul_peak_gflops
+from vlm.utils.machine import vector_extensions
 
 
 def test_vector_extensions_name_the_widest_simd():

@@ -1,12 +1,12 @@
-"""Writes a kill leaves whole (vlm/atomic_files.py)."""
+"""Writes a kill leaves whole (vlm/utils/atomic_files.py)."""
 
 import json
 import os
 
 import pytest
 
-from vlm.atomic_files import atomic_write
-from vlm.atomic_files import write_json_atomically
+from vlm.utils.atomic_files import atomic_write
+from vlm.utils.atomic_files import write_json_atomically
 
 
 def test_atomic_write_keeps_the_old_file_when_the_writer_dies(tmp_path):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from vlm.validation import check_positive_int
+from vlm.utils.argument_checks import check_positive_int
 
 
 @pytest.mark.parametrize("value", [1, 7, 10**12, np.int32(3), np.int64(5), np.uint8(2)])

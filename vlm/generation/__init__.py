@@ -1,1 +1,0 @@
-"""Caption generation: decoding loops and search strategies."""
