@@ -210,6 +210,7 @@ def test_fit_and_save_load(design, tmp_path):
     x = {"images": images(4, 2), "tokens": np.asarray(tokens)}
     # Not XLA: the layers' compiled training is tested with them, and XLA would
     # compile this model for a minute on the TensorFlow suite.
+    m.encoder.trainable = False  # a frozen encoder (train.freeze_encoder_epochs)
     m.compile(optimizer=keras.optimizers.AdamW(1e-3), jit_compile=False)
     history = m.fit(x, np.asarray(labels), batch_size=4, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])
@@ -217,6 +218,9 @@ def test_fit_and_save_load(design, tmp_path):
     m.save(path)
     loaded = keras.saving.load_model(path)
     assert isinstance(loaded, MultiImageCaptioner) and loaded.sources == m.sources
+    # Loaded, it trains what the saved model trained: the encoder stays frozen.
+    assert not any(w.trainable for w in loaded.encoder.weights)
+    assert len(loaded.trainable_weights) == len(m.trainable_weights) > 0
     assert_close(logits(loaded, x["images"], x["tokens"]), logits(m, x["images"], x["tokens"]),
                  atol=1e-6)
     if design == "interleaved":  # markers first, no loss on them

@@ -181,8 +181,8 @@ def test_save_and_load_give_the_same_logits_and_answers(tokenizer, tmp_path):
     assert_close(loaded({"images": images, "tokens": tokens}),
                  model({"images": images, "tokens": tokens}), atol=1e-6)
     prompt = "question is there a large blue square answer"
-    assert loaded.generate(images, prompt, max_length=3) == model.generate(
-        images, prompt, max_length=3)
+    assert loaded.generate(images, prompts=prompt, max_length=3) == model.generate(
+        images, prompts=prompt, max_length=3)
 
 
 def test_bad_input_is_named(tokenizer):

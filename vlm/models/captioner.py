@@ -133,14 +133,7 @@ class Captioner(keras.Model):
             preprocessor = CaptionerPreprocessor(
                 tokenizer, encoder.image_size, decoder.sequence_length, name="preprocessor")
         self.preprocessor = preprocessor
-        # A part saved frozen (`trainable=False` in its config) gets the flag
-        # before it makes its sublayers, which then start trainable: freeze
-        # them too, so a loaded model trains (and counts) what the saved one did.
-        for layer in self._flatten_layers(include_self=False):
-            if not layer.trainable:
-                layer.trainable = False
-                for variable in layer.weights:
-                    variable.trainable = False
+        freeze_frozen_parts(self)
 
     @property
     def tokenizer(self):
@@ -396,6 +389,20 @@ class Captioner(keras.Model):
             if config.get(key) is not None:
                 config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
+
+
+def freeze_frozen_parts(model):
+    """Freezes every sublayer and weight of the parts of `model` marked untrainable.
+
+    A part saved frozen (`trainable=False` in its config) gets the flag
+    before it makes its sublayers, which then start trainable: freezing them
+    too makes a loaded model train (and count) what the saved one did.
+    """
+    for layer in model._flatten_layers(include_self=False):
+        if not layer.trainable:
+            layer.trainable = False
+            for variable in layer.weights:
+                variable.trainable = False
 
 
 def build_captioner(model_config, vocabulary_size, tokenizer=None, dtype=None):

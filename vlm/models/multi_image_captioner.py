@@ -12,6 +12,7 @@ from vlm.layers.media_attention_mask import count_images
 from vlm.layers.media_attention_mask import media_attention_mask
 from vlm.models.captioner import Captioner
 from vlm.models.captioner import build_encoder_decoder
+from vlm.models.captioner import freeze_frozen_parts
 from vlm.models.multi_image_preprocessor import MultiImagePreprocessor
 from vlm.utils.argument_checks import check_positive_int
 
@@ -110,6 +111,7 @@ class MultiImageCaptioner(Captioner):
         self.mode = mode
         self.image_token_id = image_token_id
         self.image_index_embedding = index_embedding
+        freeze_frozen_parts(self)
 
     @property
     def sources(self):

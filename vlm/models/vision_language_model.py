@@ -110,17 +110,19 @@ class VisionLanguageModel(Captioner):
         """Trainable / total parameters, as the model stands."""
         return self.parameter_report()["trainable_fraction"]
 
-    def generate(self, images, prompts=None, sampler="greedy", max_length=None,
-                 return_details=False):
+    def generate(self, images, sampler="greedy", max_length=None, return_details=False,
+                 prompts=None):
         """Answers (or captions) a batch of images, each after its prompt.
+
+        The arguments are `Captioner.generate`'s, in its order.
 
         Args:
             images: a `(batch, H, W, C)` array or a list of images of any
                 sizes.
+            sampler, max_length, return_details: as `Captioner.generate`.
             prompts: None (captioning: the empty prompt), one string for
                 every image, or one per image, such as "question what
                 colour is the circle answer".
-            sampler, max_length, return_details: as `Captioner.generate`.
 
         Returns:
             As `Captioner.generate`: the text generated after each prompt.
