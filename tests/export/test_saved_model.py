@@ -218,15 +218,3 @@ def test_a_vision_language_model_serves_image_bytes_and_a_prompt_each(tmp_path):
     with pytest.raises(tf.errors.InvalidArgumentError, match="longer than the 11 tokens"):
         served.signatures["serve_pixels"](images=tf.zeros((1, 16, 16, 3)),
                                           prompts=tf.constant(["red " * 12]))
-    # By default a third of the sequence is for the answer, the rest for the prompt.
-    default = str(tmp_path / "default")
-    export_model(model, default)
-    served = tf.saved_model.load(default)
-    assert model.sequence_length == 16
-    out = served.signatures["serving_default"](
-        images=tf.constant([encode(images[0], "PNG")]), prompts=tf.constant(prompts[:1]))
-    expected = model.generate(images[:1], prompts=prompts[:1], max_length=5)
-    assert [c.decode() for c in out["captions"].numpy()] == expected
-    with pytest.raises(tf.errors.InvalidArgumentError, match="longer than the 10 tokens"):
-        served.signatures["serve_pixels"](images=tf.zeros((1, 16, 16, 3)),
-                                          prompts=tf.constant(["red " * 11]))
