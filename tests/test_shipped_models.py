@@ -106,7 +106,7 @@ def test_the_question_answerer_answers_as_its_report_claims():
     assert_in_readme(claimed["answer_accuracy"])
 
 
-def write_test_images(dataset, folder, count=3):
+def write_test_images(dataset, folder, count=2):
     """The first `count` test examples as PNG files: `[[path, ...] per example]`."""
     _, examples = sample_of({"shapes": "shapes", "shapes_change": "shapes_change",
                              "shapes_qa": "shapes_qa_adapter"}[dataset], dataset,
@@ -171,7 +171,7 @@ def test_every_readme_command_runs_on_the_shipped_model(name, dataset, flags, tm
         DataConfig, train_size=8, validation_size=8,
         test_size=QA_SAMPLE if dataset == "shapes_qa" else SAMPLE))
     output = tmp_path / "results" / "results.json"
-    assert evaluate.main(["--model", path, "--max-images", "3", "--output", str(output)]) == 0
+    assert evaluate.main(["--model", path, "--max-images", "2", "--output", str(output)]) == 0
     monkeypatch.undo()
     metrics = json.loads(output.read_text())
     assert metrics["dataset"] == dataset
