@@ -106,17 +106,14 @@ def test_the_question_answerer_answers_as_its_report_claims():
     assert_in_readme(claimed["answer_accuracy"])
 
 
-def write_test_images(dataset, folder, count=2):
-    """The first `count` test examples as PNG files: `[[path, ...] per example]`."""
-    _, examples = sample_of({"shapes": "shapes", "shapes_change": "shapes_change",
-                             "shapes_qa": "shapes_qa_adapter"}[dataset], dataset,
-                            QA_SAMPLE if dataset == "shapes_qa" else SAMPLE)
+def write_test_images(data, image_size, folder, count=2):
+    """The first `count` test examples of `data` as PNG files: `[[path, ...] per example]`."""
     files = []
-    for i, example in enumerate(examples.take(count)):
+    for i, example in enumerate(load_examples(data, "test", image_size).take(count)):
         images = example["images"] if "images" in example else [example["image"]]
         paths = []
         for j, image in enumerate(images):
-            path = os.path.join(folder, f"{dataset}_{i}_{j}.png")
+            path = os.path.join(folder, f"{data.dataset}_{i}_{j}.png")
             PIL.Image.fromarray(np.asarray(image)).save(path)
             paths.append(path)
         files.append(paths)
@@ -146,7 +143,11 @@ def test_every_readme_command_runs_on_the_shipped_model(name, dataset, flags, tm
 
     path = os.path.join(REPO, "saved_models", f"{name}.keras")
     model = load_captioner(path)
-    examples = write_test_images(dataset, str(tmp_path))
+    # This module's sample of the test split: prepared once for all its tests.
+    sizes = dict(train_size=8, validation_size=8,
+                 test_size=QA_SAMPLE if dataset == "shapes_qa" else SAMPLE)
+    examples = write_test_images(DataConfig(dataset=dataset, **sizes), model.image_size,
+                                 str(tmp_path))
     prompts = [QUESTION] * len(examples) if model.prompted else None
     if model.images_per_example is not None:
         inputs = [read_pixels(paths) for paths in examples]
@@ -167,9 +168,7 @@ def test_every_readme_command_runs_on_the_shipped_model(name, dataset, flags, tm
 
     # evaluate.py, every file of its report. The test split is this module's
     # sample: the default sizes would prepare the 20,000-image training split.
-    monkeypatch.setattr(config, "DataConfig", functools.partial(
-        DataConfig, train_size=8, validation_size=8,
-        test_size=QA_SAMPLE if dataset == "shapes_qa" else SAMPLE))
+    monkeypatch.setattr(config, "DataConfig", functools.partial(DataConfig, **sizes))
     output = tmp_path / "results" / "results.json"
     assert evaluate.main(["--model", path, "--max-images", "2", "--output", str(output)]) == 0
     monkeypatch.undo()

@@ -70,7 +70,7 @@ class AtomicModelCheckpoint(keras.callbacks.Callback):
         self.verbose = verbose
 
     def _improves(self, value):
-        if value is None or not math.isfinite(float(value)):
+        if value is None or not _is_finite(value):
             return False
         if self.best is None:
             return True

@@ -179,15 +179,18 @@ def caption_command(args):
 
 def _check_image_count(model, args, count):
     """Refuses, in one line, images a model does not read as they are given."""
-    per_example = model.images_per_example
-    if args.together and per_example is None:
-        raise ValueError(f"{args.model} reads one image per caption; --together needs a "
-                         f"model that reads several, such as {DEFAULT_PAIR_MODEL}")
-    if args.together and count != per_example:
-        raise ValueError(f"{args.model} reads {per_example} images per example; "
+    if model.images_per_example is None:
+        if args.together:
+            raise ValueError(f"{args.model} reads one image per caption; --together needs a "
+                             f"model that reads several, such as {DEFAULT_PAIR_MODEL}")
+        return
+    least, most = model.preprocessor.image_counts  # what it was trained on
+    takes = f"{most}" if least == most else f"{least} to {most}"
+    if args.together and not least <= count <= most:
+        raise ValueError(f"{args.model} reads {takes} images per example; "
                          f"--together got {count}")
-    if not args.together and per_example is not None:
-        raise ValueError(f"{args.model} reads {per_example} images per example: give "
+    if not args.together and least > 1:
+        raise ValueError(f"{args.model} reads {takes} images per example: give "
                          f"them with --together")
 
 
