@@ -110,6 +110,11 @@ def test_jit_compile_is_true_false_or_auto(raw, value):
         ("train.optimizer=sgd",
          r"^train.optimizer must be one of \('adamw', 'muon'\). Received: 'sgd'$"),
         ("train.decay_fraction=1.5", r"^train.decay_fraction must be in \(0, 1\]. Received: 1.5$"),
+        ("train.language_model_text=captions",
+         r"^train.language_model_text must be one of \('task', 'scene'\). "
+         r"Received: 'captions'$"),
+        ("train.language_model_sequence_length=-1",
+         r"^train.language_model_sequence_length must be >= 0. Received: -1$"),
         # Stopping targets.
         ("train.stop_at=relation_accuracy>0.97",
          r"^train.stop_at: each target must look like score>=number or score<=number, .* "

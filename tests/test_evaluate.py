@@ -251,3 +251,26 @@ def test_scores_scenes_rendered_from_a_seed_no_split_uses(tmp_path, capsys):
     assert capsys.readouterr().err == (
         "evaluate.py: error: --scenes-seed renders shapes scenes; it does not apply to "
         "--dataset shapes_change.\n")
+
+
+def test_greedy_answer_hits_are_what_greedy_decoding_writes():
+    """Teacher-forced exact match: right iff every answer token and [END] is the argmax."""
+    import numpy as np
+
+    from tests.data.caption_examples import VOCABULARY
+    from vlm.data.tokenizer import CaptionTokenizer
+    from vlm.evaluation import greedy_answer_hits
+
+    tokenizer = CaptionTokenizer(vocabulary=VOCABULARY)
+    ids = {w: tokenizer.token_to_id(w) for w in ("a", "dog", "cat", "grass", "on")}
+    start, end, size = 2, 3, tokenizer.vocabulary_size()
+    # A bigram model: greedy after [START] writes "grass", then [END]; after "dog", "on".
+    following = np.full(size, ids["cat"])
+    following[[start, ids["grass"], ids["dog"]]] = [ids["grass"], end, ids["on"]]
+    tokens = keras.Input((None,), dtype="int32", name="tokens")
+    table = keras.layers.Embedding(size, size, weights=[np.eye(size)[following] * 5.0])
+    text_model = keras.Model({"tokens": tokens}, table(tokens))
+    hits = greedy_answer_hits(
+        text_model, tokenizer, ["a dog", "a dog", "a dog", "", "a cat on"],
+        ["grass", "cat", "grass grass", "grass", "grass"], sequence_length=8, batch_size=2)
+    np.testing.assert_array_equal(hits, [True, False, False, True, True])

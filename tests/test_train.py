@@ -136,6 +136,8 @@ def test_adapter_recipe_trains_only_the_blocks_of_a_text_trained_language_model(
         "--set", "model.sequence_length=20", "--set", "model.adapter_mlp_dim=16",
         "--set", "data.dataset=shapes_qa", "--set", "train.name=qa",
         "--set", "train.language_model_epochs=1", "--set", "train.epochs=1",
+        "--set", "train.language_model_text=scene",
+        "--set", "train.language_model_sequence_length=48",
         "--set", "train.captions_per_image=4", "--set", "train.report_images=0",
         "--set", "train.freeze_encoder_epochs=1", "--set", "train.validation_images=16",
         "--set", f"train.output_dir={out}", "--set", f"train.log_dir={tmp_path / 'logs'}",
@@ -144,6 +146,15 @@ def test_adapter_recipe_trains_only_the_blocks_of_a_text_trained_language_model(
     language_model = keras.saving.load_model(out / "qa.language_model.keras")
     model = keras.saving.load_model(out / "qa.keras")
     assert isinstance(model, VisionLanguageModel) and model.decoder.positions == (0, 1)
+    # Its text held each question after a scene caption too, 48 tokens a row; it was
+    # asked the validation questions with the scene written out and without.
+    assert language_model.max_sequence_length == 48 and model.sequence_length == 20
+    text_record = json.loads((out / "qa.language_model.json").read_text())
+    assert text_record["text"] == "scene" and text_record["steps"] >= 1
+    for asked in ("with_scene", "question_only"):
+        scores = text_record["answers"][asked]
+        assert scores["num_questions"] == 6 * 16
+        assert scores["answer_accuracy"] in [k / 96 for k in range(97)]
     # The LM trained on text, then stayed frozen: the model holds its weights as saved.
     for ours, saved in zip(model.language_model.weights, language_model.weights):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(ours),

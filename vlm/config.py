@@ -217,6 +217,14 @@ class TrainConfig:
     # images) before the adapters train, standing in for a pretrained LM
     # where none can be downloaded; 0 when the LM comes from elsewhere.
     language_model_epochs: int = 0
+    # What that text is: "task" (questions with their answers and the scene
+    # captions, each alone: the answers cannot be predicted) or "scene"
+    # (also every question after a reference caption of its scene, so that
+    # the answer follows from the text, as a pretrained LM reads a context).
+    language_model_text: str = "task"
+    # Tokens per row of that text (0: model.sequence_length); the backbone's
+    # position table is made this long, the image phase keeps the model's.
+    language_model_sequence_length: int = 0
 
     def validate(self, prefix="train"):
         """Raises `ConfigError` naming the first bad key and the value received."""
@@ -226,7 +234,8 @@ class TrainConfig:
                 f"{prefix}.warmup_fraction must be in [0, 1). "
                 f"Received: {self.warmup_fraction!r}"
             )
-        for key, choices in (("schedule", SCHEDULES), ("optimizer", OPTIMIZERS)):
+        for key, choices in (("schedule", SCHEDULES), ("optimizer", OPTIMIZERS),
+                             ("language_model_text", LANGUAGE_MODEL_TEXTS)):
             if getattr(self, key) not in choices:
                 raise ConfigError(f"{prefix}.{key} must be one of {choices}. "
                                   f"Received: {getattr(self, key)!r}")
@@ -338,6 +347,7 @@ ARCHITECTURES = ("captioner", "adapter")
 LANGUAGE_MODELS = ("gpt2", "gemma", "llama")
 OPTIMIZERS = ("adamw", "muon")
 SCHEDULES = ("cosine", "linear", "wsd")
+LANGUAGE_MODEL_TEXTS = ("task", "scene")
 PRECISIONS = (None, "mixed_float16", "mixed_bfloat16")
 BACKENDS = (None, "tensorflow", "jax", "torch")
 DISTRIBUTE_MODES = ("none", "data_parallel", "model_parallel", "auto")
@@ -494,7 +504,8 @@ def _check_fields(section, prefix):
 _NON_NEGATIVE = {"dropout", "encoder_stem_layers", "encoder_relative_layers", "weight_decay",
                  "warmup_fraction",
                  "early_stopping_patience", "seed", "report_images", "validation_images",
-                 "freeze_encoder_epochs", "language_model_epochs"}
+                 "freeze_encoder_epochs", "language_model_epochs",
+                 "language_model_sequence_length"}
 
 
 def _check_type(key, value, annotation):

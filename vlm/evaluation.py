@@ -287,6 +287,39 @@ def evaluate_model(model, data_config, split="test", sampler="greedy", batch_siz
     return metrics, per_image, entries
 
 
+def greedy_answer_hits(text_model, tokenizer, prompts, answers, sequence_length,
+                       batch_size=256):
+    """Whether greedy decoding gives each answer exactly, from a language model on text alone.
+
+    Teacher-forced: an answer is right when every one of its tokens and its
+    [END] is the model's argmax after the right prefix, which is exactly
+    when greedy decoding after the prompt writes it.
+
+    Args:
+        text_model: `{"tokens": (B, T)} -> logits (B, T, V)`.
+        tokenizer: the model's tokenizer.
+        prompts, answers: lists of str, one per question.
+        sequence_length: tokens per row (`prompted_captions`).
+        batch_size: rows per forward pass.
+
+    Returns:
+        numpy bool array, one per question.
+    """
+    import numpy as np
+
+    from vlm.data.tokenizer import prompted_captions
+
+    hits = []
+    for start in range(0, len(prompts), batch_size):
+        tokens, labels = prompted_captions(tokenizer, prompts[start:start + batch_size],
+                                           answers[start:start + batch_size], sequence_length)
+        logits = text_model.predict_on_batch({"tokens": tokens.numpy()})
+        labels = labels.numpy()
+        predicted = np.argmax(np.asarray(logits), axis=-1)
+        hits.append(np.all((predicted == labels) | (labels == 0), axis=1))
+    return np.concatenate(hits) if hits else np.zeros(0, bool)
+
+
 class CaptionScorer:
     """Scores the captions a model writes for a dataset's images: a dataset's `scorer`.
 
@@ -302,6 +335,10 @@ class CaptionScorer:
     def validation_scores(self, model, examples, batch_size):
         """`{name: value}` of `score_names` for the model as it stands, without a progress bar."""
         raise ValueError(f"{type(self).__name__} has no validation scores.")
+
+    def language_model_scores(self, text_model, tokenizer, examples, sequence_length):
+        """A text-only language model's scores: none, where the captions answer no question."""
+        return {}
 
     def report(self, model, examples, batch_size=250):
         """Greedy captions of `examples` (cached decoding) for a training report.

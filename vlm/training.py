@@ -57,6 +57,7 @@ def output_paths(config):
         "history": os.path.join(out, f"{name}.history.json"),
         "report": os.path.join(out, f"{name}.report.json"),
         "language_model": os.path.join(out, f"{name}.language_model.keras"),
+        "language_model_scores": os.path.join(out, f"{name}.language_model.json"),
         "backup": os.path.join(run_logs, "backup"),
         "tensorboard": os.path.join(run_logs, "tensorboard"),
     }
@@ -157,14 +158,18 @@ def copy_encoder(model, path):
     model.encoder.set_weights(source.get_weights())
 
 
-def prepare_language_model(config, tokenizer, examples, paths, jit_compile):
+def prepare_language_model(config, tokenizer, examples, paths, jit_compile,
+                           score_examples=None):
     """The keras-hub backbone of an adapter model, trained on the text first if asked.
 
     With `train.language_model_epochs`, a backbone of the config's sizes
     learns the examples' text alone (questions, answers, captions; no
-    images) with `fit`, standing in for a pretrained language model, and is
-    saved to `paths["language_model"]`; a rerun (or resume) loads that file
-    instead of training again.
+    images; with `train.language_model_text="scene"` also each question
+    after a caption of its scene) with `fit`, standing in for a pretrained
+    language model, and is saved to `paths["language_model"]`; a rerun (or
+    resume) loads that file instead of training again. Its answers to the
+    questions of `score_examples` (the validation split, raw), with the scene
+    written out and without, go to `paths["language_model_scores"]`.
     """
     model_config, train_config = config.model, config.train
     epochs = train_config.language_model_epochs
@@ -174,8 +179,9 @@ def prepare_language_model(config, tokenizer, examples, paths, jit_compile):
     if pretrain and os.path.exists(path):
         print(f"Language model: {path}, trained on the text by an earlier run")
         return load_keras_file(path)
+    length = train_config.language_model_sequence_length or model_config.sequence_length
     backbone = build_language_model(model_config, tokenizer.vocabulary_size(),
-                                    dtype=train_config.mixed_precision)
+                                    dtype=train_config.mixed_precision, max_sequence_length=length)
     if not pretrain:
         return backbone
     tokens = keras.Input((None,), dtype="int32", name="tokens")
@@ -183,16 +189,32 @@ def prepare_language_model(config, tokenizer, examples, paths, jit_compile):
     logits = backbone.token_embedding(hidden, reverse=True)
     text_model = keras.Model({"tokens": tokens}, logits, name="language_model_on_text")
     batch_size = train_config.batch_size
-    texts = text_batches(examples, tokenizer, sequence_length=model_config.sequence_length,
-                         batch_size=batch_size, seed=train_config.seed, repeat=True)
-    steps = int(text_rows(examples).reduce(0, lambda count, _: count + 1)) // batch_size
+    scene_context = train_config.language_model_text == "scene"
+    texts = text_batches(examples, tokenizer, sequence_length=length, batch_size=batch_size,
+                         seed=train_config.seed, repeat=True, scene_context=scene_context)
+    rows = int(text_rows(examples, scene_context).reduce(0, lambda count, _: count + 1))
+    steps = rows // batch_size
     text_model.compile(optimizer=make_optimizer(train_config, steps * epochs), loss=CaptionLoss(),
                        metrics=[MaskedTokenAccuracy()], jit_compile=jit_compile)
     print(f"Language model: {type(backbone).__name__}, {backbone.count_params():,} parameters, "
-          f"{epochs} epoch(s) of {steps} steps on the text alone")
-    text_model.fit(texts, epochs=epochs, steps_per_epoch=steps)
+          f"{epochs} epoch(s) of {steps} steps on the text alone "
+          f"(train.language_model_text={train_config.language_model_text!r}, {length} tokens)")
+    start = time.time()
+    history = text_model.fit(texts, epochs=epochs, steps_per_epoch=steps, shuffle=False,
+                             verbose=1 if sys.stdout.isatty() else 2)
+    record = {"train_seconds": time.time() - start, "steps": steps * epochs,
+              "text": train_config.language_model_text, "sequence_length": length,
+              "history": {k: [float(x) for x in v] for k, v in history.history.items()}}
     atomic_save(backbone, path)
     print(f"Language model saved: {path}")
+    if score_examples is not None:
+        record["answers"] = datasets.get(config.data.dataset).scorer.language_model_scores(
+            text_model, tokenizer, score_examples, length)
+        for name, scores in record["answers"].items():
+            print(f"Language model on the validation questions, {name.replace('_', ' ')}: "
+                  + ", ".join(f"{k.removeprefix('answer_accuracy').lstrip('_') or 'all'} {v:.1%}"
+                              for k, v in scores.items() if k.startswith("answer_accuracy")))
+    write_json(paths["language_model_scores"], record)
     return backbone
 
 
@@ -411,8 +433,11 @@ def build_and_compile(config, tokenizer, train_examples, plan, paths, steps_per_
     with plan.scope():  # the variables are laid out (JAX) or mirrored (TF) as made
         language_model = None
         if model_config.architecture == "adapter":
+            dataset = datasets.get(config.data.dataset)
+            score_examples = (dataset.load(config.data, "validation", model_config.image_size)
+                              if "validation" in dataset.splits else None)
             language_model = prepare_language_model(config, tokenizer, train_examples, paths,
-                                                     jit_compile)
+                                                     jit_compile, score_examples)
         model = build_model(model_config, tokenizer, dtype=train_config.mixed_precision,
                             language_model=language_model)
         if model_config.encoder_from:

@@ -246,3 +246,14 @@ def test_answers_after_question_prompts_and_the_text_alone(tokenizer):
     np.testing.assert_array_equal(rows["tokens"][0], tokens.numpy()[0])
     np.testing.assert_array_equal(text_labels[0], [ids["dog"], ids["on"], 0, ids["a"],
                                                    ids["dog"], end, 0, 0])
+    # With the scene written out: each (prompt, answer) once more, after caption i mod n.
+    (rows, _), = list(text_batches(examples, tokenizer, sequence_length=12, batch_size=10,
+                                   shuffle_buffer=0, scene_context=True).as_numpy_iterator())
+    scene_tokens, _ = prompted_captions(
+        tokenizer, ["a dog on the grass a dog on", "a dog on the grass the dog on the grass a cat"],
+        ["a dog", "grass"], 12, loss_on_prompt=True)
+    np.testing.assert_array_equal(rows["tokens"][2:4], scene_tokens.numpy())
+    np.testing.assert_array_equal(rows["tokens"][:2], text_batches(
+        examples, tokenizer, sequence_length=12, batch_size=2,
+        shuffle_buffer=0).take(1).get_single_element()[0]["tokens"].numpy())
+    assert rows["tokens"].shape == (10, 12)  # 2 x (2 answers twice + 1 scene caption)

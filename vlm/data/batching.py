@@ -203,7 +203,7 @@ def train_batches(
     return batches.prefetch(AUTOTUNE)
 
 
-def text_rows(examples):
+def text_rows(examples, scene_context=False):
     """The `(prompt, caption)` text rows of `text_batches`, unbatched: see there."""
     spec = examples.element_spec
 
@@ -212,6 +212,9 @@ def text_rows(examples):
         prompts = example["prompts"] if "prompts" in spec else tf.zeros_like(captions)
         if "scene_captions" in spec:
             more = example["scene_captions"]
+            if scene_context:
+                prompts, captions = (tf.concat([prompts, with_scene(prompts, more)], 0),
+                                     tf.concat([captions, captions], 0))
             prompts = tf.concat([prompts, tf.zeros_like(more)], 0)
             captions = tf.concat([captions, more], 0)
         return tf.data.Dataset.from_tensor_slices((prompts, captions))
@@ -219,21 +222,29 @@ def text_rows(examples):
     return examples.flat_map(rows)
 
 
+def with_scene(prompts, scene_captions):
+    """Each prompt after a caption of its scene: prompt `i` after caption `i mod n`."""
+    picked = tf.gather(scene_captions, tf.range(tf.size(prompts)) % tf.size(scene_captions))
+    return tf.strings.join([picked, prompts], separator=" ")
+
+
 def text_batches(examples, tokenizer, *, sequence_length, batch_size, shuffle_buffer=10000,
-                 seed=0, repeat=False):
+                 seed=0, repeat=False, scene_context=False):
     """Language-model batches of an examples dataset's text alone, no images.
 
     Every caption after its prompt (with the loss on the prompt too: the
     model learns the questions as well as the answers) and every
     "scene_captions" entry (`vlm.datasets.shapes.questions.as_prompted`), each its own
-    row: `prompt [START] caption [END]` (`prompted_captions`).
+    row: `prompt [START] caption [END]` (`prompted_captions`). With
+    `scene_context`, every prompt also comes once more after a caption of
+    its scene (`with_scene`), where its answer follows from the text.
 
     Returns:
         A `tf.data.Dataset` of `({"tokens": int32 (B, T)}, labels int32 (B, T))`.
     """
     check_positive_int("sequence_length", sequence_length)
     check_positive_int("batch_size", batch_size)
-    texts = text_rows(examples)
+    texts = text_rows(examples, scene_context)
     if shuffle_buffer:
         texts = texts.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:

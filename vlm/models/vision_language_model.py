@@ -152,13 +152,14 @@ class VisionLanguageModel(Captioner):
         return super().from_config(config)
 
 
-def build_language_model(model_config, vocabulary_size, dtype=None):
+def build_language_model(model_config, vocabulary_size, dtype=None, max_sequence_length=None):
     """The keras-hub backbone a `configs` model section names.
 
     `language_model_preset` downloads a pretrained one (its sizes win);
     `language_model_from` loads a `.keras` backbone or `CausalLM`; otherwise
     a `language_model` family ("gpt2", "gemma", "llama") is built with the
-    `decoder_*` sizes and random weights.
+    `decoder_*` sizes and random weights, GPT-2's position table
+    `max_sequence_length` long (default: `sequence_length`).
     """
     if model_config.language_model_preset:
         return keras_hub.models.Backbone.from_preset(model_config.language_model_preset,
@@ -179,7 +180,8 @@ def build_language_model(model_config, vocabulary_size, dtype=None):
     if model_config.language_model == "gpt2":
         return keras_hub.models.GPT2Backbone(
             num_heads=heads, dropout=model_config.dropout,
-            max_sequence_length=model_config.sequence_length, **sizes)
+            max_sequence_length=max(model_config.sequence_length, max_sequence_length or 0),
+            **sizes)
     if model_config.language_model == "llama":
         return keras_hub.models.LlamaBackbone(
             num_query_heads=heads, num_key_value_heads=kv_heads,

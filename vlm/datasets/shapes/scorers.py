@@ -14,6 +14,7 @@ from vlm.datasets.shapes.questions import qa_prompt
 from vlm.datasets.shapes.vocabulary import QUESTION_TYPES
 from vlm.evaluation import CaptionScorer
 from vlm.evaluation import caption_split
+from vlm.evaluation import greedy_answer_hits
 from vlm.evaluation import plain_id
 from vlm.evaluation import progress_batches
 from vlm.metrics.grounded import grounded_scores
@@ -44,6 +45,37 @@ class AnswerScorer:
     def validation_scores(self, model, examples, batch_size):
         rows = answer_split(model, examples, batch_size, verbose=0)[0]
         return {k: v for k, v in answer_scores_of(rows).items() if k != "num_questions"}
+
+    def language_model_scores(self, text_model, tokenizer, examples, sequence_length):
+        """The answers of a language model that reads text alone (the stand-in before adapters).
+
+        Each question of `examples` (raw QA examples) is asked twice, greedy:
+        after a reference caption of its scene (`with_scene`; the answer
+        follows from the text) and alone (what the text tells without the
+        scene: the prior an image must overcome).
+
+        Returns:
+            `{"with_scene": scores, "question_only": scores}`, each as
+            `answer_scores` gives them.
+        """
+        import numpy as np
+        import tensorflow as tf
+
+        from vlm.data.batching import with_scene
+
+        prompts, scene_prompts, answers, types = [], [], [], []
+        for example in examples.as_numpy_iterator():
+            questions = [qa_prompt(q.decode()) for q in example["questions"]]
+            prompts += questions
+            scene_prompts += [p.decode() for p in with_scene(
+                tf.constant(questions), tf.constant(example["captions"])).numpy()]
+            answers += [a.decode() for a in example["answers"]]
+            types += list(example["question_types"])
+        scores = {}
+        for name, asked in (("with_scene", scene_prompts), ("question_only", prompts)):
+            hits = greedy_answer_hits(text_model, tokenizer, asked, answers, sequence_length)
+            scores[name] = answer_scores(np.where(hits, answers, ""), answers, types)
+        return scores
 
     def report(self, model, examples, batch_size=250):
         rows, _ = answer_split(model, examples, batch_size)
