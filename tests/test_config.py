@@ -26,7 +26,8 @@ def test_overrides_are_parsed_to_the_field_type():
     config = apply_overrides(Config(), [
         "train.epochs=3", "train.learning_rate=2e-4", "train.jit_compile=false",
         "model.num_key_value_heads=2", "train.mixed_precision=mixed_bfloat16",
-        "model.encoder_preset=none", "data.dataset=coco",
+        "model.encoder_preset=none", "data.dataset=coco", "model.adapter_gate=vector",
+        "model.adapter_gate_scale=10",
     ])
     assert config.train.epochs == 3 and isinstance(config.train.epochs, int)
     assert config.train.learning_rate == pytest.approx(2e-4)
@@ -35,6 +36,10 @@ def test_overrides_are_parsed_to_the_field_type():
     assert config.train.mixed_precision == "mixed_bfloat16"
     assert config.model.encoder_preset is None
     assert config.data.dataset == "coco"
+    assert config.model.adapter_gate == "vector"
+    assert config.model.adapter_gate_scale == 10.0 and isinstance(
+        config.model.adapter_gate_scale, float)
+    assert (ModelConfig().adapter_gate, ModelConfig().adapter_gate_scale) == ("scalar", 1.0)
 
 
 @pytest.mark.parametrize("raw, value", [("auto", "auto"), ("true", True), ("True", True),
@@ -113,6 +118,12 @@ def test_jit_compile_is_true_false_or_auto(raw, value):
         ("train.language_model_text=captions",
          r"^train.language_model_text must be one of \('task', 'scene'\). "
          r"Received: 'captions'$"),
+        ("model.adapter_gate=matrix",
+         r"^model.adapter_gate must be one of \('scalar', 'vector'\). Received: 'matrix'$"),
+        ("model.adapter_gate_scale=0", r"^model.adapter_gate_scale must be positive. "
+                                       r"Received: 0.0$"),
+        ("model.adapter_gate_scale=-3", r"^model.adapter_gate_scale must be positive. "
+                                        r"Received: -3.0$"),
         ("train.language_model_sequence_length=-1",
          r"^train.language_model_sequence_length must be >= 0. Received: -1$"),
         # Stopping targets.

@@ -3,6 +3,8 @@ import numpy as np
 import pytest
 
 from vlm.config import TrainConfig
+from vlm.layers import DecoderBlock
+from vlm.layers import GatedCrossAttentionBlock
 from vlm.optimization import WarmupLinearDecay
 from vlm.optimization import learning_rate_schedule
 from vlm.optimization import make_optimizer
@@ -45,6 +47,26 @@ def test_cosine_schedule_is_the_default():
 def test_optimizer_choice(name, cls):
     optimizer = make_optimizer(TrainConfig(optimizer=name, weight_decay=0.02), 10)
     assert isinstance(optimizer, cls) and optimizer.weight_decay == 0.02
+
+
+@pytest.mark.parametrize("name", ["adamw", "muon"])
+def test_gates_biases_and_norms_get_no_weight_decay(name):
+    optimizer = make_optimizer(TrainConfig(optimizer=name, weight_decay=0.1), 10)
+    x, context = np.zeros((1, 5, 16), "float32"), np.zeros((1, 9, 8), "float32")
+    block = GatedCrossAttentionBlock(num_heads=2, mlp_dim=32, gate_type="vector")
+    block(x, context)
+    # A GeGLU decoder block's Dense "mlp_gate" holds a kernel, which decays.
+    decoder = DecoderBlock(num_heads=2, mlp_dim=32, gated_mlp=True)
+    decoder(x, context)
+    decays = {v.path: optimizer._use_weight_decay(v) for v in block.weights + decoder.weights}
+    assert not decays[block.cross_attention.gate.path] and not decays[block.mlp_gate.path]
+    assert decays[block.mlp_up.kernel.path]
+    assert decays[block.cross_attention.query_dense.kernel.path]
+    assert decays[decoder.mlp_gate.kernel.path] and not decays[decoder.mlp_gate.bias.path]
+    assert not decays[block.mlp_norm.gamma.path] and not decays[block.mlp_norm.beta.path]
+    # Every kernel and embedding decays; nothing else does.
+    assert sorted(p for p, d in decays.items() if d) == sorted(
+        v.path for v in block.weights + decoder.weights if v.name in ("kernel", "embeddings"))
 
 
 def test_bad_schedule_lengths_are_errors():

@@ -82,6 +82,10 @@ class ModelConfig:
     language_model_preset: Optional[str] = None
     cross_attention_every: int = 1
     adapter_mlp_dim: int = 256
+    # The adapter blocks' tanh gates: one per branch ("scalar") or per channel ("vector").
+    adapter_gate: str = "scalar"
+    # Multiplier inside the gates' tanh: with Adam, their learning-rate multiplier.
+    adapter_gate_scale: float = 1.0
 
     def validate(self, prefix="model"):
         """Raises `ConfigError` naming the first bad key and the value received."""
@@ -130,6 +134,9 @@ class ModelConfig:
         if self.media_mode not in MEDIA_MODES:
             raise ConfigError(f"{prefix}.media_mode must be one of {MEDIA_MODES}. "
                               f"Received: {self.media_mode!r}")
+        if self.adapter_gate not in ADAPTER_GATES:
+            raise ConfigError(f"{prefix}.adapter_gate must be one of {ADAPTER_GATES}. "
+                              f"Received: {self.adapter_gate!r}")
 
 
 @dataclasses.dataclass
@@ -345,6 +352,7 @@ MULTI_IMAGE_DESIGNS = ("interleaved", "sources")
 MEDIA_MODES = ("immediate", "all_previous")
 ARCHITECTURES = ("captioner", "adapter")
 LANGUAGE_MODELS = ("gpt2", "gemma", "llama")
+ADAPTER_GATES = ("scalar", "vector")
 OPTIMIZERS = ("adamw", "muon")
 SCHEDULES = ("cosine", "linear", "wsd")
 LANGUAGE_MODEL_TEXTS = ("task", "scene")

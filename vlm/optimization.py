@@ -77,7 +77,7 @@ def learning_rate_schedule(train_config, total_steps):
 
 
 def make_optimizer(train_config, total_steps):
-    """AdamW or Muon on the config's schedule, no weight decay on biases and norms.
+    """AdamW or Muon on the config's schedule, no weight decay on biases, norms and gates.
 
     Muon orthogonalises the updates of 2D kernels; embeddings and every other
     variable take its AdamW path (`keras.optimizers.Muon`).
@@ -88,5 +88,7 @@ def make_optimizer(train_config, total_steps):
         optimizer = keras.optimizers.Muon(adam_weight_decay=train_config.weight_decay, **common)
     else:
         optimizer = keras.optimizers.AdamW(**common)
-    optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+    # Names are regexes searched in `variable.name`: "gate" is the adapters' tanh
+    # gates ("gate", "mlp_gate"), which start at 0 and must be free to open.
+    optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta", "gate"])
     return optimizer

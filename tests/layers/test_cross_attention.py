@@ -61,8 +61,8 @@ def numpy_cross_attention(layer, query, context, context_mask=None, attention_ma
     out = np.einsum("bnqk,bknh->bqnh", probs, v)
     out = np.einsum("bqnh,nho->bqo", out, w["output"][0]) + w["output"][1]
     out = out * visible.any(-1)[:, 0, :, None]  # rows that see nothing: zeros
-    if layer.gated:
-        out = out * np.tanh(float(to_numpy(layer.gate)))
+    if layer.gated:  # a scalar gate, or one per output channel
+        out = out * np.tanh(layer.gate_scale * to_numpy(layer.gate))
     return out.astype("float32"), probs.astype("float32")
 
 
@@ -109,6 +109,8 @@ def randomize_biases(layer, seed=3):
              "use_bias": False, "dropout": 0.1},
             (2, 5, 12),
         ),
+        ({"num_heads": 2, "output_dim": 12, "gated": True, "gate_type": "vector",
+          "gate_scale": 3.0}, (2, 5, 12)),
     ],
 )
 def test_layer_basics(init_kwargs, expected):
@@ -462,6 +464,50 @@ def test_gate_starts_as_noop_and_scales_by_tanh():
     assert len(gated.trainable_weights) == 9
 
 
+def test_vector_gate_scales_each_output_channel_by_tanh_of_scale_times_gate():
+    query, context = random_inputs()
+    gated = built_layer(query, context, num_heads=2, output_dim=12, gated=True,
+                        gate_type="vector", gate_scale=2.5)
+    assert tuple(gated.gate.shape) == (12,)
+    np.testing.assert_array_equal(to_numpy(gated.gate), np.zeros(12))
+    assert np.all(to_numpy(gated(query, context)) == 0.0)  # a no-op as built
+    plain = built_layer(query, context, num_heads=2, output_dim=12)
+    for name in ("query", "key", "value", "output"):
+        getattr(plain, f"{name}_dense").set_weights(
+            getattr(gated, f"{name}_dense").get_weights()
+        )
+    gate = np.linspace(-0.4, 0.4, 12).astype("float32")
+    gated.gate.assign(gate)
+    expected = np.tanh(2.5 * gate) * to_numpy(plain(query, context))
+    assert_close(gated(query, context), expected, atol=1e-6)
+    expected_out, _ = numpy_cross_attention(gated, query, context)
+    assert_close(expected, expected_out, atol=1e-5)
+    assert CrossAttention.from_config(gated.get_config()).gate_type == "vector"
+
+
+def test_default_gate_is_the_scalar_tanh_of_before():
+    """The defaults give `tanh(gate)` on a `()` weight named "gate", as saved files hold."""
+    query, context = random_inputs()
+    layer = built_layer(query, context, num_heads=2, gated=True)
+    assert (layer.gate.name, tuple(layer.gate.shape)) == ("gate", ())
+    assert (layer.gate_type, layer.gate_scale) == ("scalar", 1.0)
+    config = layer.get_config()
+    del config["gate_type"], config["gate_scale"]  # a config saved before they existed
+    old = CrossAttention.from_config(config)
+    old(query, context)
+    old.set_weights(layer.get_weights())
+    layer.gate.assign(0.3)
+    old.gate.assign(0.3)
+    np.testing.assert_array_equal(to_numpy(old(query, context)), to_numpy(layer(query, context)))
+    plain = built_layer(query, context, num_heads=2)
+    for name in ("query", "key", "value", "output"):
+        getattr(plain, f"{name}_dense").set_weights(
+            getattr(layer, f"{name}_dense").get_weights()
+        )
+    assert_close(layer(query, context), np.tanh(0.3) * to_numpy(plain(query, context)),
+                 atol=1e-6)
+
+
 def test_dropout_only_in_training():
     query, context = random_inputs()
     layer = built_layer(query, context, num_heads=2, dropout=0.5)
@@ -538,6 +584,14 @@ def test_mixed_precision_runs_softmax_in_float32(policy):
          r"num_key_value_heads.*Received: num_heads=4, num_key_value_heads=3"),
         ({"num_heads": 2, "dropout": 1.5}, r"dropout.*Received: dropout=1.5"),
         ({"num_heads": 2, "output_dim": -1}, r"Received: output_dim=-1"),
+        ({"num_heads": 2, "gate_type": "matrix"},
+         r"^`gate_type` must be one of \('scalar', 'vector'\). Received: gate_type='matrix'$"),
+        ({"num_heads": 2, "gate_scale": 0},
+         r"^`gate_scale` must be a positive finite number. Received: gate_scale=0$"),
+        ({"num_heads": 2, "gate_scale": -2.0}, r"Received: gate_scale=-2.0$"),
+        ({"num_heads": 2, "gate_scale": float("inf")}, r"Received: gate_scale=inf$"),
+        ({"num_heads": 2, "gate_scale": float("nan")}, r"Received: gate_scale=nan$"),
+        ({"num_heads": 2, "gate_scale": "10"}, r"Received: gate_scale='10'$"),
     ],
 )
 def test_bad_arguments_name_the_value(kwargs, message):

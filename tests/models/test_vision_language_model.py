@@ -1,18 +1,25 @@
+import io
 import os
+import zipfile
 
+import h5py
 import keras
 import keras_hub
 import numpy as np
 import pytest
 
+import vlm
 from tests.test_case import assert_close
 from tests.test_case import jit_compile_for_backend
 from tests.test_case import to_numpy
 from vlm.compilation import compiled_inference
+from vlm.config import ModelConfig
 from vlm.data.tokenizer import train_tokenizer
 from vlm.models.cross_attention_language_model import cross_attention_positions
 from vlm.models.image_encoder import ImageEncoder
 from vlm.models.vision_language_model import VisionLanguageModel
+from vlm.models.vision_language_model import build_language_model
+from vlm.models.vision_language_model import build_vision_language_model
 
 TEXTS = ["question what colour is the small circle answer red",
          "question is there a large blue square answer yes",
@@ -81,6 +88,72 @@ def test_identical_to_the_bare_language_model_at_initialisation(tokenizer, kind)
     first = to_numpy(model({"images": images, "tokens": tokens}))
     second = to_numpy(model({"images": images[::-1].copy(), "tokens": tokens}))
     assert np.max(np.abs(first - second)) > 1e-4
+
+
+def test_vector_gates_start_as_the_bare_language_model(tokenizer):
+    model = make_model(tokenizer, open_gates=False, gate_type="vector", gate_scale=10.0)
+    lm = model.language_model
+    images, tokens = inputs(tokenizer.vocabulary_size())
+    ours = to_numpy(model({"images": images, "tokens": tokens}))
+    hidden = lm({"token_ids": tokens, "padding_mask": np.ones_like(tokens)})
+    bare = to_numpy(lm.token_embedding(hidden, reverse=True))
+    assert np.max(np.abs(ours - bare)) <= 1e-5
+    for block in model.decoder.blocks:
+        for gate in (block.cross_attention.gate, block.mlp_gate):
+            assert tuple(gate.shape) == (16,)  # the LM's hidden width
+            np.testing.assert_array_equal(to_numpy(gate), np.zeros(16))
+        assert (block.gate_type, block.gate_scale) == ("vector", 10.0)
+    config = model.get_config()
+    assert (config["gate_type"], config["gate_scale"]) == ("vector", 10.0)
+    revived = VisionLanguageModel.from_config(config)
+    revived_config = revived.get_config()
+    assert (revived_config["gate_type"], revived_config["gate_scale"]) == ("vector", 10.0)
+    assert revived.decoder.blocks[0].gate_scale == 10.0
+    # One channel's attention gate open: the image changes the logits.
+    model.decoder.blocks[0].cross_attention.gate.assign(np.eye(16, dtype="float32")[3])
+    first = to_numpy(model({"images": images, "tokens": tokens}))
+    second = to_numpy(model({"images": images[::-1].copy(), "tokens": tokens}))
+    assert np.max(np.abs(first - second)) > 1e-4
+
+
+def test_the_config_chooses_the_gates(tokenizer):
+    config = ModelConfig(image_size=16, patch_size=4, encoder_layers=1, encoder_heads=2,
+                         encoder_dim=16, encoder_mlp_dim=32, decoder_layers=2, decoder_heads=2,
+                         decoder_dim=16, decoder_mlp_dim=32, sequence_length=LENGTH,
+                         architecture="adapter", adapter_mlp_dim=24, adapter_gate="vector",
+                         adapter_gate_scale=5.0)
+    lm = build_language_model(config, tokenizer.vocabulary_size())
+    model = build_vision_language_model(config, tokenizer, lm)
+    assert [(b.gate_type, b.gate_scale) for b in model.decoder.blocks] == [("vector", 5.0)] * 2
+    default = build_vision_language_model(ModelConfig(**{**vars(config), "adapter_gate": "scalar",
+                                                         "adapter_gate_scale": 1.0}),
+                                          tokenizer, lm)
+    assert [(b.gate_type, b.gate_scale) for b in default.decoder.blocks] == [("scalar", 1.0)] * 2
+
+
+def _stored_gates(path):
+    """The gate values in a `.keras` file's weights, read with h5py (not Keras)."""
+    with zipfile.ZipFile(path) as archive:
+        stored = io.BytesIO(archive.read("model.weights.h5"))
+    prefix = "layers/cross_attention_language_model/blocks/"
+    with h5py.File(stored, "r") as weights:
+        blocks = sorted(weights[prefix], key=lambda name: (len(name), name))  # _2 before _10
+        return [(weights[f"{prefix}{b}/cross_attention/vars/0"][()],
+                 weights[f"{prefix}{b}/vars/0"][()]) for b in blocks]
+
+
+def test_a_model_saved_before_gate_options_loads_with_its_gates():
+    """The shipped adapter's config has no `gate_type`/`gate_scale`: scalar gates, scale 1."""
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "saved_models",
+                        "shapes_qa_adapter.keras")
+    stored = _stored_gates(path)
+    model = vlm.load_captioner(path)
+    assert len(stored) == len(model.decoder.blocks) == 4
+    for (attention_gate, mlp_gate), block in zip(stored, model.decoder.blocks):
+        assert (block.gate_type, block.gate_scale) == ("scalar", 1.0)
+        assert tuple(block.cross_attention.gate.shape) == tuple(block.mlp_gate.shape) == ()
+        assert to_numpy(block.cross_attention.gate) == attention_gate != 0.0
+        assert to_numpy(block.mlp_gate) == mlp_gate != 0.0
 
 
 def test_blocks_go_before_every_nth_layer_or_where_asked():
@@ -198,6 +271,10 @@ def test_bad_input_is_named(tokenizer):
                                        num_heads=2, hidden_dim=8, mlp_dim=8)
     with pytest.raises(ValueError, match=r"GPT2Backbone.*Received: ViTBackbone"):
         VisionLanguageModel(vit, encoder())
+    with pytest.raises(ValueError, match=r"Received: gate_type='matrix'$"):
+        VisionLanguageModel(backbone("gpt2", 60), encoder(), gate_type="matrix")
+    with pytest.raises(ValueError, match=r"Received: gate_scale='fast'$"):
+        VisionLanguageModel(backbone("gpt2", 60), encoder(), gate_scale="fast")
     broken = backbone("gpt2", 60)
     del broken.layer_norm
     with pytest.raises(ValueError, match=r"lacks the layers \['layer_norm'\]"):

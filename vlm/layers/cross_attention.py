@@ -1,6 +1,7 @@
 """Multi-head cross attention: queries from one sequence, keys/values from another."""
 
 import math
+import numbers
 
 import keras
 from keras import ops
@@ -43,9 +44,17 @@ class CrossAttention(keras.layers.Layer):
         output_dim: int. Width of the output. Defaults to the query width.
         dropout: float. Dropout rate on the attention probabilities.
         use_bias: bool. Whether the projections have biases.
-        gated: bool. If True, the output is multiplied by `tanh(gate)`, a
-            learned scalar initialised at 0 (Flamingo), so a newly inserted
-            layer starts as a no-op on its residual branch.
+        gated: bool. If True, the output is multiplied by
+            `tanh(gate_scale * gate)`, a learned gate initialised at 0
+            (Flamingo), so a newly inserted layer starts as a no-op on its
+            residual branch.
+        gate_type: str. With `gated`, "scalar" (one gate, weight shape `()`)
+            or "vector" (one gate per output channel, shape `(output_dim,)`,
+            IDEFICS' `alpha_type="vector"`).
+        gate_scale: float. With `gated`, the gate's multiplier inside the
+            tanh. Adam's steps on the weight are about the learning rate
+            whatever the gradient's size, so this multiplies the gate's
+            learning rate alone. Positive.
         kernel_initializer: Initializer for the projection kernels.
         bias_initializer: Initializer for the projection biases.
         **kwargs: Base `keras.layers.Layer` arguments (`name`, `dtype`, ...).
@@ -105,6 +114,8 @@ class CrossAttention(keras.layers.Layer):
         dropout=0.0,
         use_bias=True,
         gated=False,
+        gate_type="scalar",
+        gate_scale=1.0,
         kernel_initializer="glorot_uniform",
         bias_initializer="zeros",
         **kwargs,
@@ -123,6 +134,7 @@ class CrossAttention(keras.layers.Layer):
                 f"num_heads={num_heads}, num_key_value_heads={num_key_value_heads}"
             )
         check_dropout(dropout)
+        check_gate(gate_type, gate_scale)
         self.num_heads = num_heads
         self.key_dim = key_dim
         self.value_dim = value_dim
@@ -131,6 +143,8 @@ class CrossAttention(keras.layers.Layer):
         self.dropout = float(dropout)
         self.use_bias = use_bias
         self.gated = gated
+        self.gate_type = gate_type
+        self.gate_scale = float(gate_scale)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.supports_masking = True
@@ -211,7 +225,10 @@ class CrossAttention(keras.layers.Layer):
         )
         if self.gated:
             self.gate = self.add_weight(
-                name="gate", shape=(), initializer="zeros", trainable=True
+                name="gate",
+                shape=gate_shape(self.gate_type, self._output_dim),
+                initializer="zeros",
+                trainable=True,
             )
 
     def compute_context_cache(self, context):
@@ -358,7 +375,7 @@ class CrossAttention(keras.layers.Layer):
                 (batch, self.num_heads, q_len, k_len),
             )
         if self.gated:
-            output = output * ops.tanh(ops.cast(self.gate, output.dtype))
+            output = output * tanh_gate(self.gate, self.gate_scale, output.dtype)
         if return_attention_scores:
             return output, scores
         return output
@@ -481,6 +498,8 @@ class CrossAttention(keras.layers.Layer):
                 "dropout": self.dropout,
                 "use_bias": self.use_bias,
                 "gated": self.gated,
+                "gate_type": self.gate_type,
+                "gate_scale": self.gate_scale,
                 "kernel_initializer": keras.initializers.serialize(
                     self.kernel_initializer
                 ),
@@ -490,6 +509,41 @@ class CrossAttention(keras.layers.Layer):
             }
         )
         return config
+
+
+GATE_TYPES = ("scalar", "vector")
+
+
+def check_gate(gate_type, gate_scale):
+    """Raises a ValueError naming `gate_type` or `gate_scale` unless it is usable."""
+    if gate_type not in GATE_TYPES:
+        raise ValueError(
+            f"`gate_type` must be one of {GATE_TYPES}. Received: gate_type={gate_type!r}"
+        )
+    if (
+        isinstance(gate_scale, bool)
+        or not isinstance(gate_scale, numbers.Real)
+        or not math.isfinite(gate_scale)
+        or gate_scale <= 0
+    ):
+        raise ValueError(
+            "`gate_scale` must be a positive finite number. "
+            f"Received: gate_scale={gate_scale!r}"
+        )
+
+
+def gate_shape(gate_type, width):
+    """The gate weight's shape: `()` for one gate, `(width,)` for one per channel."""
+    return () if gate_type == "scalar" else (width,)
+
+
+def tanh_gate(gate, gate_scale, dtype):
+    """`tanh(gate_scale * gate)` in `dtype`, the factor on a gated residual branch.
+
+    The multiplication by the default scale 1.0 is exact, so the default
+    gives the numbers of an unscaled gate.
+    """
+    return ops.tanh(ops.cast(gate, dtype) * gate_scale)
 
 
 def _check_rank(name, shape):

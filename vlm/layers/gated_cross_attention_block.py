@@ -1,10 +1,12 @@
 """Flamingo's gated cross-attention block: a new image reader inside a frozen language model."""
 
 import keras
-from keras import ops
 
 from vlm.layers.attention_utils import check_dropout
 from vlm.layers.cross_attention import CrossAttention
+from vlm.layers.cross_attention import check_gate
+from vlm.layers.cross_attention import gate_shape
+from vlm.layers.cross_attention import tanh_gate
 from vlm.utils.argument_checks import check_positive_int
 
 
@@ -12,9 +14,9 @@ from vlm.utils.argument_checks import check_positive_int
 class GatedCrossAttentionBlock(keras.layers.Layer):
     """Cross attention then a feed-forward layer, each behind a tanh gate that starts at 0.
 
-    `x + tanh(a) * CrossAttention(LN(x), context)`, then
-    `x + tanh(f) * MLP(LN(x))`, with the scalars `a` and `f` initialised at
-    0 (Flamingo's `GatedCrossAttentionBlock`; Llama 3.2 Vision's
+    `x + tanh(s * a) * CrossAttention(LN(x), context)`, then
+    `x + tanh(s * f) * MLP(LN(x))`, with the gates `a` and `f` initialised
+    at 0 (Flamingo's `GatedCrossAttentionBlock`; Llama 3.2 Vision's
     cross-attention layers have the same two gates). Inserted between the
     layers of a pretrained language model, the block is an exact identity
     until training moves its gates, so the model starts as the bare language
@@ -27,6 +29,11 @@ class GatedCrossAttentionBlock(keras.layers.Layer):
             when fewer than `num_heads`); defaults to `num_heads`.
         dropout: float. Dropout on attention and on each branch.
         layer_norm_epsilon: float.
+        gate_type: str. "scalar" (the gates `a` and `f` are one number each)
+            or "vector" (one per hidden channel, shape `(hidden_dim,)`, as
+            IDEFICS' `alpha_type="vector"`).
+        gate_scale: float. `s`, the gates' multiplier inside the tanh: with
+            Adam, a learning-rate multiplier for the gates alone. Positive.
         **kwargs: Base `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -49,7 +56,7 @@ class GatedCrossAttentionBlock(keras.layers.Layer):
     """
 
     def __init__(self, num_heads, mlp_dim, num_key_value_heads=None, dropout=0.0,
-                 layer_norm_epsilon=1e-5, **kwargs):
+                 layer_norm_epsilon=1e-5, gate_type="scalar", gate_scale=1.0, **kwargs):
         super().__init__(**kwargs)
         self.num_heads = check_positive_int("num_heads", num_heads)
         self.mlp_dim = check_positive_int("mlp_dim", mlp_dim)
@@ -57,6 +64,9 @@ class GatedCrossAttentionBlock(keras.layers.Layer):
         check_dropout(dropout)
         self.dropout = float(dropout)
         self.layer_norm_epsilon = layer_norm_epsilon
+        check_gate(gate_type, gate_scale)
+        self.gate_type = gate_type
+        self.gate_scale = float(gate_scale)
 
     def build(self, inputs_shape, context_shape):
         hidden_dim = inputs_shape[-1]
@@ -69,7 +79,8 @@ class GatedCrossAttentionBlock(keras.layers.Layer):
         self.attention_norm.build(inputs_shape)
         self.cross_attention = CrossAttention(
             self.num_heads, num_key_value_heads=self.num_key_value_heads,
-            dropout=self.dropout, gated=True, name="cross_attention",
+            dropout=self.dropout, gated=True, gate_type=self.gate_type,
+            gate_scale=self.gate_scale, name="cross_attention",
             dtype=self.dtype_policy)
         self.cross_attention.build(inputs_shape, context_shape)
         self.mlp_norm = keras.layers.LayerNormalization(
@@ -80,7 +91,8 @@ class GatedCrossAttentionBlock(keras.layers.Layer):
         self.mlp_up.build(inputs_shape)
         self.mlp_down = keras.layers.Dense(hidden_dim, name="mlp_down", dtype=self.dtype_policy)
         self.mlp_down.build(tuple(inputs_shape[:-1]) + (self.mlp_dim,))
-        self.mlp_gate = self.add_weight(name="mlp_gate", shape=(), initializer="zeros")
+        self.mlp_gate = self.add_weight(
+            name="mlp_gate", shape=gate_shape(self.gate_type, hidden_dim), initializer="zeros")
         self.residual_dropout = keras.layers.Dropout(
             self.dropout, name="residual_dropout", dtype=self.dtype_policy)
 
@@ -95,7 +107,7 @@ class GatedCrossAttentionBlock(keras.layers.Layer):
             attention_mask=attention_mask, training=training)
         x = x + self.residual_dropout(attended, training=training)
         hidden = self.mlp_down(self.mlp_up(self.mlp_norm(x)))
-        gate = ops.tanh(ops.cast(self.mlp_gate, hidden.dtype))
+        gate = tanh_gate(self.mlp_gate, self.gate_scale, hidden.dtype)
         return x + self.residual_dropout(gate * hidden, training=training)
 
     def compute_output_shape(self, inputs_shape, context_shape=None):
@@ -109,5 +121,7 @@ class GatedCrossAttentionBlock(keras.layers.Layer):
             "num_key_value_heads": self.num_key_value_heads,
             "dropout": self.dropout,
             "layer_norm_epsilon": self.layer_norm_epsilon,
+            "gate_type": self.gate_type,
+            "gate_scale": self.gate_scale,
         })
         return config

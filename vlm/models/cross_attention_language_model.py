@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from vlm.layers.cross_attention import check_gate
 from vlm.layers.gated_cross_attention_block import GatedCrossAttentionBlock
 from vlm.models.text_decoder import positions_from
 from vlm.utils.argument_checks import check_positive_int
@@ -120,6 +121,10 @@ class CrossAttentionLanguageModel(keras.layers.Layer):
         num_key_value_heads: int. Key/value heads (grouped-query attention).
         mlp_dim: int. Feed-forward width of the blocks (default 4x hidden).
         dropout: float. Dropout in the blocks.
+        gate_type: str. "scalar" or "vector" tanh gates in the blocks
+            (`GatedCrossAttentionBlock`).
+        gate_scale: float. The blocks' gate multiplier inside the tanh (with
+            Adam, the gates' learning-rate multiplier).
         sequence_length: int. Longest token sequence, the cache size
             (default: GPT-2's `max_sequence_length`; required for the
             rotary-position families).
@@ -144,7 +149,7 @@ class CrossAttentionLanguageModel(keras.layers.Layer):
 
     def __init__(self, backbone, cross_attention_every=None, cross_attention_layers=None,
                  num_heads=None, num_key_value_heads=None, mlp_dim=None, dropout=0.0,
-                 sequence_length=None, **kwargs):
+                 sequence_length=None, gate_type="scalar", gate_scale=1.0, **kwargs):
         super().__init__(**kwargs)
         if isinstance(backbone, dict):
             backbone = keras.saving.deserialize_keras_object(backbone)
@@ -161,6 +166,9 @@ class CrossAttentionLanguageModel(keras.layers.Layer):
         self.num_key_value_heads = num_key_value_heads
         self.mlp_dim = mlp_dim or 4 * self.hidden_dim
         self.dropout = float(dropout)
+        check_gate(gate_type, gate_scale)
+        self.gate_type = gate_type
+        self.gate_scale = float(gate_scale)
         sequence_length = sequence_length or getattr(backbone, "max_sequence_length", None)
         if sequence_length is None:
             raise ValueError(f"`sequence_length` is required for a {type(backbone).__name__} "
@@ -170,7 +178,8 @@ class CrossAttentionLanguageModel(keras.layers.Layer):
         self.blocks = [
             GatedCrossAttentionBlock(
                 self.num_heads, self.mlp_dim, num_key_value_heads=num_key_value_heads,
-                dropout=dropout, name=f"gated_cross_attention_{i}", dtype=self.dtype_policy)
+                dropout=dropout, gate_type=gate_type, gate_scale=gate_scale,
+                name=f"gated_cross_attention_{i}", dtype=self.dtype_policy)
             for i in self.positions
         ]
         self._block_at = {position: k for k, position in enumerate(self.positions)}
@@ -232,5 +241,7 @@ class CrossAttentionLanguageModel(keras.layers.Layer):
             "mlp_dim": self.mlp_dim,
             "dropout": self.dropout,
             "sequence_length": self.sequence_length,
+            "gate_type": self.gate_type,
+            "gate_scale": self.gate_scale,
         })
         return config

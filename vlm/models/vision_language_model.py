@@ -11,7 +11,8 @@ from vlm.models.cross_attention_language_model import CrossAttentionLanguageMode
 from vlm.saving import load_keras_file
 
 _BLOCK_ARGS = ("cross_attention_every", "cross_attention_layers", "num_heads",
-               "num_key_value_heads", "mlp_dim", "dropout", "sequence_length")
+               "num_key_value_heads", "mlp_dim", "dropout", "sequence_length", "gate_type",
+               "gate_scale")
 
 
 @keras.saving.register_keras_serializable(package="vlm")
@@ -37,6 +38,8 @@ class VisionLanguageModel(Captioner):
         cross_attention_every, cross_attention_layers, num_heads,
         num_key_value_heads, mlp_dim, dropout, sequence_length: where the
             gated blocks go and their sizes (`CrossAttentionLanguageModel`).
+        gate_type, gate_scale: the blocks' tanh gates, "scalar" or "vector",
+            and their multiplier inside the tanh (`GatedCrossAttentionBlock`).
         preprocessor: optional `CaptionerPreprocessor`.
         tokenizer: optional tokenizer instead of `preprocessor`.
         **kwargs: Base `keras.Model` arguments.
@@ -55,8 +58,8 @@ class VisionLanguageModel(Captioner):
 
     def __init__(self, language_model, encoder, cross_attention_every=None,
                  cross_attention_layers=None, num_heads=None, num_key_value_heads=None,
-                 mlp_dim=None, dropout=0.0, sequence_length=None, preprocessor=None,
-                 tokenizer=None, **kwargs):
+                 mlp_dim=None, dropout=0.0, sequence_length=None, gate_type="scalar",
+                 gate_scale=1.0, preprocessor=None, tokenizer=None, **kwargs):
         if not hasattr(language_model, "transformer_layers") and hasattr(
                 language_model, "backbone"):
             language_model = language_model.backbone  # a CausalLM
@@ -66,7 +69,8 @@ class VisionLanguageModel(Captioner):
             language_model, cross_attention_every=cross_attention_every,
             cross_attention_layers=cross_attention_layers, num_heads=num_heads,
             num_key_value_heads=num_key_value_heads, mlp_dim=mlp_dim, dropout=dropout,
-            sequence_length=sequence_length, name="language_model")
+            sequence_length=sequence_length, gate_type=gate_type, gate_scale=gate_scale,
+            name="language_model")
         super().__init__(encoder, decoder, preprocessor=preprocessor, tokenizer=tokenizer,
                          **kwargs)
 
@@ -214,5 +218,6 @@ def build_vision_language_model(model_config, tokenizer, language_model, dtype=N
         cross_attention_every=model_config.cross_attention_every,
         num_key_value_heads=model_config.num_key_value_heads,
         mlp_dim=model_config.adapter_mlp_dim, dropout=model_config.dropout,
-        sequence_length=model_config.sequence_length, tokenizer=tokenizer,
+        sequence_length=model_config.sequence_length, gate_type=model_config.adapter_gate,
+        gate_scale=model_config.adapter_gate_scale, tokenizer=tokenizer,
         name="vision_language_model")
