@@ -25,6 +25,7 @@ def get_config():
             encoder_heads=4,
             encoder_dim=128,
             encoder_mlp_dim=256,
+            encoder_relative_layers=1,
             # The shipped shapes captioner's encoder (these sizes), frozen:
             # it already tells objects, colours and places apart.
             encoder_from="saved_models/shapes.keras",

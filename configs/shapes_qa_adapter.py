@@ -34,6 +34,7 @@ def get_config():
             encoder_heads=4,
             encoder_dim=128,
             encoder_mlp_dim=256,
+            encoder_relative_layers=1,
             # The shipped shapes captioner's encoder (these sizes), frozen.
             encoder_from="saved_models/shapes.keras",
             # The language model: GPT-2's layout at these sizes.
