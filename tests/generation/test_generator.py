@@ -237,3 +237,17 @@ if __name__ == "__main__":  # rewrite the goldens (under TensorFlow, after retra
              logits=teacher_forced_logits(shipped, images, token_ids))
     print(details["captions"])
     print("wrote", GOLDEN, GOLDEN_LOGITS)
+
+
+def test_compile_sets_the_sampler_generate_uses(images):
+    """`compile(sampler=...)` as keras-hub's CausalLM: set once, then every `generate` uses it."""
+    model = load_captioner(MODEL)
+    assert isinstance(model.sampler, GreedySampler)  # a loaded model decodes greedily
+    beam = model.generate(images[:4], sampler=BeamSampler(num_beams=3), return_details=True)
+    model.compile(sampler=BeamSampler(num_beams=3))
+    compiled = model.generate(images[:4], return_details=True)
+    assert compiled["captions"] == beam["captions"]
+    np.testing.assert_allclose(compiled["log_probs"], beam["log_probs"], atol=1e-5)
+    greedy = model.generate(images[:4], sampler="greedy")  # an argument still wins
+    model.compile(sampler="greedy")
+    assert model.generate(images[:4]) == greedy

@@ -139,7 +139,12 @@ class Captioner(keras.Model):
     def tokenizer(self):
         return None if self.preprocessor is None else self.preprocessor.tokenizer
 
-    def generate(self, images, sampler="greedy", max_length=None, return_details=False,
+    @property
+    def sampler(self):
+        """The decoding strategy `generate` uses by default, set by `compile(sampler=...)`."""
+        return getattr(self, "_sampler", None) or samplers.get("greedy")
+
+    def generate(self, images, sampler=None, max_length=None, return_details=False,
                  prompts=None):
         """Captions a batch of images, or continues a prompt for each.
 
@@ -153,7 +158,8 @@ class Captioner(keras.Model):
             images: a `(batch, H, W, C)` array or tensor, or a list of images
                 of any sizes (see `CaptionerPreprocessor`).
             sampler: "greedy", "beam", "top_k", "top_p" (default settings) or
-                a `vlm.samplers.Sampler`, such as `BeamSampler(num_beams=2)`.
+                a `vlm.samplers.Sampler`, such as `BeamSampler(num_beams=2)`;
+                None uses the model's (`compile(sampler=...)`, else greedy).
             max_length: new tokens at most (default `sequence_length - 1`).
             return_details: also return the token ids and the sequences'
                 log-probabilities.
@@ -169,7 +175,7 @@ class Captioner(keras.Model):
             `captions`, `token_ids` (batch, max_length) and `log_probs`
             (batch,).
         """
-        sampler = samplers.get(sampler)
+        sampler = self.sampler if sampler is None else samplers.get(sampler)
         if self.preprocessor is None:
             raise ValueError("This model has no preprocessor: it cannot turn ids into "
                              "captions.")
@@ -354,8 +360,16 @@ class Captioner(keras.Model):
     def sequence_length(self):
         return self.decoder.sequence_length
 
-    def compile(self, optimizer="adamw", loss=None, metrics=None, **kwargs):
-        """`keras.Model.compile` with the masked caption loss and accuracy as defaults."""
+    def compile(self, optimizer="adamw", loss=None, metrics=None, *, sampler="greedy",
+                **kwargs):
+        """`keras.Model.compile` with the masked caption loss and accuracy as defaults.
+
+        `sampler` is the decoding strategy of `generate` from now on (a
+        name or a `vlm.samplers.Sampler`), as keras-hub's
+        `CausalLM.compile(sampler=...)`; a loaded model decodes greedily
+        until compiled with another.
+        """
+        self._sampler = samplers.get(sampler)
         super().compile(
             optimizer=optimizer,
             loss=CaptionLoss() if loss is None else loss,

@@ -137,7 +137,7 @@ class MultiImageCaptioner(Captioner):
         """The `<image>` markers before [START] (interleaved design), else 0."""
         return self.num_images if self.sources is None else 0
 
-    def generate(self, images, sampler="greedy", max_length=None, return_details=False,
+    def generate(self, images, sampler=None, max_length=None, return_details=False,
                  prompts=None):
         """One caption per example from its images.
 
@@ -155,7 +155,7 @@ class MultiImageCaptioner(Captioner):
             As `Captioner.generate`. Examples whose prompts differ in length
             are decoded in separate groups (each compiled once).
         """
-        sampler = samplers.get(sampler)
+        sampler = self.sampler if sampler is None else samplers.get(sampler)
         max_length = self.resolve_max_length(max_length)
         pixels, counts = self.preprocessor(images)
         if self.sources is not None and np.any(counts != self.num_images):

@@ -114,7 +114,7 @@ class VisionLanguageModel(Captioner):
         """Trainable / total parameters, as the model stands."""
         return self.parameter_report()["trainable_fraction"]
 
-    def generate(self, images, sampler="greedy", max_length=None, return_details=False,
+    def generate(self, images, sampler=None, max_length=None, return_details=False,
                  prompts=None):
         """Answers (or captions) a batch of images, each after its prompt.
 
