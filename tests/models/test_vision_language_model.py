@@ -71,14 +71,20 @@ def inputs(vocabulary_size, n=3, length=10, seed=0):
     return images, rng.integers(1, vocabulary_size, (n, length)).astype("int32")
 
 
+def model_and_bare_logits(model, images, tokens):
+    """The model's logits and its language model's alone, on the same tokens."""
+    lm = model.language_model
+    ours = to_numpy(model({"images": images, "tokens": tokens}))
+    hidden = lm({"token_ids": tokens, "padding_mask": np.ones_like(tokens)})
+    return ours, to_numpy(lm.token_embedding(hidden, reverse=True))
+
+
 @pytest.mark.parametrize("kind", ["gpt2", "llama", "gemma"])
 def test_identical_to_the_bare_language_model_at_initialisation(tokenizer, kind):
     model = make_model(tokenizer, kind, open_gates=False)
     lm = model.language_model
     images, tokens = inputs(tokenizer.vocabulary_size())
-    ours = to_numpy(model({"images": images, "tokens": tokens}))
-    hidden = lm({"token_ids": tokens, "padding_mask": np.ones_like(tokens)})
-    bare = to_numpy(lm.token_embedding(hidden, reverse=True))
+    ours, bare = model_and_bare_logits(model, images, tokens)
     assert np.max(np.abs(ours - bare)) <= 1e-5
     # The same weights, not a copy: moving the LM moves the model.
     lm.token_embedding.embeddings.assign(lm.token_embedding.embeddings * 2.0)
@@ -92,11 +98,8 @@ def test_identical_to_the_bare_language_model_at_initialisation(tokenizer, kind)
 
 def test_vector_gates_start_as_the_bare_language_model(tokenizer):
     model = make_model(tokenizer, open_gates=False, gate_type="vector", gate_scale=10.0)
-    lm = model.language_model
     images, tokens = inputs(tokenizer.vocabulary_size())
-    ours = to_numpy(model({"images": images, "tokens": tokens}))
-    hidden = lm({"token_ids": tokens, "padding_mask": np.ones_like(tokens)})
-    bare = to_numpy(lm.token_embedding(hidden, reverse=True))
+    ours, bare = model_and_bare_logits(model, images, tokens)
     assert np.max(np.abs(ours - bare)) <= 1e-5
     for block in model.decoder.blocks:
         for gate in (block.cross_attention.gate, block.mlp_gate):
