@@ -247,12 +247,22 @@ def test_answers_after_question_prompts_and_the_text_alone(tokenizer):
     np.testing.assert_array_equal(text_labels[0], [ids["dog"], ids["on"], 0, ids["a"],
                                                    ids["dog"], end, 0, 0])
     # With the scene written out: each (prompt, answer) once more, after caption i mod n.
-    (rows, _), = list(text_batches(examples, tokenizer, sequence_length=12, batch_size=10,
-                                   shuffle_buffer=0, scene_context=True).as_numpy_iterator())
-    scene_tokens, _ = prompted_captions(
+    # Their loss falls on the answer alone.
+    (rows, scene_labels), = list(text_batches(
+        examples, tokenizer, sequence_length=12, batch_size=10, shuffle_buffer=0,
+        scene_context=True).as_numpy_iterator())
+    scene_tokens, answer_labels = prompted_captions(
         tokenizer, ["a dog on the grass a dog on", "a dog on the grass the dog on the grass a cat"],
-        ["a dog", "grass"], 12, loss_on_prompt=True)
+        ["a dog", "grass"], 12)
     np.testing.assert_array_equal(rows["tokens"][2:4], scene_tokens.numpy())
+    np.testing.assert_array_equal(scene_labels[2:4], answer_labels.numpy())
+    np.testing.assert_array_equal(scene_labels[2], [0] * 8 + [ids["a"], ids["dog"], end, 0])
+    # A per-row choice equals the batch-wide one, row by row.
+    _, mixed = prompted_captions(tokenizer, ["a dog on", "on"], ["a dog", "grass"], 8,
+                                 loss_on_prompt=[True, False])
+    _, learned = prompted_captions(tokenizer, ["a dog on"], ["a dog"], 8, loss_on_prompt=True)
+    np.testing.assert_array_equal(mixed.numpy()[0], learned.numpy()[0])
+    assert mixed.numpy()[1].tolist() == [0, ids["grass"], end, 0, 0, 0, 0, 0]
     np.testing.assert_array_equal(rows["tokens"][:2], text_batches(
         examples, tokenizer, sequence_length=12, batch_size=2,
         shuffle_buffer=0).take(1).get_single_element()[0]["tokens"].numpy())

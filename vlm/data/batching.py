@@ -204,20 +204,23 @@ def train_batches(
 
 
 def text_rows(examples, scene_context=False):
-    """The `(prompt, caption)` text rows of `text_batches`, unbatched: see there."""
+    """The `(prompt, caption, loss on the prompt)` text rows of `text_batches`: see there."""
     spec = examples.element_spec
 
     def rows(example):
         captions = example["captions"]
         prompts = example["prompts"] if "prompts" in spec else tf.zeros_like(captions)
+        learn = tf.ones_like(captions, tf.bool)
         if "scene_captions" in spec:
             more = example["scene_captions"]
             if scene_context:
                 prompts, captions = (tf.concat([prompts, with_scene(prompts, more)], 0),
                                      tf.concat([captions, captions], 0))
+                learn = tf.concat([learn, tf.zeros_like(learn)], 0)
             prompts = tf.concat([prompts, tf.zeros_like(more)], 0)
             captions = tf.concat([captions, more], 0)
-        return tf.data.Dataset.from_tensor_slices((prompts, captions))
+            learn = tf.concat([learn, tf.ones_like(more, tf.bool)], 0)
+        return tf.data.Dataset.from_tensor_slices((prompts, captions, learn))
 
     return examples.flat_map(rows)
 
@@ -237,7 +240,9 @@ def text_batches(examples, tokenizer, *, sequence_length, batch_size, shuffle_bu
     "scene_captions" entry (`vlm.datasets.shapes.questions.as_prompted`), each its own
     row: `prompt [START] caption [END]` (`prompted_captions`). With
     `scene_context`, every prompt also comes once more after a caption of
-    its scene (`with_scene`), where its answer follows from the text.
+    its scene (`with_scene`), where its answer follows from the text; those
+    rows' loss falls on the answer alone, so that the few answer tokens are
+    what they teach (reading the scene), not the scene caption again.
 
     Returns:
         A `tf.data.Dataset` of `({"tokens": int32 (B, T)}, labels int32 (B, T))`.
@@ -250,9 +255,9 @@ def text_batches(examples, tokenizer, *, sequence_length, batch_size, shuffle_bu
     if repeat:
         texts = texts.repeat()
 
-    def pack(prompts, captions):
+    def pack(prompts, captions, learn):
         tokens, labels = prompted_captions(tokenizer, prompts, captions, sequence_length,
-                                           loss_on_prompt=True)
+                                           loss_on_prompt=learn)
         return {"tokens": tokens}, labels
 
     texts = texts.batch(batch_size, drop_remainder=True)

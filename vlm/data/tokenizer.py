@@ -382,7 +382,7 @@ def prompted_captions(tokenizer, prompts, captions, sequence_length, loss_on_pro
     and put before the packed caption (the answer); the row is cut to
     `sequence_length + 1` ids (the answer's end first). No loss falls on the
     prompt or on predicting [START], unless `loss_on_prompt` (training a
-    language model on the whole text). TensorFlow ops (graph safe, for
+    language model on the whole text), for every row or the rows it marks. TensorFlow ops (graph safe, for
     `tf.data`).
 
     Args:
@@ -390,16 +390,17 @@ def prompted_captions(tokenizer, prompts, captions, sequence_length, loss_on_pro
         prompts: string vector, one per caption ("" for none).
         captions: string vector.
         sequence_length: int, the model's sequence length T.
-        loss_on_prompt: bool.
+        loss_on_prompt: bool, or a bool vector with one value per row.
 
     Returns:
         int32 `(tokens, labels)`, `(batch, sequence_length)` each.
     """
     check_positive_int("sequence_length", sequence_length)
     if tf.executing_eagerly():  # the TensorFlow path on every backend, as `pack_captions`
-        return tf.function(lambda p, c: prompted_captions(
-            tokenizer, p, c, sequence_length, loss_on_prompt), autograph=False)(
-                tf.convert_to_tensor(prompts, tf.string), tf.convert_to_tensor(captions, tf.string))
+        return tf.function(lambda p, c, learn: prompted_captions(
+            tokenizer, p, c, sequence_length, learn), autograph=False)(
+                tf.convert_to_tensor(prompts, tf.string), tf.convert_to_tensor(captions, tf.string),
+                tf.convert_to_tensor(loss_on_prompt, tf.bool))
     start_id, end_id, pad_id = special_token_ids(tokenizer)
     prompt_ids = tokenizer.tokenize(tf.convert_to_tensor(prompts, tf.string))
     answer_ids = tokenizer.tokenize(tf.convert_to_tensor(captions, tf.string))
@@ -413,7 +414,9 @@ def prompted_captions(tokenizer, prompts, captions, sequence_length, loss_on_pro
     end = tf.fill([batch, 1], end_id)
     packed = tf.concat([prompt_ids, start, answer_ids, end], axis=1)
     # Which ids are targets: the answer and its [END] (or everything but [START]).
-    weight = tf.concat([tf.ones_like(prompt_ids) * int(loss_on_prompt), tf.zeros_like(start),
+    learn = tf.broadcast_to(tf.cast(loss_on_prompt, tf.int32), [batch])
+    prompt_weight = prompt_ids.with_flat_values(tf.repeat(learn, prompt_ids.row_lengths()))
+    weight = tf.concat([prompt_weight, tf.zeros_like(start),
                         tf.ones_like(answer_ids), tf.ones_like(end)], axis=1)
     # Too long: keep the row's last sequence_length + 1 ids (the prompt's end).
     keep = sequence_length + 1
