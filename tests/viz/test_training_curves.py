@@ -47,3 +47,25 @@ def test_chosen_measures_only_in_their_order(tmp_path):
                  str(two), f"run={path}"]) == 0  # no run has the third: two panels
     width = np.asarray(PIL.Image.open(one)).shape[1]
     assert 1.6 * width < np.asarray(PIL.Image.open(two)).shape[1] < 2.4 * width
+
+
+def test_by_epoch_plots_runs_without_a_training_time(tmp_path, monkeypatch):
+    """A run stopped before `train_seconds` was written still plots, one point per epoch."""
+    from vlm.viz import training_curves
+
+    drawn = []
+    real_plot = training_curves.plt.Axes.plot
+    monkeypatch.setattr(training_curves.plt.Axes, "plot",
+                        lambda self, x, y, **kw: drawn.append(list(x)) or real_plot(self, x, y, **kw))
+    stopped = tmp_path / "stopped.history.json"
+    stopped.write_text(json.dumps({"history": {"val_relation_accuracy": [0.1, 0.3, 0.5]}}))
+    timed = tmp_path / "timed.history.json"
+    timed.write_text(json.dumps({"history": {"val_relation_accuracy": [0.2, 0.6],
+                                             "elapsed_seconds": [60.0, 240.0]},
+                                 "train_seconds": 250.0}))
+    out = tmp_path / "by_epoch.png"
+    assert main(["--by-epoch", "--keys", "val_relation_accuracy", str(out),
+                 f"stopped={stopped}", f"timed={timed}"]) == 0
+    assert drawn == [[1, 2, 3], [1, 2]]
+    assert main(["--keys", "val_relation_accuracy", str(out), f"timed={timed}"]) == 0
+    assert drawn[-1] == [1.0, 4.0]  # minutes where logged
