@@ -4,16 +4,16 @@
     python evaluate.py --model saved_models/shapes_qa_adapter.keras
 
 The Flamingo recipe, offline: no pretrained language model can be downloaded
-here, so a small GPT-2 first learns the task's text alone, no images
-(`train.language_model_epochs`): the scene captions, and every question
-with its answer, both alone and after a caption of its scene
-(`train.language_model_text="scene"`), where the answer follows from the
-text. It thus learns to carry what the question names to the answer, as a
-pretrained language model reads its context. It is saved beside the model
-and frozen; then gated cross-attention blocks, inserted before every layer
-with their gates at 0, learn to read the shapes captioner's frozen ViT,
-where the written scene is gone and only the image can tell. Only the
-blocks train.
+here, so a small GPT-2 first learns the task's text alone (questions,
+answers and captions, no images; `train.language_model_epochs`), is saved
+beside the model and frozen; then gated cross-attention blocks, inserted
+before every layer with their gates at 0, learn to read the shapes
+captioner's frozen ViT. Only the blocks train.
+
+`--set train.language_model_text=scene --set
+train.language_model_sequence_length=48` also gives the language model every
+question after a caption of its scene, where the answer follows from the
+text; in one epoch it did not learn to read it (docs/adapters.md).
 """
 
 from vlm.config import Config
@@ -57,7 +57,5 @@ def get_config():
                           batch_size=96, captions_per_image=6, learning_rate=2e-3,
                           weight_decay=0.01, report_images=1000, validation_images=100,
                           freeze_encoder_epochs=4,
-                          freeze_language_model=True, language_model_epochs=1,
-                          # The longest caption, question and answer: 43 tokens.
-                          language_model_text="scene", language_model_sequence_length=48),
+                          freeze_language_model=True, language_model_epochs=1),
     )
