@@ -239,15 +239,17 @@ if __name__ == "__main__":  # rewrite the goldens (under TensorFlow, after retra
     print("wrote", GOLDEN, GOLDEN_LOGITS)
 
 
-def test_compile_sets_the_sampler_generate_uses(images):
+def test_compile_sets_the_sampler_generate_uses(model, images, greedy):
     """`compile(sampler=...)` as keras-hub's CausalLM: set once, then every `generate` uses it."""
-    model = load_captioner(MODEL)
     assert isinstance(model.sampler, GreedySampler)  # a loaded model decodes greedily
-    beam = model.generate(images[:4], sampler=BeamSampler(num_beams=3), return_details=True)
-    model.compile(sampler=BeamSampler(num_beams=3))
-    compiled = model.generate(images[:4], return_details=True)
-    assert compiled["captions"] == beam["captions"]
-    np.testing.assert_allclose(compiled["log_probs"], beam["log_probs"], atol=1e-5)
-    greedy = model.generate(images[:4], sampler="greedy")  # an argument still wins
-    model.compile(sampler="greedy")
-    assert model.generate(images[:4]) == greedy
+    beam = model.generate(images, sampler="beam", return_details=True)  # loop compiled once
+    try:
+        model.compile(sampler="beam")
+        compiled = model.generate(images, return_details=True)
+        assert compiled["captions"] == beam["captions"]
+        np.testing.assert_allclose(compiled["log_probs"], beam["log_probs"], atol=1e-5)
+        # An argument still wins.
+        assert model.generate(images, sampler="greedy") == greedy["captions"]
+    finally:
+        model.compile(sampler="greedy")
+    assert model.generate(images) == greedy["captions"]
