@@ -55,8 +55,12 @@ def test_by_epoch_plots_runs_without_a_training_time(tmp_path, monkeypatch):
 
     drawn = []
     real_plot = training_curves.plt.Axes.plot
-    monkeypatch.setattr(training_curves.plt.Axes, "plot",
-                        lambda self, x, y, **kw: drawn.append(list(x)) or real_plot(self, x, y, **kw))
+
+    def plot(self, x, y, **kwargs):
+        drawn.append(list(x))
+        return real_plot(self, x, y, **kwargs)
+
+    monkeypatch.setattr(training_curves.plt.Axes, "plot", plot)
     stopped = tmp_path / "stopped.history.json"
     stopped.write_text(json.dumps({"history": {"val_relation_accuracy": [0.1, 0.3, 0.5]}}))
     timed = tmp_path / "timed.history.json"

@@ -382,8 +382,8 @@ def prompted_captions(tokenizer, prompts, captions, sequence_length, loss_on_pro
     and put before the packed caption (the answer); the row is cut to
     `sequence_length + 1` ids (the answer's end first). No loss falls on the
     prompt or on predicting [START], unless `loss_on_prompt` (training a
-    language model on the whole text), for every row or the rows it marks. TensorFlow ops (graph safe, for
-    `tf.data`).
+    language model on the whole text), for every row or the rows it marks.
+    TensorFlow ops (graph safe, for `tf.data`).
 
     Args:
         tokenizer: a `CaptionTokenizer`.
