@@ -158,8 +158,7 @@ def copy_encoder(model, path):
     model.encoder.set_weights(source.get_weights())
 
 
-def prepare_language_model(config, tokenizer, examples, paths, jit_compile,
-                           score_examples=None):
+def prepare_language_model(config, tokenizer, examples, paths, jit_compile):
     """The keras-hub backbone of an adapter model, trained on the text first if asked.
 
     With `train.language_model_epochs`, a backbone of the config's sizes
@@ -168,8 +167,8 @@ def prepare_language_model(config, tokenizer, examples, paths, jit_compile,
     after a caption of its scene) with `fit`, standing in for a pretrained
     language model, and is saved to `paths["language_model"]`; a rerun (or
     resume) loads that file instead of training again. Its answers to the
-    questions of `score_examples` (the validation split, raw), with the scene
-    written out and without, go to `paths["language_model_scores"]`.
+    validation questions, with the scene written out and without, go to
+    `paths["language_model_scores"]`.
     """
     model_config, train_config = config.model, config.train
     epochs = train_config.language_model_epochs
@@ -207,8 +206,10 @@ def prepare_language_model(config, tokenizer, examples, paths, jit_compile,
               "history": {k: [float(x) for x in v] for k, v in history.history.items()}}
     atomic_save(backbone, path)
     print(f"Language model saved: {path}")
-    if score_examples is not None:
-        record["answers"] = datasets.get(config.data.dataset).scorer.language_model_scores(
+    dataset = datasets.get(config.data.dataset)
+    if "validation" in dataset.splits:
+        score_examples = dataset.load(config.data, "validation", model_config.image_size)
+        record["answers"] = dataset.scorer.language_model_scores(
             text_model, tokenizer, score_examples, length)
         for name, scores in record["answers"].items():
             print(f"Language model on the validation questions, {name.replace('_', ' ')}: "
@@ -433,11 +434,8 @@ def build_and_compile(config, tokenizer, train_examples, plan, paths, steps_per_
     with plan.scope():  # the variables are laid out (JAX) or mirrored (TF) as made
         language_model = None
         if model_config.architecture == "adapter":
-            dataset = datasets.get(config.data.dataset)
-            score_examples = (dataset.load(config.data, "validation", model_config.image_size)
-                              if "validation" in dataset.splits else None)
             language_model = prepare_language_model(config, tokenizer, train_examples, paths,
-                                                     jit_compile, score_examples)
+                                                     jit_compile)
         model = build_model(model_config, tokenizer, dtype=train_config.mixed_precision,
                             language_model=language_model)
         if model_config.encoder_from:
