@@ -3,6 +3,8 @@
     python -m benchmarks.training_speed --config configs/shapes.py \
         --backends tensorflow,jax,torch --captions-per-image 1,4 \
         --output benchmarks/results/cpu_training_speed_DATE.json
+    python -m benchmarks.training_speed --backends tensorflow --captions-per-image 1 \
+        --set train.mixed_precision=mixed_bfloat16    # any config override
 
 One subprocess per backend (`KERAS_BACKEND` is fixed per process) builds the
 config's model at its sizes, compiles it as `train.py` does (`jit_compile`
@@ -27,7 +29,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BACKENDS = ("tensorflow", "jax", "torch")
 
 
-def measure(config_path, captions_per_image, steps=30, rounds=3):
+def measure(config_path, captions_per_image, steps=30, rounds=3, overrides=()):
     """ms per step of the config's model under this process' backend (best of `rounds`)."""
     import keras
     import numpy as np
@@ -42,13 +44,15 @@ def measure(config_path, captions_per_image, steps=30, rounds=3):
     from vlm.training import build_model
 
     config = apply_overrides(load_config(config_path),
-                             [f"train.captions_per_image={captions_per_image}"])
+                             [*overrides, f"train.captions_per_image={captions_per_image}"])
     model_config, train_config = config.model, config.train
     vocabulary = list(SPECIAL_TOKENS) + [f"w{i}" for i in range(
         model_config.vocabulary_size - len(SPECIAL_TOKENS))]
     tokenizer = CaptionTokenizer(vocabulary=vocabulary)
     keras.utils.set_random_seed(0)
-    model = build_model(model_config, tokenizer)
+    if train_config.mixed_precision:
+        keras.config.set_dtype_policy(train_config.mixed_precision)
+    model = build_model(model_config, tokenizer, dtype=train_config.mixed_precision)
     model.compile(optimizer=make_optimizer(train_config, 1000),
                   jit_compile=resolve_jit_compile(train_config.jit_compile))
     batch = train_config.batch_size
@@ -78,6 +82,7 @@ def measure(config_path, captions_per_image, steps=30, rounds=3):
                   shuffle=False)
         per_step = min(per_step, float(np.median(np.diff(clock.ends[1:]))))
     return {"backend": keras.config.backend(), "captions_per_image": captions_per_image,
+            "mixed_precision": train_config.mixed_precision,
             "batch_size": batch, "ms_per_step": round(per_step * 1000, 1),
             "ms_per_caption": round(per_step * 1000 / batch, 2),
             "ms_per_image": round(per_step * 1000 / (batch // captions_per_image), 2)}
@@ -92,10 +97,13 @@ def main(argv=None):
     parser.add_argument("--captions-per-image", default="1,4")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per round")
     parser.add_argument("--output", default="benchmarks/results/training_speed.json")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override, as train.py's --set (repeatable)")
     parser.add_argument("--child", nargs=2, metavar=("CONFIG", "K"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(measure(args.child[0], int(args.child[1]), args.steps)))
+        print(json.dumps(measure(args.child[0], int(args.child[1]), args.steps,
+                                 overrides=args.set)))
         return 0
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     unknown = [b for b in backends if b not in BACKENDS]
@@ -107,6 +115,7 @@ def main(argv=None):
             print(f"... {backend}, {k} caption(s) per image", flush=True)
             result = subprocess.run(
                 [sys.executable, "-m", "benchmarks.training_speed", "--steps", str(args.steps),
+                 *(f"--set={override}" for override in args.set),
                  "--child", args.config, str(k)],
                 cwd=REPO, capture_output=True, text=True,
                 env=dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3"))

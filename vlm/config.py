@@ -181,6 +181,11 @@ class TrainConfig:
     # Captions read with each image in a batch (k): the batch holds
     # batch_size / k images, each encoded once for its k captions.
     captions_per_image: int = 1
+    # Captions of at least long_caption_words words (0: off) are read
+    # long_caption_repeats times per pass: more of the busy images, where
+    # relations are learned (`vlm.data.batching.train_batches`).
+    long_caption_words: int = 0
+    long_caption_repeats: int = 1
     learning_rate: float = 1e-3
     weight_decay: float = 0.01
     warmup_fraction: float = 0.05
@@ -513,7 +518,7 @@ _NON_NEGATIVE = {"dropout", "encoder_stem_layers", "encoder_relative_layers", "w
                  "warmup_fraction",
                  "early_stopping_patience", "seed", "report_images", "validation_images",
                  "freeze_encoder_epochs", "language_model_epochs",
-                 "language_model_sequence_length"}
+                 "language_model_sequence_length", "long_caption_words"}
 
 
 def _check_type(key, value, annotation):

@@ -405,11 +405,20 @@ def load_splits(config, dataset):
     if validation_examples is not None:
         validation_examples = cached(validation_examples, config.data)
     captions_per_image = config.train.captions_per_image
-    num_pairs = count_pairs(train_examples, captions_per_image)
+    num_pairs = count_pairs(train_examples, captions_per_image, **long_caption_args(config.train))
     print(f"Training pairs (image, caption): {num_pairs}"
           + (f", {captions_per_image} captions per image in a batch"
-             if captions_per_image > 1 else ""))
+             if captions_per_image > 1 else "")
+          + (f", captions of {config.train.long_caption_words}+ words read "
+             f"{config.train.long_caption_repeats} times" if config.train.long_caption_words
+             else ""))
     return train_examples, validation_examples, num_pairs
+
+
+def long_caption_args(train_config):
+    """The `train_batches` arguments that read long captions more often."""
+    return dict(long_caption_words=train_config.long_caption_words,
+                long_caption_repeats=train_config.long_caption_repeats)
 
 
 def make_tokenizer(model_config, train_examples):
@@ -481,7 +490,8 @@ def make_batches(config, model, tokenizer, train_examples, validation_examples,
     train_data = train_batches(
         train_examples, tokenizer, shuffle_buffer=config.data.shuffle_buffer,
         seed=train_config.seed, repeat=True,
-        captions_per_image=train_config.captions_per_image, **batch_args,
+        captions_per_image=train_config.captions_per_image, **long_caption_args(train_config),
+        **batch_args,
     ).skip(skip_batches)
     if validation_examples is None:
         return train_data, None, None

@@ -96,6 +96,27 @@ def test_train_batches_with_captions_per_image_shuffle_whole_groups(tokenizer):
         assert {tuple(r) for r in x["tokens"]} <= allowed
 
 
+def test_train_batches_read_long_captions_more_often(tokenizer):
+    """Captions of 3+ words read 3 times, shorter ones once; count_pairs agrees."""
+    batches = train_batches(make_examples(), tokenizer, image_size=S, sequence_length=T,
+                            batch_size=1, shuffle_buffer=0, long_caption_words=3,
+                            long_caption_repeats=3)
+    images, tokens, _ = collect(batches)
+    captions = [c for caps in CAPTIONS for c in caps if c != "..."]
+    read = collections.Counter(tuple(row) for row in tokens)
+    expected = collections.Counter()
+    for caption, row in zip(captions, pack_captions(tokenizer, captions, T).numpy()):
+        expected[tuple(row[:-1])] += 3 if len(caption.split()) >= 3 else 1
+    assert read == expected
+    assert sum(expected.values()) == 15  # 4 long captions of the 7
+    assert count_pairs(make_examples(), long_caption_words=3, long_caption_repeats=3) == 15
+    # Repeats stay with their image, and are consecutive before shuffling.
+    np.testing.assert_allclose(images[:3].mean(axis=(1, 2, 3)), [40, 40, 40], atol=1e-4)
+    with pytest.raises(ValueError, match="long_caption_repeats"):
+        train_batches(make_examples(), tokenizer, image_size=S, sequence_length=T,
+                      batch_size=1, long_caption_words=3, long_caption_repeats=0)
+
+
 def test_train_batches_are_deterministic_given_a_seed(tokenizer):
     def order(seed):
         batches = train_batches(

@@ -78,6 +78,8 @@ def train_batches(
     seed=0,
     repeat=False,
     prefix_ids=(),
+    long_caption_words=0,
+    long_caption_repeats=1,
 ):
     """Builds teacher-forcing batches for `keras.Model.fit`, one per (image, caption) pair.
 
@@ -145,16 +147,21 @@ def train_batches(
         )
     if shuffle_buffer is not None:
         check_positive_int("shuffle_buffer", shuffle_buffer, minimum=0)
+    check_positive_int("long_caption_words", long_caption_words, minimum=0)
+    check_positive_int("long_caption_repeats", long_caption_repeats)
     k = captions_per_image
 
     prompted = "prompts" in examples.element_spec
 
     def resize_and_keep_captions(example):
         captions = example["captions"]
-        kept = tf.strings.length(tf_normalize_caption(captions)) > 0
+        normalized = tf_normalize_caption(captions)
+        kept = tf.strings.length(normalized) > 0
         # Each caption with its prompt (a question before its answer), or "".
         prompts = example["prompts"] if prompted else tf.zeros_like(captions)
         texts = tf.stack([tf.boolean_mask(prompts, kept), tf.boolean_mask(captions, kept)], 1)
+        repeats = _caption_repeats(normalized, long_caption_words, long_caption_repeats)
+        texts = tf.repeat(texts, tf.boolean_mask(repeats, kept), axis=0)
         return preprocess_image(_image_of(example), image_size), texts
 
     def groups_of_captions(image, texts):
@@ -269,19 +276,31 @@ def _image_of(example):
     return example["images"] if "images" in example else example["image"]
 
 
-def count_pairs(examples, captions_per_image=1):
+def _caption_repeats(captions, long_caption_words, long_caption_repeats):
+    """int32 (n,): how often each caption is read per pass; 1 for all when the lever is off."""
+    if not long_caption_words or long_caption_repeats == 1:
+        return tf.ones_like(captions, tf.int32)
+    words = tf.cast(tf.strings.split(captions).row_lengths(), tf.int32)
+    return tf.where(words >= long_caption_words, long_caption_repeats, 1)
+
+
+def count_pairs(examples, captions_per_image=1, long_caption_words=0, long_caption_repeats=1):
     """Number of (image, caption) pairs `train_batches` makes of an examples dataset.
 
     Captions that normalise to "" are not counted (`train_batches` skips
-    them). With `captions_per_image=k`, each image's count is rounded up to a
-    multiple of k, as `train_batches` fills its last group.
+    them); long captions count as often as they are read. With
+    `captions_per_image=k`, each image's count is rounded up to a multiple of
+    k, as `train_batches` fills its last group.
     """
     check_positive_int("captions_per_image", captions_per_image)
     k = captions_per_image
 
     def count(example):
-        kept = tf.strings.length(tf_normalize_caption(example["captions"])) > 0
-        return (tf.reduce_sum(tf.cast(kept, tf.int32)) + k - 1) // k * k
+        normalized = tf_normalize_caption(example["captions"])
+        kept = tf.strings.length(normalized) > 0
+        repeats = _caption_repeats(normalized, long_caption_words, long_caption_repeats)
+        pairs = tf.reduce_sum(tf.where(kept, repeats, 0))
+        return (pairs + k - 1) // k * k
 
     counts = examples.map(count)
     return int(counts.reduce(np.int64(0), lambda total, n: total + tf.cast(n, tf.int64)))
