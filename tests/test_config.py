@@ -115,6 +115,11 @@ def test_jit_compile_is_true_false_or_auto(raw, value):
         ("train.optimizer=sgd",
          r"^train.optimizer must be one of \('adamw', 'muon'\). Received: 'sgd'$"),
         ("train.decay_fraction=1.5", r"^train.decay_fraction must be in \(0, 1\]. Received: 1.5$"),
+        ("model.encoder_relative_init=cones",
+         r"^model.encoder_relative_init must be one of \('zeros', 'directions'\). "
+         r"Received: 'cones'$"),
+        ("train.long_caption_repeats=0",
+         r"^train.long_caption_repeats must be positive. Received: 0$"),
         ("train.language_model_text=captions",
          r"^train.language_model_text must be one of \('task', 'scene'\). "
          r"Received: 'captions'$"),

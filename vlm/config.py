@@ -46,6 +46,9 @@ class ModelConfig:
     # Transformer blocks after the ViT whose attention learns a bias per 2D
     # offset (`vlm.layers.RelativePositionBlock`).
     encoder_relative_layers: int = 0
+    # How their offset tables start: "zeros", or "directions" (the first four
+    # heads looking left, right, up and down: `DirectionCones`).
+    encoder_relative_init: str = "zeros"
     # Add a fixed 2D sine-cosine position code to the patches the decoder reads.
     add_2d_positions: bool = True
     decoder_layers: int = 4
@@ -122,6 +125,9 @@ class ModelConfig:
                                   f"encoder_stem_layers={self.encoder_stem_layers}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"{prefix}.dropout must be in [0, 1). Received: {self.dropout!r}")
+        if self.encoder_relative_init not in RELATIVE_INITS:
+            raise ConfigError(f"{prefix}.encoder_relative_init must be one of "
+                              f"{RELATIVE_INITS}. Received: {self.encoder_relative_init!r}")
         if self.multi_image not in MULTI_IMAGE_DESIGNS:
             raise ConfigError(f"{prefix}.multi_image must be one of {MULTI_IMAGE_DESIGNS}. "
                               f"Received: {self.multi_image!r}")
@@ -360,6 +366,7 @@ LANGUAGE_MODELS = ("gpt2", "gemma", "llama")
 ADAPTER_GATES = ("scalar", "vector")
 OPTIMIZERS = ("adamw", "muon")
 SCHEDULES = ("cosine", "linear", "wsd")
+RELATIVE_INITS = ("zeros", "directions")
 LANGUAGE_MODEL_TEXTS = ("task", "scene")
 PRECISIONS = (None, "mixed_float16", "mixed_bfloat16")
 BACKENDS = (None, "tensorflow", "jax", "torch")

@@ -4,7 +4,9 @@ import pytest
 from tests.test_case import assert_close
 from tests.test_case import run_layer_test
 from tests.test_case import to_numpy
+from vlm.datasets.shapes.vocabulary import dominant_relation
 from vlm.layers import RelativePositionBlock
+from vlm.layers.relative_position_block import DirectionCones
 
 
 def test_layer_basics():
@@ -45,6 +47,36 @@ def test_a_head_that_looks_right_reads_only_the_right_neighbour():
         readers = [i for i in range(16) if i % 4 != 3 and i + 1 == changed]
         last_column = [3, 7, 11, 15]
         assert sorted(np.flatnonzero(differs)) == sorted({changed, *readers, *last_column})
+
+
+def test_direction_cones_start_each_head_on_one_side_by_the_dominant_axis():
+    """Head 0 on the offsets whose objects X is right of (they lie left), then left of,
+    below and above: the relation the captions state between the patch and the one read."""
+    table = to_numpy(DirectionCones(2.0)((5, 49))).reshape(5, 7, 7)
+    relations = ("right of", "left of", "below", "above")
+    for d_row in range(-3, 4):
+        for d_col in range(-3, 4):
+            values = table[:, d_row + 3, d_col + 3]
+            assert values[4] == 0.0  # heads after the fourth start at zero
+            if abs(d_row) == abs(d_col):  # no dominant axis (the zero offset included)
+                assert not values.any()
+                continue
+            here, there = {"x": 0.0, "y": 0.0}, {"x": float(d_col), "y": float(d_row)}
+            expected = [2.0 * (dominant_relation(here, there) == r) for r in relations]
+            assert values[:4].tolist() == expected
+    with pytest.raises(ValueError, match="grid"):
+        DirectionCones()((4, 10))
+
+
+def test_a_block_with_direction_cones_saves_and_loads_its_initializer():
+    block = RelativePositionBlock(grid_size=3, num_heads=4, mlp_dim=16,
+                                  offset_bias_initializer=DirectionCones(1.5))
+    block.build((None, 9, 8))
+    assert_close(block.offset_bias, DirectionCones(1.5)((4, 25)))
+    config = block.get_config()
+    again = RelativePositionBlock.from_config(config)
+    assert isinstance(again.offset_bias_initializer, DirectionCones)
+    assert again.offset_bias_initializer.strength == 1.5 and again.get_config() == config
 
 
 def test_errors_name_the_value():

@@ -183,6 +183,16 @@ def test_relative_blocks_follow_the_vit_and_its_2d_code(tmp_path):
     assert_close(loaded(images), encoder(images), atol=1e-6)
 
 
+def test_relative_blocks_can_start_looking_left_right_up_and_down():
+    encoder = ImageEncoder.from_sizes(image_size=16, patch_size=8, num_layers=1, num_heads=4,
+                                      hidden_dim=16, mlp_dim=32, stem_filters=(4, 8),
+                                      relative_layers=1, relative_init="directions")
+    encoder(batch(n=1)[0]["images"])
+    table = to_numpy(encoder.relative_blocks[0].offset_bias).reshape(4, 3, 3)
+    assert table[0, 1].tolist() == [2.0, 0.0, 0.0]  # head 0: the patch to the left
+    assert table[3, :, 1].tolist() == [0.0, 0.0, 2.0]  # head 3: the patch below
+
+
 def test_preset_path_drops_the_class_token(monkeypatch):
     """The `preset=` wiring, with a preset-free backbone standing in (no download)."""
     calls = []

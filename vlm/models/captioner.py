@@ -484,6 +484,7 @@ def build_encoder(model_config, dtype=None):
         stem_coordinates=model_config.encoder_coordinates,
         stem_positions=model_config.encoder_stem_positions,
         relative_layers=model_config.encoder_relative_layers,
+        relative_init=model_config.encoder_relative_init,
         add_2d_positions=model_config.add_2d_positions,
         dtype=dtype,
         name="encoder",

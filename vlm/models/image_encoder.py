@@ -6,6 +6,7 @@ from keras import ops
 
 from vlm.layers.conv_stem import ConvStem
 from vlm.layers.patch_position_embedding import PatchPositionEmbedding
+from vlm.layers.relative_position_block import DirectionCones
 from vlm.layers.relative_position_block import RelativePositionBlock
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -108,6 +109,7 @@ class ImageEncoder(keras.layers.Layer):
         stem_coordinates=False,
         stem_positions=False,
         relative_layers=0,
+        relative_init="zeros",
         dtype=None,
         **kwargs,
     ):
@@ -120,7 +122,8 @@ class ImageEncoder(keras.layers.Layer):
         `patch_size / 2 ** len(stem_filters)` cells of the stem's grid;
         `stem_coordinates` gives its convolutions x and y maps.
         `relative_layers` `RelativePositionBlock`s (the ViT's heads and MLP
-        width) follow the ViT.
+        width) follow the ViT; `relative_init="directions"` starts their first
+        four heads looking left, right, up and down (`DirectionCones`).
         """
         stride = 2 ** len(stem_filters)
         if stem_filters and (preset is not None or patch_size % stride):
@@ -154,8 +157,10 @@ class ImageEncoder(keras.layers.Layer):
             )
         patch = backbone.patch_size  # an int or (height, width)
         grid = backbone.image_shape[0] // (patch[0] if isinstance(patch, (tuple, list)) else patch)
-        relative_blocks = [RelativePositionBlock(grid, num_heads, mlp_dim, dropout, dtype=dtype,
-                                                 name=f"relative_block_{i}")
+        offset_init = DirectionCones() if relative_init == "directions" else "zeros"
+        relative_blocks = [RelativePositionBlock(grid, num_heads, mlp_dim, dropout,
+                                                 offset_bias_initializer=offset_init,
+                                                 dtype=dtype, name=f"relative_block_{i}")
                            for i in range(relative_layers)]
         return cls(backbone, stem=stem, stem_positions=stem_positions,
                    relative_blocks=relative_blocks, dtype=dtype, **kwargs)
