@@ -47,8 +47,9 @@ def parse_args(argv=None):
     parser.add_argument("--max-images", type=int, help="only the first N images")
     parser.add_argument("--scenes-seed", type=int,
                         help="score scenes never trained on: render --max-images (default "
-                             "1000) shapes scenes from this seed, which no split of the "
-                             "training data uses, and caption them")
+                             "1000) shapes scenes (or change pairs, or questions) from this "
+                             "seed, which no split of the training data uses, and score "
+                             "the model on them")
     parser.add_argument("--output", default="results/results.json",
                         help="metrics JSON; the report files go beside it (default: %(default)s)")
     parser.add_argument("--predictions", help="JSONL of {image_id, caption}: score these")
@@ -96,8 +97,8 @@ def _evaluate_model(args):
     if args.scenes_seed is not None:
         data_config, args.split = fresh_scenes(args, data_config), "test"
         where = f"seed {args.scenes_seed}"
-        print(f"Captioning {data_config.test_size} shapes scenes of seed {args.scenes_seed} "
-              f"with {args.model}")
+        print(f"Scoring {args.model} on {data_config.test_size} {args.dataset} examples "
+              f"rendered from seed {args.scenes_seed}")
     else:
         print(f"Captioning the {args.dataset} {args.split} split with {args.model}")
     metrics, per_image, entries = evaluate_model(
@@ -109,11 +110,15 @@ def _evaluate_model(args):
     return metrics, per_image, entries, title
 
 
-def fresh_scenes(args, data_config):
-    """A shapes dataset of `--max-images` scenes (its test split) from `--scenes-seed`.
+SHAPES_DATASETS = ("shapes", "shapes_change", "shapes_qa")
 
-    Its scenes come from their own example stream: `split_seed(seed, "test")`
-    is none of the default dataset's split streams (checked).
+
+def fresh_scenes(args, data_config):
+    """A shapes dataset (captions, changes or questions) of `--max-images` examples (its test
+    split) from `--scenes-seed`.
+
+    Its examples come from their own stream: `split_seed(seed, "test")` is
+    none of the default dataset's split streams (checked).
     """
     import dataclasses
 
@@ -121,9 +126,9 @@ def fresh_scenes(args, data_config):
     from vlm.datasets.shapes.builders import SPLITS
     from vlm.datasets.shapes.builders import split_seed
 
-    if args.dataset != "shapes":
-        raise ValueError(f"--scenes-seed renders shapes scenes; it does not apply to "
-                         f"--dataset {args.dataset}.")
+    if args.dataset not in SHAPES_DATASETS:
+        raise ValueError(f"--scenes-seed renders shapes scenes; it applies to --dataset "
+                         f"{', '.join(SHAPES_DATASETS)}. Received: --dataset {args.dataset}")
     default = DataConfig()
     if split_seed(args.scenes_seed, "test") in {split_seed(default.seed, s) for s in SPLITS}:
         raise ValueError(f"--scenes-seed {args.scenes_seed} renders the scenes of a "

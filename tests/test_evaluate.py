@@ -246,11 +246,18 @@ def test_scores_scenes_rendered_from_a_seed_no_split_uses(tmp_path, capsys):
     first = [next(generate_examples(1, split_seed(seed, "test")))["image"] for seed in (7, 0)]
     assert not np.array_equal(*first)
     capsys.readouterr()
-    assert evaluate.main(["--model", MODEL, "--scenes-seed", "7", "--dataset", "shapes_change",
+    assert evaluate.main(["--model", MODEL, "--scenes-seed", "7", "--dataset", "coco",
                           "--output", str(out)]) == 2
     assert capsys.readouterr().err == (
-        "evaluate.py: error: --scenes-seed renders shapes scenes; it does not apply to "
-        "--dataset shapes_change.\n")
+        "evaluate.py: error: --scenes-seed renders shapes scenes; it applies to --dataset "
+        "shapes, shapes_change, shapes_qa. Received: --dataset coco\n")
+    # Change pairs too: the change model's own scores on pairs of that seed.
+    change_model = os.path.join(os.path.dirname(MODEL), "shapes_change.keras")
+    assert evaluate.main(["--model", change_model, "--scenes-seed", "7", "--max-images", "16",
+                          "--batch-size", "16", "--output", str(out)]) == 0
+    metrics = json.loads(out.read_text())
+    assert metrics["dataset"] == "shapes_change" and metrics["num_images"] == 16
+    assert metrics["scenes_seed"] == 7 and metrics["change_type_accuracy"] >= 0.75
 
 
 def test_greedy_answer_hits_are_what_greedy_decoding_writes():
