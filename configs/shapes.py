@@ -5,8 +5,10 @@
 
 A convolutional stem before the ViT's patches learns shapes in far fewer
 steps than raw 8x8 patches; a block after the ViT whose attention learns a
-bias per 2D offset (`RelativePositionBlock`) lets each object's patches
-gather what lies on each side of it, and relations come sooner. The peak
+bias per 2D offset (`RelativePositionBlock`), its four heads starting out
+looking left, right, up and down (`DirectionCones`), lets each object's
+patches gather what lies on each side of it, so the decoder can find "the
+object X is left of" in 3-object scenes. The peak
 learning rate is held to 80% of the steps ("wsd"). Training stops early
 where the validation scenes meet `stop_at`. Recipes tried, and their
 quality against wall time: docs/training.md.
@@ -29,6 +31,7 @@ def get_config():
             encoder_dim=128,
             encoder_mlp_dim=256,
             encoder_relative_layers=1,
+            encoder_relative_init="directions",
             decoder_layers=3,
             decoder_heads=4,
             decoder_dim=128,

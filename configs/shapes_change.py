@@ -26,6 +26,7 @@ def get_config():
             encoder_dim=128,
             encoder_mlp_dim=256,
             encoder_relative_layers=1,
+            encoder_relative_init="directions",
             # The shipped shapes captioner's encoder (these sizes), frozen:
             # it already tells objects, colours and places apart.
             encoder_from="saved_models/shapes.keras",

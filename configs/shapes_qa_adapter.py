@@ -35,6 +35,7 @@ def get_config():
             encoder_dim=128,
             encoder_mlp_dim=256,
             encoder_relative_layers=1,
+            encoder_relative_init="directions",
             # The shipped shapes captioner's encoder (these sizes), frozen.
             encoder_from="saved_models/shapes.keras",
             # The language model: GPT-2's layout at these sizes.
