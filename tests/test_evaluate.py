@@ -121,6 +121,23 @@ def test_error_breakdowns_go_to_the_json_and_the_report_tables(tmp_path):
     assert "| mover_anchor_swapped | 1 | 1.0000 |" in report
 
 
+def test_shuffled_image_control_scores_each_scene_on_the_previous_images_caption():
+    """A captioner reads only its image: with images shuffled, scene i gets caption i-1."""
+    red = scene_object("small", "red", "circle", 10, 20)
+    blue = scene_object("large", "blue", "square", 50, 22)
+    green = scene_object("large", "green", "triangle", 30, 40)
+    scenes = [{"objects": [red]}, {"objects": [red, blue]}, {"objects": [green]}]
+    captions = ["a small red circle", "a small red circle left of a large blue square",
+                "a large green triangle"]
+    metrics, _ = score([1, 2, 3], captions, [[c] for c in captions], scenes=scenes)
+    assert metrics["object_accuracy"] == 1.0
+    # Scene 1 gets the triangle (0 of 1), scene 2 the red circle alone (1 of 2), scene 3
+    # the circle and square (0 of 1): 1 of 4 objects.
+    assert metrics["object_accuracy_shuffled_images"] == 0.25
+    assert "object_accuracy_shuffled_images" not in score([1], captions[:1], [["a"]],
+                                                          scenes=scenes[:1])[0]
+
+
 def test_report_of_answer_rows_has_no_cider_section():
     rows = [{"image_id": 1, "question": "what colour is the circle", "type": "colour",
              "answer": "red", "prediction": "red"}]

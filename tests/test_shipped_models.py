@@ -26,6 +26,7 @@ from vlm.datasets.shapes.scorers import answer_scores_of
 from vlm.datasets.shapes.scorers import answer_split
 from vlm.evaluation import caption_split
 from vlm.evaluation import change_scores_of
+from vlm.evaluation import shuffled_image_scores
 from vlm.metrics.grounded import grounded_scores
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -81,6 +82,8 @@ def test_the_captioner_says_where_things_are_as_its_report_claims():
         assert_agrees(measured[key], claimed[key], count, key)
     assert_in_readme(claimed["object_accuracy"], claimed["relation_accuracy"],
                      claimed["exact_scene_accuracy"])
+    # The control: each scene scored on the caption of another image (8.4% on the test split).
+    assert shuffled_image_scores(captions, scenes)["object_accuracy_shuffled_images"] < 0.2
 
 
 def test_the_change_captioner_names_changes_as_its_report_claims():
@@ -94,6 +97,8 @@ def test_the_change_captioner_names_changes_as_its_report_claims():
     assert_agrees(measured["exact_change_accuracy_moved"], claimed["exact_change_accuracy_moved"],
                   moved, "exact_change_accuracy_moved")
     assert_in_readme(claimed["exact_change_accuracy"])
+    control = shuffled_image_scores(captions, changes=changes)
+    assert control["exact_change_accuracy_shuffled_images"] < 0.2  # 7.1% on the test split
 
 
 def test_the_question_answerer_answers_as_its_report_claims():
@@ -104,6 +109,12 @@ def test_the_question_answerer_answers_as_its_report_claims():
     assert_agrees(measured["answer_accuracy"], claimed["answer_accuracy"], len(rows),
                   "answer_accuracy")
     assert_in_readme(claimed["answer_accuracy"])
+    # Asked of another example's image, the answers it reads from the image fall: colour to
+    # chance (1 in 7), all answers by a third (test split: 66.3% to 33.1%).
+    shuffled, _ = answer_split(model, examples, batch_size=QA_SAMPLE, shuffle_images=True)
+    control = answer_scores_of(shuffled)
+    assert control["answer_accuracy_colour"] < 0.3
+    assert control["answer_accuracy"] < measured["answer_accuracy"] - 0.2
 
 
 def write_test_images(data, image_size, folder, count=2):

@@ -92,8 +92,47 @@ def score(ids, captions, references, scenes=None, changes=None):
     if changes is not None:
         metrics.update(change_scores_of(captions, changes))
         metrics["moved_errors"] = moved_errors_of(captions, changes)
+    metrics.update(shuffled_image_scores(captions, scenes, changes))
     metrics["num_images"] = len(ids)
     return metrics, per_image
+
+
+def previous_examples(items):
+    """`items` in the order of the shuffled-image control: each example gets the previous
+    example's, the first the last's (no example keeps its own when there are two or more)."""
+    return items[-1:] + items[:-1]
+
+
+def shuffled_image_scores(captions, scenes=None, changes=None):
+    """The shuffled-image control: each example scored on what the model writes for the
+    previous example's image(s).
+
+    A captioner reads nothing but its images, so its caption of the previous
+    example's image is exactly what it writes when given that image instead:
+    the control needs no decoding. A model that reads its images falls to
+    what a caption of another scene scores; one that does not stays where it
+    was.
+
+    Args:
+        captions: the generated captions, in example order.
+        scenes: optional scene graphs: adds `object_accuracy_shuffled_images`.
+        changes: optional `caption_split` changes: adds
+            `exact_change_accuracy_shuffled_images`.
+
+    Returns:
+        dict of the scores with shuffled images; empty with fewer than two
+        examples, where there is nothing to swap.
+    """
+    if len(captions) < 2:
+        return {}
+    shuffled, scores = previous_examples(list(captions)), {}
+    if scenes:
+        scores["object_accuracy_shuffled_images"] = (
+            grounded_scores(shuffled, scenes)["object_accuracy"])
+    if changes:
+        scores["exact_change_accuracy_shuffled_images"] = (
+            change_scores_of(shuffled, changes)["exact_change_accuracy"])
+    return scores
 
 
 def output_paths(output):
@@ -363,6 +402,8 @@ class CaptionScorer:
         if changes:
             report["change"] = change_scores_of(captions, changes)
             report["moved_errors"] = moved_errors_of(captions, changes)
+        if scenes or changes:
+            report["shuffled_images"] = shuffled_image_scores(captions, scenes, changes)
         return report
 
     def evaluate(self, model, examples, sampler="greedy", batch_size=64, gallery_size=8):

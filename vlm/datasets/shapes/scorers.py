@@ -83,8 +83,20 @@ class AnswerScorer:
                 "answers": answer_metrics(model, rows)}
 
     def evaluate(self, model, examples, sampler="greedy", batch_size=64, gallery_size=8):
+        """Answers every question, and again with each image swapped for the previous
+        example's (`answer_accuracy_shuffled_images`, per type too): a model that reads
+        the image falls to its text prior there (existence near 50%).
+
+        Returns:
+            `(metrics, rows, gallery_entries)`; each row also holds
+            `prediction_shuffled_images`.
+        """
         rows, kept_images = answer_split(model, examples, batch_size, sampler=sampler,
                                          keep_images=gallery_size)
+        shuffled, _ = answer_split(model, examples, batch_size, sampler=sampler,
+                                   shuffle_images=True)
+        for row, other in zip(rows, shuffled):
+            row["prediction_shuffled_images"] = other["prediction"]
         entries = []
         for image_id, image in kept_images.items():
             asked = [r for r in rows if r["image_id"] == image_id]
@@ -92,11 +104,20 @@ class AnswerScorer:
                             "caption": "; ".join(f"{r['question']}? {r['prediction']}"
                                                  for r in asked[:3]),
                             "references": [f"{r['question']}? {r['answer']}" for r in asked[:3]]})
-        return answer_metrics(model, rows), rows, entries
+        metrics = answer_metrics(model, rows)
+        metrics.update({f"{key}_shuffled_images": value
+                        for key, value in answer_scores_of(shuffled).items()
+                        if key.startswith("answer_accuracy")})
+        return metrics, rows, entries
 
 
-def answer_split(model, examples, batch_size, sampler="greedy", keep_images=0, verbose=None):
+def answer_split(model, examples, batch_size, sampler="greedy", keep_images=0, verbose=None,
+                 shuffle_images=False):
     """Answers every question of a shapes QA examples dataset, with a progress bar.
+
+    With `shuffle_images`, each example's questions are asked of the previous
+    example's image (the first example's of the first batch's last): the
+    shuffled-image control.
 
     Returns:
         `(rows, kept_images)`: one dict per question (`image_id`,
@@ -105,9 +126,13 @@ def answer_split(model, examples, batch_size, sampler="greedy", keep_images=0, v
     """
     import numpy as np
 
-    rows, kept_images = [], {}
+    rows, kept_images, previous = [], {}, None
     for batch in progress_batches(model, examples, batch_size, verbose):
         images = batch["images"].numpy()
+        if shuffle_images:
+            last = images[-1:]
+            images = np.concatenate([last if previous is None else previous, images[:-1]])
+            previous = last
         questions = [[q.decode() for q in row] for row in batch["questions"].numpy()]
         per_image = len(questions[0])
         predictions = model.generate(np.repeat(images, per_image, axis=0), sampler=sampler,
