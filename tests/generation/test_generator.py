@@ -101,12 +101,16 @@ def test_logits_match_the_tensorflow_goldens_to_1e_4(model):
     assert np.ptp(golden["logits"]) > 10
 
 
-def test_beam_of_one_is_greedy_and_wider_beams_do_no_worse(model, images, greedy):
+def test_beam_of_one_is_greedy_and_wider_beams_do_better_on_average(model, images, greedy):
     one = model.generate(images, sampler=BeamSampler(num_beams=1), return_details=True)
     np.testing.assert_array_equal(one["token_ids"], greedy["token_ids"])
     np.testing.assert_allclose(one["log_probs"], greedy["log_probs"], atol=1e-5)
     four = model.generate(images, sampler="beam", return_details=True)  # 4 beams
-    assert np.all(four["log_probs"] >= greedy["log_probs"] - 1e-5)
+    # Not on every image: the greedy path can fall out of the 4 beams (a search error; on
+    # golden image 1 the shipped model's greedy caption scores -4.90, beam 4's -5.03,
+    # beam 8's -4.57), so the bound is on the mean.
+    assert np.mean(four["log_probs"]) > np.mean(greedy["log_probs"])
+    assert np.sum(four["log_probs"] >= greedy["log_probs"] - 1e-5) >= len(images) - 1
     # The returned score is the log-probability of the returned sequence.
     ids = four["token_ids"]
     tokens = np.concatenate([np.full((len(ids), 1), model.tokenizer.start_token_id), ids],
