@@ -11,8 +11,8 @@ patches gather what lies on each side of it, so the decoder can find "the
 object X is left of" in 3-object scenes. The peak
 learning rate is held to 80% of the steps ("wsd"); finding that object is
 learned late, so the run is 32 epochs of 250 steps and stops early where
-the validation scenes meet `stop_at` (after 29 on a 2-core CPU). Recipes tried, and their
-quality against wall time: docs/training.md.
+the validation scenes meet `stop_at` (after 29 on a 2-core CPU). Recipes
+tried, and their quality against wall time: docs/training.md.
 """
 
 from vlm.config import Config

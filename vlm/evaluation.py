@@ -97,12 +97,6 @@ def score(ids, captions, references, scenes=None, changes=None):
     return metrics, per_image
 
 
-def previous_examples(items):
-    """`items` in the order of the shuffled-image control: each example gets the previous
-    example's, the first the last's (no example keeps its own when there are two or more)."""
-    return items[-1:] + items[:-1]
-
-
 def shuffled_image_scores(captions, scenes=None, changes=None):
     """The shuffled-image control: each example scored on what the model writes for the
     previous example's image(s).
@@ -125,7 +119,8 @@ def shuffled_image_scores(captions, scenes=None, changes=None):
     """
     if len(captions) < 2:
         return {}
-    shuffled, scores = previous_examples(list(captions)), {}
+    # Each example gets the previous example's caption, the first the last's.
+    shuffled, scores = list(captions[-1:]) + list(captions[:-1]), {}
     if scenes:
         scores["object_accuracy_shuffled_images"] = (
             grounded_scores(shuffled, scenes)["object_accuracy"])
