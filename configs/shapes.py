@@ -10,9 +10,10 @@ looking left, right, up and down (`DirectionCones`), lets each object's
 patches gather what lies on each side of it, so the decoder can find "the
 object X is left of" in 3-object scenes. The peak
 learning rate is held to 80% of the steps ("wsd"); finding that object is
-learned late, so the run is 32 epochs of 250 steps and stops early where
-the validation scenes meet `stop_at` (after 29 on a 2-core CPU). Recipes
-tried, and their quality against wall time: docs/training.md.
+learned late, so the run is 32 epochs of 250 steps, and it runs them all:
+the last 750 steps of the decay lift validation relations from 98.2% to
+98.7% (measured on the model of a run stopped after epoch 29).
+Recipes tried, and their quality against wall time: docs/training.md.
 """
 
 from vlm.config import Config
@@ -46,7 +47,5 @@ def get_config():
         train=TrainConfig(
             name="shapes", backend="tensorflow", epochs=32, steps_per_epoch=250,
             batch_size=64, learning_rate=1.5e-3, weight_decay=0.01, schedule="wsd",
-            validation_images=250,
-            stop_at="object_accuracy>=0.99,relation_accuracy>=0.97,"
-                    "hallucination_rate<=0.01,exact_scene_accuracy>=0.95"),
+            validation_images=250),
     )
