@@ -52,7 +52,7 @@ def build_model(path):
     tokenizer = train_tokenizer(words, 60)
     language_model = build_language_model(model_config, tokenizer.vocabulary_size())
     model = build_vision_language_model(model_config, tokenizer, language_model)
-    for block in model.decoder.blocks:  # open, as after training
+    for block in model.backbone.decoder.blocks:  # open, as after training
         block.cross_attention.gate.assign(0.5)
         block.mlp_gate.assign(0.5)
     keras.utils.set_random_seed(0)

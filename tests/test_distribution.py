@@ -221,8 +221,8 @@ def test_frozen_encoder_epochs_leave_it_exactly_as_it_was():
     model = build_captioner(tiny_model_config(), tiny_model_config().vocabulary_size)
     # Two short phases: XLA pays on JAX only (TF's graphs and torch's eager are faster).
     model.compile(optimizer="adamw", jit_compile=BACKEND == "jax")
-    encoder = lambda: [w.copy() for w in model.encoder.get_weights()]  # noqa: E731
-    decoder = lambda: [w.copy() for w in model.decoder.get_weights()]  # noqa: E731
+    encoder = lambda: [w.copy() for w in model.backbone.encoder.get_weights()]  # noqa: E731
+    decoder = lambda: [w.copy() for w in model.backbone.decoder.get_weights()]  # noqa: E731
     start = encoder(), decoder()
     seen = []
     record = keras.callbacks.LambdaCallback(
@@ -243,12 +243,12 @@ def test_frozen_encoder_epochs_leave_it_exactly_as_it_was():
     assert changed(start[0], seen[0][0]) == 0.0  # epoch 1: encoder frozen
     assert changed(start[1], seen[0][1]) > 1e-3  # ... and the decoder trained
     assert changed(seen[0][0], seen[1][0]) > 1e-3  # epoch 2: the encoder trains
-    assert model.encoder.trainable
+    assert model.backbone.encoder.trainable
     # Epoch 2's optimizer is fresh (one step) with AdamW's two slots for every
     # weight, the encoder's included (besides its step count and learning rate).
     assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 1
     trainable = len(model.trainable_variables)
-    assert trainable > len(model.decoder.trainable_variables)
+    assert trainable > len(model.backbone.decoder.trainable_variables)
     assert 2 * trainable <= len(model.optimizer.variables) <= 2 * trainable + 2
 
 

@@ -54,7 +54,7 @@ def test_train_py_trains_under_mixed_precision(policy, tmp_path, capsys):
     model = keras.saving.load_model(tmp_path / "tiny.keras")
     # Barely trained: about log(vocabulary size), a uniform guess.
     assert abs(losses[0] - math.log(model.tokenizer.vocabulary_size())) < 0.5
-    for part in (model.encoder, model.decoder):
+    for part in (model.backbone.encoder, model.backbone.decoder):
         assert part.dtype_policy.name == policy
         assert part.compute_dtype == COMPUTE[policy] and part.variable_dtype == "float32"
     inputs = {"images": np.zeros((2, 16, 16, 3), "float32"), "tokens": np.ones((2, 5), "int32")}

@@ -1,6 +1,7 @@
 """Model files are untrusted: `.keras` only, checked, safe mode on; no pickle in the sources."""
 
 import ast
+import io
 import json
 import os
 import pathlib
@@ -120,7 +121,8 @@ def test_other_formats_and_paths_get_a_clear_error(tmp_path):
         (renamed, f"{renamed} is not a .keras file: it is not a zip archive"),
         (no_config, f"{no_config} is not a .keras file: it has no config.json"),
         (tmp_path / "nope.keras", f"model file not found: {tmp_path / 'nope.keras'}"),
-        (SMALL_MODEL, f"{SMALL_MODEL} holds a Functional, not a vlm Captioner"),
+        (SMALL_MODEL, f"{SMALL_MODEL} holds a Functional, not a vlm model (a Captioner, "
+                      "MultiImageCaptioner or VisionLanguageModel)"),
     ]
     for path, message in cases:
         with pytest.raises(ValueError) as error:
@@ -287,3 +289,46 @@ def test_a_file_from_before_the_preprocessor_loads_as_the_same_model(tmp_path):
     assert model.tokenizer.get_vocabulary() == shipped.tokenizer.get_vocabulary()
     images = golden_images(4)
     assert model.generate(images) == shipped.generate(images)
+
+
+def unnest_backbone(source, target):
+    """Writes `source` as it was saved before tasks held a backbone: its parts kept directly."""
+    import h5py
+
+    with zipfile.ZipFile(source) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    config = json.loads(members["config.json"])
+    backbone = config["config"].pop("backbone")
+    config["config"].update({k: v for k, v in backbone["config"].items()
+                             if k not in ("name", "trainable")})
+    members["config.json"] = json.dumps(config).encode()
+    buffer = io.BytesIO(members["model.weights.h5"])
+    with h5py.File(buffer, "r+") as weights:
+        group = next(name for name in weights["layers"] if name.endswith("backbone"))
+        for name in list(weights[f"layers/{group}/layers"]):
+            if not name.startswith("input_layer"):
+                weights.move(f"layers/{group}/layers/{name}", f"layers/{name}")
+        del weights[f"layers/{group}"]
+    members["model.weights.h5"] = buffer.getvalue()
+    with zipfile.ZipFile(target, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return target
+
+
+@pytest.mark.parametrize("name", ["shapes", "shapes_change", "shapes_qa_adapter"])
+def test_a_file_from_before_the_backbones_loads_as_the_same_model(name, tmp_path):
+    """A task that kept its encoder and decoder directly loads with them in its backbone."""
+    from vlm.saving import upgrade_keras_file
+
+    shipped_path = REPO / "saved_models" / f"{name}.keras"
+    old = unnest_backbone(shipped_path, tmp_path / "old.keras")
+    with zipfile.ZipFile(old) as archive:
+        assert "backbone" not in json.loads(archive.read("config.json"))["config"]
+    model, shipped = load_captioner(old), load_captioner(shipped_path)
+    assert type(model.backbone) is type(shipped.backbone)
+    assert [w.path for w in model.weights] == [w.path for w in shipped.weights]
+    for a, b in zip(model.weights, shipped.weights):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+    assert upgrade_keras_file(old, tmp_path / "new.keras") == 0  # no kernel layout to change
+    assert isinstance(keras.saving.load_model(tmp_path / "new.keras"), type(shipped))

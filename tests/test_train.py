@@ -145,7 +145,7 @@ def test_adapter_recipe_trains_only_the_blocks_of_a_text_trained_language_model(
     assert code == 0
     language_model = keras.saving.load_model(out / "qa.language_model.keras")
     model = keras.saving.load_model(out / "qa.keras")
-    assert isinstance(model, VisionLanguageModel) and model.decoder.positions == (0, 1)
+    assert isinstance(model, VisionLanguageModel) and model.backbone.decoder.positions == (0, 1)
     # Its text held each question after a scene caption too, 48 tokens a row; it was
     # asked the validation questions with the scene written out and without.
     assert language_model.max_sequence_length == 48 and model.sequence_length == 20
@@ -159,7 +159,7 @@ def test_adapter_recipe_trains_only_the_blocks_of_a_text_trained_language_model(
     for ours, saved in zip(model.language_model.weights, language_model.weights):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(ours),
                                       keras.ops.convert_to_numpy(saved))
-    blocks = sum(int(np.prod(w.shape)) for b in model.decoder.blocks for w in b.weights)
+    blocks = sum(int(np.prod(w.shape)) for b in model.backbone.decoder.blocks for w in b.weights)
     history = json.loads((out / "qa.history.json").read_text())
     assert history["trainable_parameters"] == blocks  # the encoder frozen too
     # Each epoch logs the validation answer accuracy (16 images x 6 questions) and its time.
@@ -222,11 +222,11 @@ def test_the_gemma_preset_recipe_trains_its_blocks_with_gemmas_tokenizer(tmp_pat
     model = keras.saving.load_model(paths["model"])
     assert type(model.tokenizer).__name__ == "GemmaTokenizer"
     assert model.tokenizer.get_vocabulary() == tokenizer.get_vocabulary()
-    assert model.decoder.positions == (5,)  # before every 6th layer
+    assert model.backbone.decoder.positions == (5,)  # before every 6th layer
     history = json.loads(open(paths["history"]).read())
-    blocks = sum(int(np.prod(w.shape)) for b in model.decoder.blocks for w in b.weights)
+    blocks = sum(int(np.prod(w.shape)) for b in model.backbone.decoder.blocks for w in b.weights)
     assert history["trainable_parameters"] == blocks and history["optimizer_steps"] == 2
-    gates = keras.ops.convert_to_numpy(model.decoder.blocks[0].cross_attention.gate)
+    gates = keras.ops.convert_to_numpy(model.backbone.decoder.blocks[0].cross_attention.gate)
     assert np.all(gates != 0)  # they trained
     images = np.zeros((2, 16, 16, 3), "float32")
     captions = model.generate(images, max_length=4)

@@ -21,10 +21,11 @@ def load_captioner(path):
     """
     import vlm.data.tokenizer  # noqa: F401  registers CaptionTokenizer
     import vlm.models  # noqa: F401  registers every model class and its parts
-    from vlm.models.captioner import Captioner
+    from vlm.models.task import Task
     from vlm.saving import load_keras_file
 
     model = load_keras_file(path)
-    if not isinstance(model, Captioner):
-        raise ValueError(f"{path} holds a {type(model).__name__}, not a vlm Captioner")
+    if not isinstance(model, Task):
+        raise ValueError(f"{path} holds a {type(model).__name__}, not a vlm model (a Captioner, "
+                         "MultiImageCaptioner or VisionLanguageModel)")
     return model

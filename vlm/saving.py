@@ -10,12 +10,15 @@ to Python objects outside `keras`, `keras_hub` and `vlm` (such as
 the file.
 
 `upgrade_keras_file` rewrites a file saved before the decoder's per-token
-projections got 2-D kernels; `load_keras_file` says so when it meets one.
+projections got 2-D kernels; `load_keras_file` says so when it meets one. A
+file saved before each task held a backbone (its encoder and decoder kept
+directly) is rewritten to the same model as it loads.
 """
 
 import io
 import json
 import os
+import tempfile
 import zipfile
 
 # Config "module" values a vlm model may refer to: Keras' own objects and
@@ -128,21 +131,59 @@ def _legacy_weights(weights):
     return found
 
 
-def upgrade_keras_file(path, output):
-    """Rewrites a `.keras` file saved before the 2-D projection kernels.
+# Tasks saved before each held a backbone kept the backbone's parts: per task
+# class, its backbone's class and module, and the config keys that moved.
+_BACKBONES = {
+    "Captioner": ("CaptionerBackbone", "captioner_backbone", ("encoder", "decoder")),
+    "MultiImageCaptioner": ("MultiImageBackbone", "multi_image_backbone",
+                            ("encoder", "decoder", "num_images", "mode", "image_token_id")),
+    "VisionLanguageModel": ("VisionLanguageBackbone", "vision_language_backbone",
+                            ("language_model", "encoder", "cross_attention_every",
+                             "cross_attention_layers", "num_heads", "num_key_value_heads",
+                             "mlp_dim", "dropout", "sequence_length", "gate_type", "gate_scale")),
+}
 
-    The decoder's fused query/key/value kernel `(hidden, 3, heads, dim)`
-    becomes `(hidden, heads * 3 * dim)` and cross-attention's query kernel
-    `(hidden, heads, dim)` becomes `(hidden, heads * dim)`, with their
-    biases: the same model, giving the same outputs. Other members are
-    copied as they are.
+
+def _without_backbone(config):
+    """Whether a model config is a task saved before it held a backbone."""
+    return (config.get("class_name") in _BACKBONES and config.get("module", "").startswith("vlm")
+            and "backbone" not in config.get("config", {}))
+
+
+def _nest_backbone(config, weights):
+    """Moves a pre-backbone task's parts into its backbone, in its config and its weights."""
+    backbone_class, module, keys = _BACKBONES[config["class_name"]]
+    task = config["config"]
+    parts = {key: task.pop(key) for key in keys if key in task}
+    task["backbone"] = {"module": f"vlm.models.{module}", "class_name": backbone_class,
+                        "config": {"name": "backbone", "trainable": True, **parts},
+                        "registered_name": f"vlm>{backbone_class}"}
+    # The task's graph held the parts as layers; the backbone's graph holds them now.
+    nested = weights.require_group(f"layers/{module}/layers")
+    for name in list(weights["layers"]):
+        if name != module and not name.startswith("input_layer"):
+            weights.move(f"layers/{name}", f"{nested.name}/{name}")
+
+
+def upgrade_keras_file(path, output):
+    """Rewrites a `.keras` file of an earlier layout to the same model.
+
+    Two layouts are upgraded. The decoder's fused query/key/value kernel
+    `(hidden, 3, heads, dim)` becomes `(hidden, heads * 3 * dim)` and
+    cross-attention's query kernel `(hidden, heads, dim)` becomes `(hidden,
+    heads * dim)`, with their biases. A task saved before it held a
+    backbone (a `Captioner` with its `encoder` and `decoder`) gets them
+    inside a `CaptionerBackbone` (or `MultiImageBackbone`,
+    `VisionLanguageBackbone`), in its config and its weights. The outputs
+    are the same; other members are copied as they are.
 
     Args:
         path: the old `.keras` file.
         output: where to write the upgraded file (may be `path`).
 
     Returns:
-        The number of arrays rewritten (0 for a file that needs nothing).
+        The number of kernel and bias arrays rewritten (0 for a file whose
+        kernels need nothing).
     """
     import h5py
 
@@ -150,6 +191,7 @@ def upgrade_keras_file(path, output):
     with zipfile.ZipFile(path) as archive:
         infos = archive.infolist()
         members = {info.filename: archive.read(info.filename) for info in infos}
+    config = json.loads(members["config.json"])
     buffer = io.BytesIO(members["model.weights.h5"])
     with h5py.File(buffer, "r+") as weights:
         legacy = _legacy_weights(weights)
@@ -157,6 +199,9 @@ def upgrade_keras_file(path, output):
             value = _LEGACY_LAYOUTS[suffix][1](weights[name][()])
             del weights[name]
             weights.create_dataset(name, data=value)
+        if _without_backbone(config):
+            _nest_backbone(config, weights)
+            members["config.json"] = json.dumps(config).encode()
     members["model.weights.h5"] = buffer.getvalue()
     partial = f"{output}.partial"
     with zipfile.ZipFile(partial, "w") as archive:
@@ -204,7 +249,14 @@ def load_keras_file(path):
 
     check_keras_file(path)
     _check_layouts(path)
+    with zipfile.ZipFile(path) as archive:
+        config = json.loads(archive.read("config.json"))
     try:
+        if _without_backbone(config):  # an earlier layout: the same model, rewritten
+            with tempfile.TemporaryDirectory() as folder:
+                upgraded = os.path.join(folder, "upgraded.keras")
+                upgrade_keras_file(path, upgraded)
+                return keras.saving.load_model(upgraded, safe_mode=True)
         return keras.saving.load_model(path, safe_mode=True)
     except Exception as error:  # noqa: BLE001  (Keras raises several kinds)
         message = " ".join(str(error).split())

@@ -32,9 +32,9 @@ from vlm.data.batching import train_batches
 from vlm.data.tokenizer import IMAGE
 from vlm.data.tokenizer import train_tokenizer
 from vlm.distribution import plan_distribution
-from vlm.models.captioner import CaptionLoss
-from vlm.models.captioner import MaskedTokenAccuracy
 from vlm.models.captioner import build_captioner
+from vlm.models.losses import CaptionLoss
+from vlm.models.losses import MaskedTokenAccuracy
 from vlm.models.multi_image_captioner import build_multi_image_captioner
 from vlm.models.vision_language_model import build_language_model
 from vlm.models.vision_language_model import build_vision_language_model
@@ -142,20 +142,20 @@ def build_model(model_config, tokenizer, dtype=None, language_model=None):
 
 
 def copy_encoder(model, path):
-    """Sets `model.encoder`'s weights to those of the captioner saved at `path`."""
+    """Sets `model.backbone.encoder`'s weights to those of the captioner saved at `path`."""
     from vlm import load_captioner
 
-    source = load_captioner(path).encoder
-    for ours, theirs in zip(model.encoder.weights, source.weights):
+    source, encoder = load_captioner(path).backbone.encoder, model.backbone.encoder
+    for ours, theirs in zip(encoder.weights, source.weights):
         if tuple(ours.shape) != tuple(theirs.shape):
             raise ValueError(
                 f"model.encoder_from={path!r}: its encoder is of other sizes (weight "
                 f"{theirs.path} is {tuple(theirs.shape)}, here {tuple(ours.shape)}); give "
                 "this model its image_size, patch_size and encoder_* sizes.")
-    if len(model.encoder.weights) != len(source.weights):
+    if len(encoder.weights) != len(source.weights):
         raise ValueError(f"model.encoder_from={path!r}: its encoder has "
-                         f"{len(source.weights)} weights, this one {len(model.encoder.weights)}.")
-    model.encoder.set_weights(source.get_weights())
+                         f"{len(source.weights)} weights, this one {len(encoder.weights)}.")
+    encoder.set_weights(source.get_weights())
 
 
 def prepare_language_model(config, tokenizer, examples, paths, jit_compile):
@@ -282,7 +282,7 @@ def fit_in_phases(model, train_data, plan, *, epochs, steps_per_epoch, optimizer
             # A backup from the last frozen epoch holds the frozen phase's
             # optimizer, which the fresh one is meant to replace.
             warnings.filterwarnings("ignore", "Skipping variable loading for optimizer")
-            model.encoder.trainable = trainable
+            model.backbone.encoder.trainable = trainable
             model.compile(optimizer=optimizer_for((last - first) * steps_per_epoch),
                           jit_compile=model.jit_compile)
             phase = model.fit(train_data, initial_epoch=max(first, done_epochs), epochs=last,

@@ -153,7 +153,7 @@ def test_context_keys_and_values_are_projected_once_per_layer(model, images, mon
     monkeypatch.setattr(CrossAttention, "compute_context_cache", counting)
     # A max_length no other test uses: a fresh trace (TF/JAX) or run (torch).
     model.generate(images[:2], max_length=9)
-    assert len(calls) == model.decoder.num_layers
+    assert len(calls) == model.backbone.decoder.num_layers
 
 
 def loop_fused_dots(hlo):
@@ -193,7 +193,7 @@ def test_a_one_image_decoding_step_keeps_its_matrix_products_out_of_loop_fusions
     hlo = loop.experimental_get_compiler_ir(tf.zeros((1, 64, 64, 3)), tf.zeros((3, 1, 1)))(
         stage="optimized_hlo")
     dots, in_loops = loop_fused_dots(hlo)
-    assert dots >= 4 * model.decoder.num_layers  # the check has dots to look at
+    assert dots >= 4 * model.backbone.decoder.num_layers  # the check has dots to look at
     assert in_loops == []
 
 

@@ -121,7 +121,7 @@ def test_the_traced_loop_reads_the_weights_as_they_are_now(monkeypatch):
     model = load_captioner(MODEL)
     images = golden_images(2)
     before = model.generate(images, return_details=True)
-    embeddings = model.decoder.token_embedding.embeddings
+    embeddings = model.backbone.decoder.token_embedding.embeddings
     embeddings.assign(np.asarray(embeddings) * 1.5)  # sharper logits, other log-probs
     after = model.generate(images, return_details=True)
     monkeypatch.setenv("VLM_TORCH_INFERENCE", "eager")

@@ -38,8 +38,8 @@ def model(num_images=3, multi_image="interleaved", mode="all_previous"):
     keras.utils.set_random_seed(0)
     built = build_multi_image_captioner(tiny(num_images, multi_image, mode),
                                         tokenizer().vocabulary_size(), tokenizer=tokenizer())
-    if built.image_index_embedding is not None:  # random, so no property holds by zeros
-        built.image_index_embedding.embeddings.assign(
+    if built.backbone.image_index_embedding is not None:  # random, so no property holds by zeros
+        built.backbone.image_index_embedding.embeddings.assign(
             np.random.default_rng(1).standard_normal((num_images, 16)).astype("float32"))
     return built
 
@@ -55,12 +55,12 @@ def logits(m, pixels, tokens):
 
 def cross_attention_scores(m, pixels, tokens):
     """Block 0's cross-attention probabilities, `(batch, heads, length, patches)`."""
-    context = m.encode_images(pixels)
+    context = m.backbone.encode(pixels)
     tokens = np.asarray(tokens, "int32")
-    mask, _ = m.cross_attention_mask(tokens, np.zeros((len(tokens),), "int32"))
-    x = m.decoder.token_embedding(tokens)
-    x = x + m.decoder.position_embedding(x)
-    block = m.decoder.blocks[0]
+    mask, _ = m.backbone.cross_attention_mask(tokens, np.zeros((len(tokens),), "int32"))
+    x = m.backbone.decoder.token_embedding(tokens)
+    x = x + m.backbone.decoder.position_embedding(x)
+    block = m.backbone.decoder.blocks[0]
     _, scores = block.cross_attention(block.cross_attention_norm(x), context,
                                       attention_mask=mask, return_attention_scores=True)
     return to_numpy(scores)
@@ -68,7 +68,7 @@ def cross_attention_scores(m, pixels, tokens):
 
 def test_text_before_the_first_image_sees_nothing():
     m = model()
-    marker = m.image_token_id
+    marker = m.backbone.image_token_id
     words = [int(i) for i in to_numpy(tokenizer()("red circle moved"))]
     with_image = [words + [marker, 2, words[0]] + [0] * 6]
     no_image = [words + [words[1], 2, words[0]] + [0] * 6]
@@ -84,7 +84,7 @@ def test_text_before_the_first_image_sees_nothing():
 @pytest.mark.parametrize("mode", ["immediate", "all_previous"])
 def test_each_token_reads_the_images_its_mode_allows(mode):
     m = model(mode=mode)
-    marker = m.image_token_id
+    marker = m.backbone.image_token_id
     tokens = [[5, marker, 6, 7, marker, 6, marker, 7, 8, 0, 0, 0]]
     scores = cross_attention_scores(m, images(1), tokens)[0].sum(axis=0)  # (length, patches)
     per_image = scores.reshape(12, 3, 16).sum(-1) / 2  # mass per image, heads averaged
@@ -97,14 +97,14 @@ def test_each_token_reads_the_images_its_mode_allows(mode):
 
 def test_permuting_images_permutes_who_sees_them():
     m = model(mode="immediate")
-    marker = m.image_token_id
+    marker = m.backbone.image_token_id
     tokens = [[marker, 5, 6, marker, 7, 8, 0, 0, 0, 0, 0, 0]]
     pixels = images(1)
     swapped = pixels[:, [1, 0, 2]]
     # Rows after the first marker read slot 1: the image, whichever it is.
-    context = to_numpy(m.encode_images(pixels)).reshape(1, 3, 16, 16)
-    swapped_context = to_numpy(m.encode_images(swapped)).reshape(1, 3, 16, 16)
-    slot = to_numpy(m.image_index_embedding.embeddings)
+    context = to_numpy(m.backbone.encode(pixels)).reshape(1, 3, 16, 16)
+    swapped_context = to_numpy(m.backbone.encode(swapped)).reshape(1, 3, 16, 16)
+    slot = to_numpy(m.backbone.image_index_embedding.embeddings)
     assert_close(context[0, 0] - slot[0], swapped_context[0, 1] - slot[1], atol=1e-5)
     a = cross_attention_scores(m, pixels, tokens)[0]
     b = cross_attention_scores(m, swapped, tokens)[0]
@@ -115,7 +115,7 @@ def test_permuting_images_permutes_who_sees_them():
 
 def test_padding_images_change_nothing_and_examples_batch_as_alone():
     m = model()
-    marker = m.image_token_id
+    marker = m.backbone.image_token_id
     one = [marker, 2, 5, 6, 7, 3, 0, 0, 0, 0, 0, 0]
     three = [marker, marker, marker, 2, 5, 6, 7, 8, 3, 0, 0, 0]
     pixels = images(2)
@@ -134,7 +134,7 @@ def test_cached_generation_equals_the_uncached_model(design):
     m = model(num_images, design)
     pixels = images(3, num_images, seed=4)
     details = m.generate(pixels, max_length=6, return_details=True)
-    prefix = [m.image_token_id] * num_images if design == "interleaved" else []
+    prefix = [m.backbone.image_token_id] * num_images if design == "interleaved" else []
     tokens = np.array([prefix + [2] + list(row) for row in details["token_ids"]], "int32")
     full = logits(m, pixels, np.pad(tokens, ((0, 0), (0, 12 - tokens.shape[1]))))
     log_probs = full - np.log(np.exp(full).sum(-1, keepdims=True))
@@ -156,22 +156,22 @@ def test_image_keys_and_values_are_projected_once(design, monkeypatch):
     monkeypatch.setattr(CrossAttention, "_project_context",
                         lambda self, context: calls.append(self.name) or original(self, context))
     pixels = keras.ops.convert_to_tensor(images(2, 2))
-    prompt = np.full((2, 2 if design == "interleaved" else 0), m.image_token_id or 0, "int32")
+    marker = m.backbone.image_token_id or 0
+    prompt = np.full((2, 2 if design == "interleaved" else 0), marker, "int32")
     for sampler in ("greedy", "beam"):
         calls.clear()
         sampler = samplers.get(sampler)
-        noise = sampler.noise(5, 2, m.decoder.vocabulary_size)
+        noise = sampler.noise(5, 2, m.backbone.decoder.vocabulary_size)
         m.generate_step(pixels, noise, sampler, 5, prompt)  # eager: every call counts
         per_source = 1 if design == "interleaved" else 2
-        assert len(calls) == m.decoder.num_layers * per_source, calls
+        assert len(calls) == m.backbone.decoder.num_layers * per_source, calls
 
 
 def reading(min_images):
     """The cached 3-image model, with a preprocessor that takes `min_images` to 3 images."""
     m = model()
-    return MultiImageCaptioner(m.encoder, m.decoder, num_images=3, image_token_id=m.image_token_id,
-                               preprocessor=MultiImagePreprocessor(
-                                   m.tokenizer, 16, 12, num_images=3, min_images=min_images))
+    return MultiImageCaptioner(m.backbone, preprocessor=MultiImagePreprocessor(
+        m.tokenizer, 16, 12, num_images=3, min_images=min_images))
 
 
 def test_generate_takes_image_lists_of_any_sizes():
@@ -210,16 +210,16 @@ def test_fit_and_save_load(design, tmp_path):
     x = {"images": images(4, 2), "tokens": np.asarray(tokens)}
     # Not XLA: the layers' compiled training is tested with them, and XLA would
     # compile this model for a minute on the TensorFlow suite.
-    m.encoder.trainable = False  # a frozen encoder (train.freeze_encoder_epochs)
+    m.backbone.encoder.trainable = False  # a frozen encoder (train.freeze_encoder_epochs)
     m.compile(optimizer=keras.optimizers.AdamW(1e-3), jit_compile=False)
     history = m.fit(x, np.asarray(labels), batch_size=4, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])
     path = str(tmp_path / "model.keras")
     m.save(path)
     loaded = keras.saving.load_model(path)
-    assert isinstance(loaded, MultiImageCaptioner) and loaded.sources == m.sources
+    assert isinstance(loaded, MultiImageCaptioner) and loaded.backbone.sources == m.backbone.sources
     # Loaded, it trains what the saved model trained: the encoder stays frozen.
-    assert not any(w.trainable for w in loaded.encoder.weights)
+    assert not any(w.trainable for w in loaded.backbone.encoder.weights)
     assert len(loaded.trainable_weights) == len(m.trainable_weights) > 0
     assert_close(logits(loaded, x["images"], x["tokens"]), logits(m, x["images"], x["tokens"]),
                  atol=1e-6)

@@ -17,6 +17,7 @@ from vlm.config import ModelConfig
 from vlm.data.tokenizer import train_tokenizer
 from vlm.models.cross_attention_language_model import cross_attention_positions
 from vlm.models.image_encoder import ImageEncoder
+from vlm.models.vision_language_backbone import VisionLanguageBackbone
 from vlm.models.vision_language_model import VisionLanguageModel
 from vlm.models.vision_language_model import build_language_model
 from vlm.models.vision_language_model import build_vision_language_model
@@ -56,10 +57,11 @@ def make_model(tokenizer, kind="gpt2", open_gates=True, **kwargs):
     keras.utils.set_random_seed(0)
     if "cross_attention_layers" not in kwargs:
         kwargs.setdefault("cross_attention_every", 1)
-    model = VisionLanguageModel(backbone(kind, tokenizer.vocabulary_size()), encoder(),
-                                sequence_length=LENGTH, tokenizer=tokenizer, **kwargs)
+    graph = VisionLanguageBackbone(backbone(kind, tokenizer.vocabulary_size()), encoder(),
+                                   sequence_length=LENGTH, **kwargs)
+    model = VisionLanguageModel(graph, tokenizer=tokenizer)
     if open_gates:  # as after training: the image changes the text
-        for i, block in enumerate(model.decoder.blocks):
+        for i, block in enumerate(model.backbone.decoder.blocks):
             block.cross_attention.gate.assign(0.8 + 0.1 * i)
             block.mlp_gate.assign(-0.6)
     return model
@@ -90,7 +92,7 @@ def test_identical_to_the_bare_language_model_at_initialisation(tokenizer, kind)
     lm.token_embedding.embeddings.assign(lm.token_embedding.embeddings * 2.0)
     assert np.max(np.abs(to_numpy(model({"images": images, "tokens": tokens})) - ours)) > 1e-3
     # And once the gates open, the image matters.
-    model.decoder.blocks[0].cross_attention.gate.assign(1.0)
+    model.backbone.decoder.blocks[0].cross_attention.gate.assign(1.0)
     first = to_numpy(model({"images": images, "tokens": tokens}))
     second = to_numpy(model({"images": images[::-1].copy(), "tokens": tokens}))
     assert np.max(np.abs(first - second)) > 1e-4
@@ -101,19 +103,19 @@ def test_vector_gates_start_as_the_bare_language_model(tokenizer):
     images, tokens = inputs(tokenizer.vocabulary_size())
     ours, bare = model_and_bare_logits(model, images, tokens)
     assert np.max(np.abs(ours - bare)) <= 1e-5
-    for block in model.decoder.blocks:
+    for block in model.backbone.decoder.blocks:
         for gate in (block.cross_attention.gate, block.mlp_gate):
             assert tuple(gate.shape) == (16,)  # the LM's hidden width
             np.testing.assert_array_equal(to_numpy(gate), np.zeros(16))
         assert (block.gate_type, block.gate_scale) == ("vector", 10.0)
-    config = model.get_config()
+    config = model.backbone.get_config()
     assert (config["gate_type"], config["gate_scale"]) == ("vector", 10.0)
-    revived = VisionLanguageModel.from_config(config)
+    revived = VisionLanguageModel.from_config(model.get_config()).backbone
     revived_config = revived.get_config()
     assert (revived_config["gate_type"], revived_config["gate_scale"]) == ("vector", 10.0)
     assert revived.decoder.blocks[0].gate_scale == 10.0
     # One channel's attention gate open: the image changes the logits.
-    model.decoder.blocks[0].cross_attention.gate.assign(np.eye(16, dtype="float32")[3])
+    model.backbone.decoder.blocks[0].cross_attention.gate.assign(np.eye(16, dtype="float32")[3])
     first = to_numpy(model({"images": images, "tokens": tokens}))
     second = to_numpy(model({"images": images[::-1].copy(), "tokens": tokens}))
     assert np.max(np.abs(first - second)) > 1e-4
@@ -127,18 +129,20 @@ def test_the_config_chooses_the_gates(tokenizer):
                          adapter_gate_scale=5.0)
     lm = build_language_model(config, tokenizer.vocabulary_size())
     model = build_vision_language_model(config, tokenizer, lm)
-    assert [(b.gate_type, b.gate_scale) for b in model.decoder.blocks] == [("vector", 5.0)] * 2
+    blocks = model.backbone.decoder.blocks
+    assert [(b.gate_type, b.gate_scale) for b in blocks] == [("vector", 5.0)] * 2
     default = build_vision_language_model(ModelConfig(**{**vars(config), "adapter_gate": "scalar",
                                                          "adapter_gate_scale": 1.0}),
                                           tokenizer, lm)
-    assert [(b.gate_type, b.gate_scale) for b in default.decoder.blocks] == [("scalar", 1.0)] * 2
+    blocks = default.backbone.decoder.blocks
+    assert [(b.gate_type, b.gate_scale) for b in blocks] == [("scalar", 1.0)] * 2
 
 
 def _stored_gates(path):
     """The gate values in a `.keras` file's weights, read with h5py (not Keras)."""
     with zipfile.ZipFile(path) as archive:
         stored = io.BytesIO(archive.read("model.weights.h5"))
-    prefix = "layers/cross_attention_language_model/blocks/"
+    prefix = "layers/vision_language_backbone/layers/cross_attention_language_model/blocks/"
     with h5py.File(stored, "r") as weights:
         blocks = sorted(weights[prefix], key=lambda name: (len(name), name))  # _2 before _10
         return [(weights[f"{prefix}{b}/cross_attention/vars/0"][()],
@@ -151,8 +155,8 @@ def test_a_model_saved_before_gate_options_loads_with_its_gates():
                         "shapes_qa_adapter.keras")
     stored = _stored_gates(path)
     model = vlm.load_captioner(path)
-    assert len(stored) == len(model.decoder.blocks) == 4
-    for (attention_gate, mlp_gate), block in zip(stored, model.decoder.blocks):
+    assert len(stored) == len(model.backbone.decoder.blocks) == 4
+    for (attention_gate, mlp_gate), block in zip(stored, model.backbone.decoder.blocks):
         assert (block.gate_type, block.gate_scale) == ("scalar", 1.0)
         assert tuple(block.cross_attention.gate.shape) == tuple(block.mlp_gate.shape) == ()
         assert to_numpy(block.cross_attention.gate) == attention_gate != 0.0
@@ -184,15 +188,16 @@ def test_freezing_reports_and_trains_only_the_blocks(tokenizer):
     # two LayerNorms, 16 -> 24 -> 16, two gates.
     assert blocks == (16 * 16 + 16) + 2 * (16 * 8 + 8) + (16 * 16 + 16) + 4 * 16 + (
         16 * 24 + 24) + (24 * 16 + 16) + 2
-    frozen = [to_numpy(w).copy() for w in model.language_model.weights + model.encoder.weights]
+    kept = model.language_model.weights + model.backbone.encoder.weights
+    frozen = [to_numpy(w).copy() for w in kept]
     model.compile(optimizer=keras.optimizers.Adam(1e-2), jit_compile=jit_compile_for_backend())
     images, tokens = inputs(tokenizer.vocabulary_size(), n=4)
-    gate = to_numpy(model.decoder.blocks[0].mlp_gate).copy()
+    gate = to_numpy(model.backbone.decoder.blocks[0].mlp_gate).copy()
     model.fit({"images": images, "tokens": tokens}, np.roll(tokens, -1, axis=1), epochs=2,
               batch_size=4, verbose=0)
-    for before, weight in zip(frozen, model.language_model.weights + model.encoder.weights):
+    for before, weight in zip(frozen, kept):
         np.testing.assert_array_equal(to_numpy(weight), before)
-    assert to_numpy(model.decoder.blocks[0].mlp_gate) != gate
+    assert to_numpy(model.backbone.decoder.blocks[0].mlp_gate) != gate
 
 
 def naive_answers(model, images, prompts, max_length):
@@ -250,7 +255,7 @@ def test_save_and_load_give_the_same_logits_and_answers(tokenizer, tmp_path):
     model.save(path)
     loaded = keras.saving.load_model(path)
     assert isinstance(loaded, VisionLanguageModel)
-    assert loaded.decoder.positions == (1,)
+    assert loaded.backbone.decoder.positions == (1,)
     # Frozen as saved, sublayers included: the same weights train.
     assert loaded.parameter_report() == model.parameter_report()
     assert len(loaded.trainable_weights) == len(model.trainable_weights)
@@ -273,12 +278,12 @@ def test_bad_input_is_named(tokenizer):
     vit = keras_hub.models.ViTBackbone(image_shape=(16, 16, 3), patch_size=4, num_layers=1,
                                        num_heads=2, hidden_dim=8, mlp_dim=8)
     with pytest.raises(ValueError, match=r"GPT2Backbone.*Received: ViTBackbone"):
-        VisionLanguageModel(vit, encoder())
+        VisionLanguageBackbone(vit, encoder())
     with pytest.raises(ValueError, match=r"Received: gate_type='matrix'$"):
-        VisionLanguageModel(backbone("gpt2", 60), encoder(), gate_type="matrix")
+        VisionLanguageBackbone(backbone("gpt2", 60), encoder(), gate_type="matrix")
     with pytest.raises(ValueError, match=r"Received: gate_scale='fast'$"):
-        VisionLanguageModel(backbone("gpt2", 60), encoder(), gate_scale="fast")
+        VisionLanguageBackbone(backbone("gpt2", 60), encoder(), gate_scale="fast")
     broken = backbone("gpt2", 60)
     del broken.layer_norm
     with pytest.raises(ValueError, match=r"lacks the layers \['layer_norm'\]"):
-        VisionLanguageModel(broken, encoder())
+        VisionLanguageBackbone(broken, encoder())

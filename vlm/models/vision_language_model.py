@@ -4,42 +4,32 @@ import keras
 import keras_hub
 import numpy as np
 
+from vlm import samplers
 from vlm.data.tokenizer import special_token_ids
-from vlm.models.captioner import Captioner
 from vlm.models.captioner import build_encoder
-from vlm.models.cross_attention_language_model import CrossAttentionLanguageModel
+from vlm.models.captioner_preprocessor import CaptionerPreprocessor
+from vlm.models.task import Task
+from vlm.models.vision_language_backbone import VisionLanguageBackbone
 from vlm.saving import load_keras_file
-
-_BLOCK_ARGS = ("cross_attention_every", "cross_attention_layers", "num_heads",
-               "num_key_value_heads", "mlp_dim", "dropout", "sequence_length", "gate_type",
-               "gate_scale")
 
 
 @keras.saving.register_keras_serializable(package="vlm")
-class VisionLanguageModel(Captioner):
+class VisionLanguageModel(Task):
     """A keras-hub causal LM that reads images through inserted gated cross attention.
 
-    The Flamingo / Llama 3.2 Vision recipe: `GatedCrossAttentionBlock`s go
-    before every n-th layer of a pretrained language model (or at given
-    layers), reading the image encoder's patches. Their gates start at 0,
-    so the model starts as the bare language model, logit for logit;
-    `freeze_language_model()` leaves only the new blocks (and optionally
-    the encoder) to train. Text is `prompt [START] answer [END]`: the loss
-    falls on the answer, and `generate(images, prompts=...)` prefills each
-    prompt in one pass, then decodes with the LM's key/value cache and the
-    blocks' image keys/values computed once. An empty prompt captions.
+    The Flamingo / Llama 3.2 Vision recipe (`VisionLanguageBackbone`):
+    `GatedCrossAttentionBlock`s before every n-th layer of a pretrained
+    language model (or at given layers), reading the image encoder's
+    patches. Their gates start at 0, so the model starts as the bare
+    language model, logit for logit; `freeze_language_model()` leaves only
+    the new blocks (and optionally the encoder) to train. Text is `prompt
+    [START] answer [END]`: the loss falls on the answer, and
+    `generate(images, prompts=...)` prefills each prompt in one pass, then
+    decodes with the LM's key/value cache and the blocks' image keys/values
+    computed once. An empty prompt captions.
 
     Args:
-        language_model: a keras-hub `GPT2Backbone`, `GemmaBackbone` or
-            `LlamaBackbone`, or a `CausalLM` of one (its backbone is used).
-            Its weights are used in place.
-        encoder: a `vlm.models.ImageEncoder` (the ViT; a keras-hub preset
-            through `ImageEncoder.from_sizes(preset=...)`).
-        cross_attention_every, cross_attention_layers, num_heads,
-        num_key_value_heads, mlp_dim, dropout, sequence_length: where the
-            gated blocks go and their sizes (`CrossAttentionLanguageModel`).
-        gate_type, gate_scale: the blocks' tanh gates, "scalar" or "vector",
-            and their multiplier inside the tanh (`GatedCrossAttentionBlock`).
+        backbone: a `VisionLanguageBackbone`.
         preprocessor: optional `CaptionerPreprocessor`.
         tokenizer: optional tokenizer instead of `preprocessor`.
         **kwargs: Base `keras.Model` arguments.
@@ -49,35 +39,27 @@ class VisionLanguageModel(Captioner):
     >>> lm = keras_hub.models.GPT2Backbone(
     ...     vocabulary_size=tokenizer.vocabulary_size(), num_layers=4, num_heads=4,
     ...     hidden_dim=128, intermediate_dim=512, max_sequence_length=24)
-    >>> model = VisionLanguageModel(lm, encoder, cross_attention_every=2, tokenizer=tokenizer)
+    >>> backbone = VisionLanguageBackbone(lm, encoder, cross_attention_every=2)
+    >>> model = VisionLanguageModel(backbone, tokenizer=tokenizer)
     >>> model.freeze_language_model()["trainable_parameters"]  # the blocks only
     >>> model.generate(images, prompts=["question what colour is the circle answer"])
     """
 
     prompted = True
 
-    def __init__(self, language_model, encoder, cross_attention_every=None,
-                 cross_attention_layers=None, num_heads=None, num_key_value_heads=None,
-                 mlp_dim=None, dropout=0.0, sequence_length=None, gate_type="scalar",
-                 gate_scale=1.0, preprocessor=None, tokenizer=None, **kwargs):
-        if not hasattr(language_model, "transformer_layers") and hasattr(
-                language_model, "backbone"):
-            language_model = language_model.backbone  # a CausalLM
-        if cross_attention_every is None and cross_attention_layers is None:
-            cross_attention_every = 1
-        decoder = CrossAttentionLanguageModel(
-            language_model, cross_attention_every=cross_attention_every,
-            cross_attention_layers=cross_attention_layers, num_heads=num_heads,
-            num_key_value_heads=num_key_value_heads, mlp_dim=mlp_dim, dropout=dropout,
-            sequence_length=sequence_length, gate_type=gate_type, gate_scale=gate_scale,
-            name="language_model")
-        super().__init__(encoder, decoder, preprocessor=preprocessor, tokenizer=tokenizer,
-                         **kwargs)
+    def __init__(self, backbone, preprocessor=None, tokenizer=None, **kwargs):
+        if preprocessor is not None and tokenizer is not None:
+            raise ValueError("Pass `preprocessor` or `tokenizer`, not both: the "
+                             "preprocessor holds the tokenizer.")
+        if tokenizer is not None:
+            preprocessor = CaptionerPreprocessor(
+                tokenizer, backbone.image_size, backbone.sequence_length, name="preprocessor")
+        super().__init__(backbone, preprocessor=preprocessor, **kwargs)
 
     @property
     def language_model(self):
         """The keras-hub backbone, whose weights this model uses in place."""
-        return self.decoder.backbone
+        return self.backbone.language_model
 
     def freeze_language_model(self, freeze_encoder=True):
         """Freezes the language model (and the image encoder); returns what trains.
@@ -91,7 +73,7 @@ class VisionLanguageModel(Captioner):
             `trainable_fraction`.
         """
         self.language_model.trainable = False
-        self.encoder.trainable = not freeze_encoder
+        self.backbone.encoder.trainable = not freeze_encoder
         return self.parameter_report()
 
     def parameter_report(self):
@@ -99,10 +81,10 @@ class VisionLanguageModel(Captioner):
         def count(weights):
             return int(sum(np.prod(w.shape) for w in weights))
 
-        parts = {"language_model": self.language_model, "image_encoder": self.encoder}
+        parts = {"language_model": self.language_model, "image_encoder": self.backbone.encoder}
         report = {name: {"parameters": count(part.weights), "trainable": part.trainable}
                   for name, part in parts.items()}
-        blocks = [w for b in self.decoder.blocks for w in b.weights]
+        blocks = [w for b in self.backbone.decoder.blocks for w in b.weights]
         report["cross_attention"] = {"parameters": count(blocks), "trainable": True}
         report["trainable_parameters"] = count(self.trainable_weights)
         report["total_parameters"] = count(self.weights)
@@ -131,29 +113,13 @@ class VisionLanguageModel(Captioner):
         Returns:
             As `Captioner.generate`: the text generated after each prompt.
         """
-        return super().generate(images, sampler=sampler, max_length=max_length,
-                                return_details=return_details,
-                                prompts="" if prompts is None else prompts)
-
-    def get_config(self):
-        config = {
-            "name": self.name,
-            "trainable": self.trainable,
-            "language_model": keras.saving.serialize_keras_object(self.language_model),
-            "encoder": keras.saving.serialize_keras_object(self.encoder),
-            "preprocessor": (None if self.preprocessor is None
-                             else keras.saving.serialize_keras_object(self.preprocessor)),
-        }
-        decoder = self.decoder.get_config()
-        config.update({key: decoder[key] for key in _BLOCK_ARGS})
-        return config
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config["language_model"] = keras.saving.deserialize_keras_object(
-            config["language_model"])
-        return super().from_config(config)
+        sampler = self.sampler if sampler is None else samplers.get(sampler)
+        self.check_can_decode()
+        if isinstance(images, (list, tuple)) and not len(images):
+            raise ValueError("`images` is empty: give at least one image. Received: images=[]")
+        return self.generate_prompted(self.preprocessor(images),
+                                      "" if prompts is None else prompts, sampler, max_length,
+                                      return_details)
 
 
 def build_language_model(model_config, vocabulary_size, dtype=None, max_sequence_length=None):
@@ -213,11 +179,11 @@ def preset_tokenizer(model_config):
 
 def build_vision_language_model(model_config, tokenizer, language_model, dtype=None):
     """A `VisionLanguageModel` of a `configs` model section around `language_model`."""
-    return VisionLanguageModel(
+    backbone = VisionLanguageBackbone(
         language_model, build_encoder(model_config, dtype=dtype),
         cross_attention_every=model_config.cross_attention_every,
         num_key_value_heads=model_config.num_key_value_heads,
         mlp_dim=model_config.adapter_mlp_dim, dropout=model_config.dropout,
         sequence_length=model_config.sequence_length, gate_type=model_config.adapter_gate,
-        gate_scale=model_config.adapter_gate_scale, tokenizer=tokenizer,
-        name="vision_language_model")
+        gate_scale=model_config.adapter_gate_scale, name="backbone")
+    return VisionLanguageModel(backbone, tokenizer=tokenizer, name="vision_language_model")

@@ -33,16 +33,17 @@ def word_attention(model, image, token_ids, layer=-1):
     ids = [t for t in ids if t != tokenizer.pad_token_id]
     if not ids:
         raise ValueError("`token_ids` holds no generated token.")
-    num_layers = model.decoder.num_layers
+    encoder, decoder = model.backbone.encoder, model.backbone.decoder
+    num_layers = decoder.num_layers
     if not -num_layers <= layer < num_layers:
         raise ValueError(
             f"`layer` must be in [{-num_layers}, {num_layers - 1}]. Received: layer={layer}"
         )
     inputs = np.array([[tokenizer.start_token_id] + ids[:-1]], "int32")
-    patches = model.encoder(ops.convert_to_tensor(image[None], "float32"), training=False)
-    _, scores = model.decoder(inputs, patches, return_attention_scores=True, training=False)
+    patches = encoder(ops.convert_to_tensor(image[None], "float32"), training=False)
+    _, scores = decoder(inputs, patches, return_attention_scores=True, training=False)
     maps = ops.convert_to_numpy(ops.mean(scores[layer], axis=1))[0]  # (tokens, patches)
-    grid = model.encoder.grid_size
+    grid = encoder.grid_size
     words = [tokenizer.id_to_token(t) for t in ids]
     return words, maps.reshape(len(ids), grid, grid).astype("float32")
 
