@@ -254,7 +254,7 @@ def progress_batches(model, examples, batch_size, verbose=None):
     cardinality = int(examples.cardinality())
     progress = keras.utils.Progbar(cardinality if cardinality > 0 else None,
                                    unit_name="image", verbose=_progbar_verbosity(verbose))
-    for batch in eval_batches(examples, image_size=model.image_size, batch_size=batch_size):
+    for batch in eval_batches(examples, model.preprocessor, batch_size=batch_size):
         yield batch
         progress.add(len(batch["images"]))
 
@@ -417,13 +417,11 @@ class CaptionScorer:
 
         if not model.compiled:
             model.compile()  # the masked caption loss and token accuracy
-        prefix_ids = model.preprocessor.prefix_ids
         # Batches drop their remainder (one static shape): fewer pairs than a
         # batch are one smaller batch.
         batch_size = max(min(batch_size, count_pairs(examples)), 1)
-        pairs = train_batches(examples, model.tokenizer, image_size=model.image_size,
-                              sequence_length=model.sequence_length, batch_size=batch_size,
-                              shuffle_buffer=0, prefix_ids=prefix_ids)
+        pairs = train_batches(examples, model.preprocessor, batch_size=batch_size,
+                              shuffle_buffer=0)
         steps = max(count_pairs(examples) // batch_size, 1)
         results = model.evaluate(pairs, steps=steps, verbose=0, return_dict=True)
         metrics["loss"] = float(results["loss"])
@@ -435,7 +433,7 @@ class CaptionScorer:
         worst = sorted(others, key=lambda row: row["cider_d"])[:gallery_size // 2]
         worst_ids = {row["image_id"] for row in worst}
         if worst_ids:
-            for batch in eval_batches(examples, image_size=model.image_size, batch_size=batch_size):
+            for batch in eval_batches(examples, model.preprocessor, batch_size=batch_size):
                 for image_id, image in zip(batch["image_id"].numpy(), batch["images"].numpy()):
                     if plain_id(image_id) in worst_ids:
                         kept_images[plain_id(image_id)] = side_by_side(image)

@@ -346,7 +346,7 @@ def _train(config):
 
     resumed = read_backup(paths["backup"])
     train_data, validation_data, validation_steps = make_batches(
-        config, model, tokenizer, train_examples, validation_examples,
+        config, model, train_examples, validation_examples,
         skip_batches=resumed["epoch"] * steps_per_epoch if resumed else 0)
     if resumed:
         print(f"Resuming after epoch {resumed['epoch']}/{train_config.epochs} from the "
@@ -473,31 +473,24 @@ def build_and_compile(config, tokenizer, train_examples, plan, paths, steps_per_
     return model
 
 
-def make_batches(config, model, tokenizer, train_examples, validation_examples,
-                 skip_batches=0):
+def make_batches(config, model, train_examples, validation_examples, skip_batches=0):
     """`(train_data, validation_data, validation_steps)`: repeated batches of pairs.
 
-    `skip_batches` are the batches a resumed run's finished epochs ate: it
-    then sees the batches an uninterrupted one would.
+    The model's preprocessor makes them. `skip_batches` are the batches a
+    resumed run's finished epochs ate: it then sees the batches an
+    uninterrupted one would.
     """
-    model_config, train_config = config.model, config.train
-    batch_args = dict(
-        image_size=model_config.image_size,
-        sequence_length=model_config.sequence_length,
-        batch_size=train_config.batch_size,
-        prefix_ids=model.preprocessor.prefix_ids,
-    )
+    train_config = config.train
     train_data = train_batches(
-        train_examples, tokenizer, shuffle_buffer=config.data.shuffle_buffer,
-        seed=train_config.seed, repeat=True,
+        train_examples, model.preprocessor, batch_size=train_config.batch_size,
+        shuffle_buffer=config.data.shuffle_buffer, seed=train_config.seed, repeat=True,
         captions_per_image=train_config.captions_per_image, **long_caption_args(train_config),
-        **batch_args,
     ).skip(skip_batches)
     if validation_examples is None:
         return train_data, None, None
     validation_steps = count_pairs(validation_examples) // train_config.batch_size
-    validation_data = train_batches(
-        validation_examples, tokenizer, shuffle_buffer=0, **batch_args).repeat()
+    validation_data = train_batches(validation_examples, model.preprocessor,
+                                    batch_size=train_config.batch_size, shuffle_buffer=0).repeat()
     return train_data, validation_data, validation_steps
 
 

@@ -17,12 +17,16 @@ from tests.data.caption_examples import tiny_model
 from vlm.data.batching import count_pairs
 from vlm.data.batching import eval_batches
 from vlm.data.batching import train_batches
+from vlm.data.tokenizer import IMAGE
+from vlm.data.tokenizer import CaptionTokenizer
 from vlm.data.tokenizer import pack_captions
+from vlm.models.captioner_preprocessor import CaptionerPreprocessor
+from vlm.models.multi_image_preprocessor import MultiImagePreprocessor
 
 
 def test_train_batches_shapes_order_and_shifted_labels(tokenizer):
     batches = train_batches(
-        make_examples(), tokenizer, image_size=S, sequence_length=T, batch_size=2, shuffle_buffer=0
+        make_examples(), CaptionerPreprocessor(tokenizer, S, T), batch_size=2, shuffle_buffer=0
     )
     images_spec, tokens_spec = batches.element_spec[0]["images"], batches.element_spec[0]["tokens"]
     assert images_spec.shape == (2, S, S, 3) and images_spec.dtype == tf.float32
@@ -47,7 +51,7 @@ def test_train_batches_shapes_order_and_shifted_labels(tokenizer):
 
 def test_train_batches_one_pair_per_caption_with_shuffling(tokenizer):
     batches = train_batches(
-        make_examples(), tokenizer, image_size=S, sequence_length=T, batch_size=1, seed=3
+        make_examples(), CaptionerPreprocessor(tokenizer, S, T), batch_size=1, seed=3
     )
     images, tokens, labels = collect(batches)
     assert len(tokens) == PAIRS
@@ -63,7 +67,7 @@ def test_train_batches_one_pair_per_caption_with_shuffling(tokenizer):
 
 def test_train_batches_with_captions_per_image_group_each_image_once(tokenizer):
     """k=2: each image once per group of 2 of its captions, in consecutive rows."""
-    batches = train_batches(make_examples(), tokenizer, image_size=S, sequence_length=T,
+    batches = train_batches(make_examples(), CaptionerPreprocessor(tokenizer, S, T),
                             batch_size=4, captions_per_image=2, shuffle_buffer=0)
     assert batches.element_spec[0]["images"].shape == (2, S, S, 3)
     assert batches.element_spec[0]["tokens"].shape == (4, T)
@@ -85,7 +89,7 @@ def test_train_batches_with_captions_per_image_group_each_image_once(tokenizer):
 
 
 def test_train_batches_with_captions_per_image_shuffle_whole_groups(tokenizer):
-    batches = train_batches(make_examples(), tokenizer, image_size=S, sequence_length=T,
+    batches = train_batches(make_examples(), CaptionerPreprocessor(tokenizer, S, T),
                             batch_size=3, captions_per_image=3, seed=2, repeat=True)
     for x, _ in batches.take(6).as_numpy_iterator():
         assert x["images"].shape == (1, S, S, 3) and x["tokens"].shape == (3, T)
@@ -98,7 +102,7 @@ def test_train_batches_with_captions_per_image_shuffle_whole_groups(tokenizer):
 
 def test_train_batches_read_long_captions_more_often(tokenizer):
     """Captions of 3+ words read 3 times, shorter ones once; count_pairs agrees."""
-    batches = train_batches(make_examples(), tokenizer, image_size=S, sequence_length=T,
+    batches = train_batches(make_examples(), CaptionerPreprocessor(tokenizer, S, T),
                             batch_size=1, shuffle_buffer=0, long_caption_words=3,
                             long_caption_repeats=3)
     images, tokens, _ = collect(batches)
@@ -113,14 +117,14 @@ def test_train_batches_read_long_captions_more_often(tokenizer):
     # Repeats stay with their image, and are consecutive before shuffling.
     np.testing.assert_allclose(images[:3].mean(axis=(1, 2, 3)), [40, 40, 40], atol=1e-4)
     with pytest.raises(ValueError, match="long_caption_repeats"):
-        train_batches(make_examples(), tokenizer, image_size=S, sequence_length=T,
+        train_batches(make_examples(), CaptionerPreprocessor(tokenizer, S, T),
                       batch_size=1, long_caption_words=3, long_caption_repeats=0)
 
 
 def test_train_batches_are_deterministic_given_a_seed(tokenizer):
     def order(seed):
         batches = train_batches(
-            make_examples(), tokenizer, image_size=S, sequence_length=T, batch_size=1, seed=seed
+            make_examples(), CaptionerPreprocessor(tokenizer, S, T), batch_size=1, seed=seed
         )
         return collect(batches)[1].tolist()
 
@@ -131,14 +135,14 @@ def test_train_batches_are_deterministic_given_a_seed(tokenizer):
 
 def test_train_batches_repeat(tokenizer):
     batches = train_batches(
-        make_examples(), tokenizer, image_size=S, sequence_length=T, batch_size=4, repeat=True
+        make_examples(), CaptionerPreprocessor(tokenizer, S, T), batch_size=4, repeat=True
     )
     assert len(list(batches.take(5))) == 5  # more than the 7 pairs of one pass
 
 
 def test_train_batches_repeat_is_one_stream_that_skip_resumes(tokenizer):
     """Every iterator reads the same repeated stream: `skip(n)` resumes a run."""
-    batches = train_batches(make_examples(), tokenizer, image_size=S, sequence_length=T,
+    batches = train_batches(make_examples(), CaptionerPreprocessor(tokenizer, S, T),
                             batch_size=1, seed=3, repeat=True)
 
     def tokens(dataset, n):
@@ -153,17 +157,18 @@ def test_train_batches_repeat_is_one_stream_that_skip_resumes(tokenizer):
 
 def test_train_batches_rejects_bad_arguments(tokenizer):
     with pytest.raises(ValueError, match="batch_size=0"):
-        train_batches(make_examples(), tokenizer, image_size=S, sequence_length=T, batch_size=0)
+        train_batches(make_examples(), CaptionerPreprocessor(tokenizer, S, T), batch_size=0)
     with pytest.raises(ValueError, match="batch_size=6, captions_per_image=4"):
-        train_batches(make_examples(), tokenizer, image_size=S, sequence_length=T, batch_size=6,
+        train_batches(make_examples(), CaptionerPreprocessor(tokenizer, S, T), batch_size=6,
                       captions_per_image=4)
     images_only = tf.data.Dataset.from_tensors({"image": tf.zeros((4, 4, 3), tf.uint8)})
     with pytest.raises(ValueError, match="missing key 'captions'"):
-        train_batches(images_only, tokenizer, image_size=S, sequence_length=T, batch_size=1)
+        train_batches(images_only, CaptionerPreprocessor(tokenizer, S, T), batch_size=1)
 
 
-def test_eval_batches_pad_references_and_pass_through_other_keys():
-    batches = eval_batches(make_examples(extra=True), image_size=S, batch_size=2, max_references=3)
+def test_eval_batches_pad_references_and_pass_through_other_keys(tokenizer):
+    batches = eval_batches(make_examples(extra=True), CaptionerPreprocessor(tokenizer, S, T),
+                           batch_size=2, max_references=3)
     spec = batches.element_spec
     assert spec["images"].shape.as_list() == [None, S, S, 3] and spec["images"].dtype == tf.float32
     assert spec["captions"].shape.as_list() == [None, 3]
@@ -190,7 +195,7 @@ def test_train_batches_feed_fit(tokenizer):
     """A tiny model trains on train_batches under the current Keras backend."""
     model = tiny_model()
     batches = train_batches(
-        make_examples(), tokenizer, image_size=S, sequence_length=T, batch_size=2, repeat=True
+        make_examples(), CaptionerPreprocessor(tokenizer, S, T), batch_size=2, repeat=True
     )
     history = model.fit(batches, epochs=2, steps_per_epoch=2, shuffle=False, verbose=0)
     losses = history.history["loss"]
@@ -199,7 +204,7 @@ def test_train_batches_feed_fit(tokenizer):
     assert abs(losses[0] - np.log(len(VOCABULARY))) < 1.0
 
 
-def test_examples_of_image_pairs_with_markers_before_each_caption(tokenizer):
+def test_examples_of_image_pairs_with_markers_before_each_caption():
     """shapes_change examples: (2, H, W, 3) images, `<image>` ids first, no loss on them."""
     from vlm.datasets.shapes.changes import generate_change_examples
 
@@ -210,10 +215,11 @@ def test_examples_of_image_pairs_with_markers_before_each_caption(tokenizer):
         "image_id": [r["image_id"] for r in rows],
         "change": [r["change"] for r in rows],
     })
-    marker = 1  # any reserved id does; [UNK] here
-    batches = train_batches(examples, tokenizer, image_size=16, sequence_length=12,
-                            batch_size=6, captions_per_image=3, shuffle_buffer=0,
-                            prefix_ids=[marker, marker])
+    tokenizer = CaptionTokenizer(vocabulary=VOCABULARY + [IMAGE])
+    preprocessor = MultiImagePreprocessor(tokenizer, 16, 12, num_images=2)
+    marker = tokenizer.token_to_id(IMAGE)
+    batches = train_batches(examples, preprocessor, batch_size=6, captions_per_image=3,
+                            shuffle_buffer=0)
     (inputs, labels), = list(batches.take(1).as_numpy_iterator())
     assert inputs["images"].shape == (2, 2, 16, 16, 3)  # 2 pairs x 3 captions
     tokens = inputs["tokens"]
@@ -222,7 +228,7 @@ def test_examples_of_image_pairs_with_markers_before_each_caption(tokenizer):
     np.testing.assert_array_equal(labels[:, 2:-1], tokens[:, 3:])  # then teacher forcing
     caption = pack_captions(tokenizer, [rows[0]["captions"][0]], 10).numpy()[0]
     np.testing.assert_array_equal(tokens[0, 2:], caption[:-1])
-    evaluation = next(iter(eval_batches(examples, image_size=16, batch_size=4)))
+    evaluation = next(iter(eval_batches(examples, preprocessor, batch_size=4)))
     assert evaluation["images"].shape == (4, 2, 16, 16, 3)
     assert evaluation["change"].numpy()[0].decode() == rows[0]["change"]
 
@@ -239,7 +245,7 @@ def test_answers_after_question_prompts_and_the_text_alone(tokenizer):
         "scene_captions": [["a dog on the grass"], ["a cat"]],
         "image_id": [0, 1],
     })
-    batches = train_batches(examples, tokenizer, image_size=8, sequence_length=8,
+    batches = train_batches(examples, CaptionerPreprocessor(tokenizer, 8, 8),
                             batch_size=4, captions_per_image=2, shuffle_buffer=0)
     (inputs, labels), = list(batches.take(1).as_numpy_iterator())
     ids = {w: tokenizer.token_to_id(w) for w in ("a", "dog", "on", "the", "grass", "cat")}

@@ -11,6 +11,7 @@ from vlm.data.batching import train_batches
 from vlm.data.coco import coco_examples
 from vlm.data.paths import cache_dir
 from vlm.data.paths import tfds_data_dir
+from vlm.models.captioner_preprocessor import CaptionerPreprocessor
 
 
 def test_coco_examples_from_mock_tfds_feed_train_batches(tmp_path, tokenizer):
@@ -23,13 +24,14 @@ def test_coco_examples_from_mock_tfds_feed_train_batches(tmp_path, tokenizer):
         assert spec["captions"].dtype == tf.string and spec["captions"].shape.rank == 1
         assert spec["image_id"].dtype == tf.int64
         assert sorted(spec) == ["captions", "image", "image_id"]
-        batches = train_batches(examples, tokenizer, image_size=S, sequence_length=T, batch_size=3)
+        batches = train_batches(examples, CaptionerPreprocessor(tokenizer, S, T), batch_size=3)
         for inputs, labels in batches.take(2).as_numpy_iterator():
             assert inputs["images"].shape == (3, S, S, 3) and inputs["images"].dtype == np.float32
             assert inputs["tokens"].shape == (3, T) and labels.shape == (3, T)
             assert (inputs["tokens"][:, 0] == 2).all()
             np.testing.assert_array_equal(inputs["tokens"][:, 1:], labels[:, :-1])
-        evaluation = next(iter(eval_batches(examples, image_size=S, batch_size=4)))
+        preprocessor = CaptionerPreprocessor(tokenizer, S, T)
+        evaluation = next(iter(eval_batches(examples, preprocessor, batch_size=4)))
         assert evaluation["captions"].shape == (4, 5)
 
 

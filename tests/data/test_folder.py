@@ -19,6 +19,7 @@ from vlm.data.batching import train_batches
 from vlm.data.folder import SkippedInputWarning
 from vlm.data.folder import folder_examples
 from vlm.data.images import decode_image
+from vlm.models.captioner_preprocessor import CaptionerPreprocessor
 
 
 @pytest.fixture()
@@ -180,7 +181,7 @@ def test_a_bad_image_does_not_abort_an_epoch(messy_folder, tokenizer, capfd):
     folder, _ = messy_folder
     with pytest.warns(SkippedInputWarning):
         examples = folder_examples(folder / "captions.csv")
-    batches = train_batches(examples, tokenizer, image_size=S, sequence_length=T,
+    batches = train_batches(examples, CaptionerPreprocessor(tokenizer, S, T),
                             batch_size=2, shuffle_buffer=0)
     steps = []
     count = keras.callbacks.LambdaCallback(
@@ -193,7 +194,7 @@ def test_a_bad_image_does_not_abort_an_epoch(messy_folder, tokenizer, capfd):
     assert steps == [4, 4]
     assert np.all(np.isfinite(history.history["loss"]))
     assert capfd.readouterr().err.count("skipped 5 of 12 images this pass") >= 2
-    images = eval_batches(examples, image_size=S, batch_size=4)
+    images = eval_batches(examples, CaptionerPreprocessor(tokenizer, S, T), batch_size=4)
     assert sum(len(b["image_id"]) for b in images.as_numpy_iterator()) == 7
 
 
@@ -229,7 +230,7 @@ def test_folder_captions_empty_very_long_and_emoji(tmp_path, image_folder, token
     got = read_all(examples)
     assert list(got) == ["a.jpg", "b.png"]
     assert got["b.png"][1] == ["\U0001f436 \u00fcber dog"]
-    batches = train_batches(examples, tokenizer, image_size=S, sequence_length=T,
+    batches = train_batches(examples, CaptionerPreprocessor(tokenizer, S, T),
                             batch_size=3, shuffle_buffer=0)
     _, tokens, labels = collect(batches)
     np.testing.assert_array_equal(tokens, [

@@ -1,6 +1,7 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tests.test_case import to_numpy
 from vlm.data.images import preprocess_image
@@ -85,3 +86,25 @@ def test_bad_images_are_named(images, message):
 def test_bad_sizes_are_named():
     with pytest.raises(ValueError, match="image_size.*Received: image_size=0"):
         make(image_size=0)
+
+
+def test_serving_text_reads_prompts_and_writes_captions_as_the_tokenizer_does():
+    """The SavedModel's core-TF text path agrees with the Keras tokenizer and detokenizer."""
+    preprocessor = make()
+    text = preprocessor.serving_text()
+    tokenizer = preprocessor.tokenizer
+    ids = text.prompt_ids(tf.constant("The  RED circle, left of a SQUARE"))
+    expected = [int(i) for i in to_numpy(tokenizer("the red circle left of a square"))]
+    assert ids.numpy().tolist() == expected
+    unknown = tokenizer.token_to_id("[UNK]")
+    assert text.prompt_ids(tf.constant("a green circle")).numpy().tolist() == [
+        tokenizer.token_to_id("a"), unknown, tokenizer.token_to_id("circle")]
+    rows = np.array([[2, *expected[:3], 3, 9, 0], [2, 3, 0, 0, 0, 0, 0]], "int32")
+    assert [s.decode() for s in text.detokenize(tf.constant(rows)).numpy()] == (
+        preprocessor.detokenize(rows)) == ["the red circle", ""]
+
+
+def test_serving_text_needs_the_caption_tokenizer():
+    other = CaptionerPreprocessor(keras.layers.Identity(), 8, 6)
+    with pytest.raises(ValueError, match="serves vlm's own CaptionTokenizer.*a Identity"):
+        other.serving_text()

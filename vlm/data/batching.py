@@ -21,9 +21,6 @@ tf.data batches for `fit`).
 import numpy as np
 import tensorflow as tf
 
-from vlm.data.images import preprocess_image
-from vlm.data.tokenizer import pack_captions
-from vlm.data.tokenizer import prefixed_captions
 from vlm.data.tokenizer import prompted_captions
 from vlm.data.tokenizer import tf_normalize_caption
 from vlm.utils.argument_checks import check_positive_int
@@ -68,26 +65,26 @@ def _check_examples(examples):
 
 def train_batches(
     examples,
-    tokenizer,
+    preprocessor,
     *,
-    image_size,
-    sequence_length,
     batch_size,
     captions_per_image=1,
     shuffle_buffer=1024,
     seed=0,
     repeat=False,
-    prefix_ids=(),
     long_caption_words=0,
     long_caption_repeats=1,
 ):
     """Builds teacher-forcing batches for `keras.Model.fit`, one per (image, caption) pair.
 
-    Each image is resized once (`preprocess_image`), then paired with each of
-    its captions; captions that normalise to "" are skipped. Pairs are
-    shuffled (`shuffle_buffer` pairs, deterministic for a given `seed`),
-    batched with `drop_remainder=True` so every batch has the static shape XLA
-    wants, and tokenized per batch with `pack_captions`.
+    The model's preprocessor is the path: each image is resized once
+    (`preprocessor.resize`), then paired with each of its captions; captions
+    that normalise to "" are skipped. Pairs are shuffled (`shuffle_buffer`
+    pairs, deterministic for a given `seed`), batched with
+    `drop_remainder=True` so every batch has the static shape XLA wants, and
+    tokenized per batch (`preprocessor.tokenize`: with `<image>` markers
+    before each caption for an interleaved model, after its prompt for
+    examples with "prompts").
 
     With `captions_per_image=k > 1`, an image goes into a batch once with `k`
     of its captions, in consecutive rows of "tokens": the batch has
@@ -99,9 +96,9 @@ def train_batches(
 
     Args:
         examples: an examples dataset (see the module docstring).
-        tokenizer: a `CaptionTokenizer` ([PAD] must be id 0).
-        image_size: int. Square image side S.
-        sequence_length: int. Token sequence length T.
+        preprocessor: the model's preprocessor (`CaptionerPreprocessor` or
+            `MultiImagePreprocessor`): its `resize`, `tokenize`, and
+            `image_size` S and `sequence_length` T. Its tokenizer pads with 0.
         batch_size: int. Batch size B, in captions.
         captions_per_image: int. Captions read with each image in a batch,
             k; must divide `batch_size`.
@@ -111,9 +108,6 @@ def train_batches(
             about `shuffle_buffer / captions per image` images of `S * S * 3`
             float32.
         seed: int or None. Shuffle seed; None reshuffles differently each run.
-        prefix_ids: token ids put before each caption's [START] (such as an
-            `<image>` marker per image); no loss falls on them, and the
-            caption is packed to `sequence_length - len(prefix_ids)`.
         repeat: bool. Repeat forever (reshuffling each pass); then give
             `fit` a `steps_per_epoch`. With a `seed`, every iterator yields
             the same stream, so `.skip(n)` gives exactly the batches from
@@ -131,13 +125,10 @@ def train_batches(
 
     Example:
 
-    >>> batches = train_batches(coco_examples("train"), tokenizer,
-    ...                         image_size=224, sequence_length=32, batch_size=64)
+    >>> batches = train_batches(coco_examples("train"), model.preprocessor, batch_size=64)
     >>> model.fit(batches, epochs=1)
     """
     _check_examples(examples)
-    check_positive_int("image_size", image_size)
-    check_positive_int("sequence_length", sequence_length)
     check_positive_int("batch_size", batch_size)
     check_positive_int("captions_per_image", captions_per_image)
     if batch_size % captions_per_image:
@@ -162,7 +153,7 @@ def train_batches(
         texts = tf.stack([tf.boolean_mask(prompts, kept), tf.boolean_mask(captions, kept)], 1)
         repeats = _caption_repeats(normalized, long_caption_words, long_caption_repeats)
         texts = tf.repeat(texts, tf.boolean_mask(repeats, kept), axis=0)
-        return preprocess_image(_image_of(example), image_size), texts
+        return preprocessor.resize(_image_of(example)), texts
 
     def groups_of_captions(image, texts):
         # (ceil(n / k), k, 2) (prompt, caption) rows, cycling; k = 1 gives each once.
@@ -177,16 +168,8 @@ def train_batches(
 
     def to_model_inputs(images, texts):
         texts = tf.reshape(texts, (-1, 2))  # (B // k, k, 2) -> (B, 2), per image
-        captions = texts[:, 1]
-        if prompted:
-            tokens, labels = prompted_captions(tokenizer, texts[:, 0], captions, sequence_length)
-            return {"images": images, "tokens": tokens}, labels
-        if prefix_ids:
-            tokens, labels = prefixed_captions(tokenizer, captions, sequence_length, prefix_ids)
-            return {"images": images, "tokens": tokens}, labels
-        packed = pack_captions(tokenizer, captions, sequence_length)  # (B, T + 1)
-        inputs = {"images": images, "tokens": packed[:, :-1]}
-        return inputs, packed[:, 1:]
+        tokens, labels = preprocessor.tokenize(texts[:, 1], texts[:, 0] if prompted else None)
+        return {"images": images, "tokens": tokens}, labels
 
     pairs = examples.map(resize_and_keep_captions, num_parallel_calls=AUTOTUNE)
     pairs = pairs.flat_map(groups_of_captions)
@@ -318,7 +301,7 @@ def _padding_value(spec):
     return tf.constant(-1, dtype)
 
 
-def eval_batches(examples, *, image_size, batch_size, max_references=5):
+def eval_batches(examples, preprocessor, *, batch_size, max_references=5):
     """Builds evaluation batches: each image once, with all its references.
 
     Keys other than "image" and "captions" pass through unchanged, batched
@@ -329,7 +312,8 @@ def eval_batches(examples, *, image_size, batch_size, max_references=5):
 
     Args:
         examples: an examples dataset (see the module docstring).
-        image_size: int. Square image side S.
+        preprocessor: the model's preprocessor: its `resize` to its
+            `image_size` S.
         batch_size: int. Batch size B.
         max_references: int. References kept per image R; fewer are padded
             with "" and more are truncated (COCO has 5, a few images 6-7).
@@ -344,17 +328,16 @@ def eval_batches(examples, *, image_size, batch_size, max_references=5):
 
     Example:
 
-    >>> for batch in eval_batches(coco_examples("val"), image_size=224, batch_size=32):
+    >>> for batch in eval_batches(coco_examples("val"), model.preprocessor, batch_size=32):
     ...     predictions = generate(model, batch["images"])
     """
     _check_examples(examples)
-    check_positive_int("image_size", image_size)
     check_positive_int("batch_size", batch_size)
     check_positive_int("max_references", max_references)
 
     def prepare(example):
         example = dict(example)
-        example["images"] = preprocess_image(_image_of(example), image_size)
+        example["images"] = preprocessor.resize(_image_of(example))
         example.pop("image", None)
         captions = example["captions"][:max_references]
         captions = tf.pad(

@@ -42,8 +42,6 @@ import keras
 import tensorflow as tf
 
 from vlm import samplers
-from vlm.data.tokenizer import CaptionTokenizer
-from vlm.data.tokenizer import tf_normalize_caption
 
 # Samplers a SavedModel serves: the deterministic ones (a sampling seed
 # would be baked into the graph).
@@ -87,13 +85,6 @@ def export(model_path, output_dir, sampler="greedy", max_length=None, xla=True):
 
 def export_model(model, output_dir, sampler="greedy", max_length=None, xla=True):
     """Writes the serving SavedModel of an in-memory `Captioner` (TensorFlow backend)."""
-    if not isinstance(model.tokenizer, CaptionTokenizer):
-        # Its word lookup and detokenization are core TF ops over a word-piece
-        # vocabulary; a SentencePiece model needs tensorflow_text's ops.
-        raise ValueError(
-            f"The SavedModel serves vlm's own CaptionTokenizer with plain TensorFlow ops; "
-            f"this model's tokenizer is a {type(model.tokenizer).__name__}. Serve it from "
-            "Keras (`model.generate`) instead.")
     if keras.config.backend() != "tensorflow":
         raise RuntimeError("export_model needs KERAS_BACKEND=tensorflow; use `export`.")
     sampler = _serving_sampler(sampler)
@@ -117,13 +108,9 @@ class _ServingModule(tf.Module):
         # The Keras model stays out of tf.Module tracking; its tf.Variables
         # are tracked here so that the SavedModel stores them.
         self._variables = [v.value for v in model.variables]
-        tokenizer = model.tokenizer
         size = model.image_size
         preprocessor = model.preprocessor  # a local: kept out of tf.Module tracking
-        self._vocabulary = tf.constant(tokenizer.get_vocabulary())
-        self._special = tf.constant([tokenizer.pad_token_id, tokenizer.start_token_id,
-                                     tokenizer.end_token_id], tf.int32)
-        self._end = tokenizer.end_token_id
+        self._text = preprocessor.serving_text()  # its word lookup and detokenizer
         noise = tf.constant(sampler.noise(max_length, 1, 1))
         # Images per example: a row of several for a `MultiImageCaptioner`.
         per_example = [] if model.images_per_example is None else [model.images_per_example]
@@ -165,13 +152,6 @@ class _ServingModule(tf.Module):
     def _prompted(self, model, preprocessor, noise, sampler, max_length, xla):
         """`serving_default(images, prompts)` and `serve_pixels(images, prompts)`."""
         size = model.image_size
-        vocabulary = model.tokenizer.get_vocabulary()
-        # Prompt words to ids with core TensorFlow ops: a word outside the
-        # vocabulary is [UNK] (the Keras tokenizer would split it into pieces).
-        self._table = tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(tf.constant(vocabulary),
-                                                tf.range(len(vocabulary), dtype=tf.int32)),
-            default_value=model.tokenizer.token_to_id("[UNK]"))
         longest = model.sequence_length - 1 - max_length
         self._decode_prompted = tf.function(
             lambda images, prompt: model.generate_step(images, noise, sampler, max_length,
@@ -180,7 +160,7 @@ class _ServingModule(tf.Module):
         def answer(pixels, prompts):
             def one(args):
                 image, prompt = args
-                ids = self._table.lookup(tf.strings.split(tf_normalize_caption(prompt)))[None]
+                ids = self._text.prompt_ids(prompt)[None]
                 check = tf.debugging.assert_less_equal(
                     tf.size(ids), longest, message=f"A prompt is longer than the {longest} "
                     f"tokens this SavedModel takes (sequence_length {model.sequence_length} "
@@ -194,7 +174,7 @@ class _ServingModule(tf.Module):
 
             ids, log_probs = tf.map_fn(one, (pixels, prompts), fn_output_signature=(
                 tf.TensorSpec([max_length], tf.int32), tf.TensorSpec([], tf.float32)))
-            return {"captions": self._detokenize(ids), "log_probs": log_probs}
+            return {"captions": self._text.detokenize(ids), "log_probs": log_probs}
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images"),
                                       tf.TensorSpec([None], tf.string, name="prompts")])
@@ -215,22 +195,13 @@ class _ServingModule(tf.Module):
     def _caption(self, pixels):
         def run():
             ids, log_probs = self._decode(pixels)
-            return self._detokenize(ids), log_probs
+            return self._text.detokenize(ids), log_probs
 
         def empty():
             return tf.zeros([0], tf.string), tf.zeros([0], tf.float32)
 
         captions, log_probs = tf.cond(tf.shape(pixels)[0] > 0, run, empty)
         return {"captions": captions, "log_probs": log_probs}
-
-    def _detokenize(self, ids):
-        """Core-TF detokenization: cut at [END], drop specials, join ## pieces."""
-        ended = tf.cumsum(tf.cast(tf.equal(ids, self._end), tf.int32), axis=1) > 0
-        special = tf.reduce_any(tf.equal(ids[..., None], self._special), axis=-1)
-        words = tf.ragged.boolean_mask(tf.gather(self._vocabulary, ids),
-                                       ~(ended | special))
-        joined = tf.strings.reduce_join(words, axis=1, separator=" ")
-        return tf.strings.regex_replace(joined, " ##", "")
 
 
 def decode_one(preprocessor, contents):

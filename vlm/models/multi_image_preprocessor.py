@@ -157,12 +157,15 @@ class MultiImagePreprocessor(CaptionerPreprocessor):
             rows.append(np.asarray(ids, "int32"))
         return rows
 
-    def tokenize(self, captions):
+    def tokenize(self, captions, prompts=None):
         """Teacher-forcing `(tokens, labels)`, `num_images` markers before each caption.
 
         The labels of the marker positions are padding (no loss); without
         markers (named sources) this is `CaptionerPreprocessor.tokenize`.
         """
+        if prompts is not None:
+            raise ValueError("A model of several images per example is trained on captions "
+                             "alone: its examples take no `prompts`.")
         if not self.interleaved:
             return super().tokenize(captions)
         return prefixed_captions(self.tokenizer, captions, self.sequence_length,
