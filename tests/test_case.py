@@ -1,4 +1,4 @@
-"""The shared checks every `vlm` layer test runs: one helper for all of them."""
+"""The shared checks every `vlm` layer and backbone test runs: one helper for each kind."""
 
 import inspect
 import os
@@ -128,3 +128,59 @@ def _fit_two_steps(model, inputs, expected_output_shape, rng):
         for b, w in zip(before, model.trainable_weights)
     ]
     assert any(changed), "no trainable weight moved after two fit steps"
+
+
+def run_backbone_test(backbone_cls, init_kwargs, input_data, expected_output_shape, atol=1e-5):
+    """Runs the checks every backbone must pass, asserting on numbers.
+
+    - `get_config` holds exactly the constructor's arguments and round-trips;
+    - a call gives finite logits of `expected_output_shape`;
+    - the decoding interface agrees with the call: `encode`, the decoder's
+      context caches, `cross_attention_mask` and one cached pass over all the
+      tokens give the call's logits (within `atol`);
+    - a `.keras` round trip gives identical logits.
+
+    Args:
+        backbone_cls: the backbone class.
+        init_kwargs: constructor arguments (their parts are used in place).
+        input_data: `{"images": ..., "tokens": ...}` NumPy arrays.
+        expected_output_shape: `(batch, tokens, vocabulary_size)`.
+
+    Returns:
+        The backbone built from `init_kwargs`.
+    """
+    backbone = backbone_cls(**init_kwargs)
+    config = backbone.get_config()
+    init_args = set(inspect.signature(backbone_cls.__init__).parameters) - {"self", "kwargs"}
+    assert set(config) - BASE_CONFIG_KEYS == init_args, (
+        f"get_config keys {sorted(set(config) - BASE_CONFIG_KEYS)} differ from "
+        f"the constructor's {sorted(init_args)}")
+    for key, value in init_kwargs.items():
+        if isinstance(value, (int, float, str, tuple, list)) or value is None:
+            assert config[key] == value, (key, config[key], value)
+    revived = backbone_cls.from_config(config)
+    assert revived.get_config() == config
+
+    logits = backbone(input_data)
+    assert tuple(logits.shape) == tuple(expected_output_shape)
+    assert keras.backend.standardize_dtype(logits.dtype) == "float32"
+    assert np.all(np.isfinite(to_numpy(logits)))
+
+    tokens = keras.ops.convert_to_tensor(input_data["tokens"], "int32")
+    batch, length = input_data["tokens"].shape
+    decoder = backbone.decoder
+    context_caches = decoder.compute_context_caches(backbone.encode(
+        keras.ops.convert_to_tensor(input_data["images"], "float32")))
+    mask, seen = backbone.cross_attention_mask(tokens, keras.ops.zeros((batch,), "int32"))
+    cached, _ = decoder.call_with_cache(tokens, context_caches, decoder.empty_caches(batch, length),
+                                        0, mask)
+    assert_close(cached, logits, atol=atol)
+    assert tuple(seen.shape) == (batch,)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "backbone.keras")
+        backbone.save(path)
+        loaded = keras.saving.load_model(path)
+    assert type(loaded) is backbone_cls
+    assert_close(loaded(input_data), logits, atol=0.0)
+    return backbone
