@@ -1,6 +1,7 @@
 """The models, per kind a backbone (the graph), a task and a preprocessor: the captioner,
 the several-image captioner and a keras-hub language model with gated cross attention."""
 
+from vlm.models.backbone import Backbone
 from vlm.models.captioner import Captioner
 from vlm.models.captioner import build_captioner
 from vlm.models.captioner_backbone import CaptionerBackbone
@@ -14,6 +15,6 @@ from vlm.models.text_decoder import TextDecoder
 from vlm.models.vision_language_backbone import VisionLanguageBackbone
 from vlm.models.vision_language_model import VisionLanguageModel
 
-__all__ = ["Captioner", "CaptionerBackbone", "CaptionerPreprocessor", "ImageEncoder",
+__all__ = ["Backbone", "Captioner", "CaptionerBackbone", "CaptionerPreprocessor", "ImageEncoder",
            "MultiImageBackbone", "MultiImageCaptioner", "MultiImagePreprocessor", "Task",
            "TextDecoder", "VisionLanguageBackbone", "VisionLanguageModel", "build_captioner"]

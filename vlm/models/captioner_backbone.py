@@ -2,9 +2,11 @@
 
 import keras
 
+from vlm.models.backbone import Backbone
+
 
 @keras.saving.register_keras_serializable(package="vlm")
-class CaptionerBackbone(keras.Model):
+class CaptionerBackbone(Backbone):
     """An `ImageEncoder` whose patches a `TextDecoder` reads: images and tokens in, logits out.
 
     The graph and the weights of a `Captioner`, as a keras-hub backbone is
@@ -34,26 +36,6 @@ class CaptionerBackbone(keras.Model):
         super().__init__(inputs={"images": images, "tokens": tokens}, outputs=logits, **kwargs)
         self.encoder = encoder
         self.decoder = decoder
-
-    @property
-    def image_size(self):
-        return self.encoder.image_size
-
-    @property
-    def sequence_length(self):
-        return self.decoder.sequence_length
-
-    @property
-    def vocabulary_size(self):
-        return self.decoder.vocabulary_size
-
-    def encode(self, images):
-        """The decoder's context for model-ready images (one encoder pass)."""
-        return self.encoder(images, training=False)
-
-    def cross_attention_mask(self, tokens, previous_images):
-        """Every token sees the whole image: `(None, previous_images)`."""
-        return None, previous_images
 
     def get_config(self):
         return {"name": self.name, "trainable": self.trainable,

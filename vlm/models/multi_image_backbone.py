@@ -7,11 +7,12 @@ from vlm.layers.image_index_embedding import ImageIndexEmbedding
 from vlm.layers.media_attention_mask import MODES
 from vlm.layers.media_attention_mask import count_images
 from vlm.layers.media_attention_mask import media_attention_mask
+from vlm.models.backbone import Backbone
 from vlm.utils.argument_checks import check_positive_int
 
 
 @keras.saving.register_keras_serializable(package="vlm")
-class MultiImageBackbone(keras.Model):
+class MultiImageBackbone(Backbone):
     """Up to `num_images` images per example, each encoded alone, read by one decoder.
 
     Every image goes through the encoder alone (one pass over `batch *
@@ -79,18 +80,6 @@ class MultiImageBackbone(keras.Model):
     @property
     def sources(self):
         return self.decoder.sources
-
-    @property
-    def image_size(self):
-        return self.encoder.image_size
-
-    @property
-    def sequence_length(self):
-        return self.decoder.sequence_length
-
-    @property
-    def vocabulary_size(self):
-        return self.decoder.vocabulary_size
 
     def encode(self, images):
         """The decoder's context for `(batch, num_images, S, S, 3)` model-ready images."""

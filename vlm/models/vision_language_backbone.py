@@ -2,6 +2,7 @@
 
 import keras
 
+from vlm.models.backbone import Backbone
 from vlm.models.cross_attention_language_model import CrossAttentionLanguageModel
 
 _BLOCK_ARGS = ("cross_attention_every", "cross_attention_layers", "num_heads",
@@ -10,7 +11,7 @@ _BLOCK_ARGS = ("cross_attention_every", "cross_attention_layers", "num_heads",
 
 
 @keras.saving.register_keras_serializable(package="vlm")
-class VisionLanguageBackbone(keras.Model):
+class VisionLanguageBackbone(Backbone):
     """An image encoder read by `GatedCrossAttentionBlock`s inside a keras-hub language model.
 
     The Flamingo / Llama 3.2 Vision graph: the blocks go before every n-th
@@ -61,26 +62,6 @@ class VisionLanguageBackbone(keras.Model):
     def language_model(self):
         """The keras-hub backbone, whose weights this graph uses in place."""
         return self.decoder.backbone
-
-    @property
-    def image_size(self):
-        return self.encoder.image_size
-
-    @property
-    def sequence_length(self):
-        return self.decoder.sequence_length
-
-    @property
-    def vocabulary_size(self):
-        return self.decoder.vocabulary_size
-
-    def encode(self, images):
-        """The blocks' context for model-ready images (one encoder pass)."""
-        return self.encoder(images, training=False)
-
-    def cross_attention_mask(self, tokens, previous_images):
-        """Every token sees the whole image: `(None, previous_images)`."""
-        return None, previous_images
 
     def get_config(self):
         config = {"name": self.name, "trainable": self.trainable,
