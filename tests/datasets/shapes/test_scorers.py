@@ -3,16 +3,26 @@
 import numpy as np
 import tensorflow as tf
 
+from vlm.data.images import preprocess_image
 from vlm.datasets.shapes.scorers import AnswerScorer
 from vlm.datasets.shapes.scorers import answer_split
 
 COLOURS = ("red", "green", "blue")
 
 
+class Resize:
+    """The preprocessor method evaluation's batches call: the resize to 8 x 8."""
+
+    @staticmethod
+    def resize(images):
+        return preprocess_image(images, 8)
+
+
 class ReadsTheImage:
     """Answers every question with the colour its image encodes (pixel value 50 * index)."""
 
     image_size = 8
+    preprocessor = Resize()
     weights = trainable_weights = [np.zeros((2, 3))]
 
     def generate(self, images, sampler="greedy", prompts=None):
