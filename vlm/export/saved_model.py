@@ -85,6 +85,7 @@ def export(model_path, output_dir, sampler="greedy", max_length=None, xla=True):
 
 def export_model(model, output_dir, sampler="greedy", max_length=None, xla=True):
     """Writes the serving SavedModel of an in-memory `Captioner` (TensorFlow backend)."""
+    text = model.preprocessor.serving_text()  # refuses a tokenizer it cannot serve, first
     if keras.config.backend() != "tensorflow":
         raise RuntimeError("export_model needs KERAS_BACKEND=tensorflow; use `export`.")
     sampler = _serving_sampler(sampler)
@@ -93,7 +94,7 @@ def export_model(model, output_dir, sampler="greedy", max_length=None, xla=True)
         # leave no room for any prompt.
         max_length = max(1, model.sequence_length // 3)
     max_length = model.resolve_max_length(max_length)
-    module = _ServingModule(model, sampler, max_length, xla)
+    module = _ServingModule(model, text, sampler, max_length, xla)
     signatures = {
         "serving_default": module.serve_bytes.get_concrete_function(),
         "serve_pixels": module.serve_pixels.get_concrete_function(),
@@ -103,14 +104,14 @@ def export_model(model, output_dir, sampler="greedy", max_length=None, xla=True)
 
 
 class _ServingModule(tf.Module):
-    def __init__(self, model, sampler, max_length, xla):
+    def __init__(self, model, text, sampler, max_length, xla):
         super().__init__(name="captioner_serving")
         # The Keras model stays out of tf.Module tracking; its tf.Variables
         # are tracked here so that the SavedModel stores them.
         self._variables = [v.value for v in model.variables]
         size = model.image_size
         preprocessor = model.preprocessor  # a local: kept out of tf.Module tracking
-        self._text = preprocessor.serving_text()  # its word lookup and detokenizer
+        self._text = text  # the preprocessor's word lookup and detokenizer
         noise = tf.constant(sampler.noise(max_length, 1, 1))
         # Images per example: a row of several for a `MultiImageCaptioner`.
         per_example = [] if model.images_per_example is None else [model.images_per_example]
