@@ -485,3 +485,50 @@ def detokenize_captions(tokenizer, token_ids):
     decoded = iter(tokenizer.detokenize(nonempty) if nonempty else [])
     texts = [next(decoded) if row else "" for row in cleaned]
     return texts[0] if single else texts
+
+
+class ServingText(tf.Module):
+    """A `CaptionTokenizer`'s prompt lookup and detokenization in core TensorFlow ops.
+
+    What a SavedModel serves text with: no Keras and no tensorflow_text op in
+    its graph. A prompt is normalised as captions are and split on spaces; a
+    word outside the vocabulary is [UNK] (the Keras tokenizer would split it
+    into pieces). Detokenizing cuts each row at [END], drops the special
+    tokens and joins `##` word pieces.
+
+    Args:
+        tokenizer: a `vlm.data.tokenizer.CaptionTokenizer`.
+
+    Raises:
+        ValueError: another kind of tokenizer (a SentencePiece model needs
+            tensorflow_text's ops).
+    """
+
+    def __init__(self, tokenizer):
+        super().__init__(name="serving_text")
+        if not isinstance(tokenizer, CaptionTokenizer):
+            raise ValueError(
+                "The SavedModel serves vlm's own CaptionTokenizer with plain TensorFlow ops; "
+                f"this model's tokenizer is a {type(tokenizer).__name__}. Serve it from "
+                "Keras (`model.generate`) instead.")
+        vocabulary = tokenizer.get_vocabulary()
+        self._vocabulary = tf.constant(vocabulary)
+        self._special = tf.constant([tokenizer.pad_token_id, tokenizer.start_token_id,
+                                     tokenizer.end_token_id], tf.int32)
+        self._end = tokenizer.end_token_id
+        self._table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(tf.constant(vocabulary),
+                                                tf.range(len(vocabulary), dtype=tf.int32)),
+            default_value=tokenizer.token_to_id("[UNK]"))
+
+    def prompt_ids(self, prompt):
+        """int32 `(words,)` ids of one prompt string."""
+        return self._table.lookup(tf.strings.split(tf_normalize_caption(prompt)))
+
+    def detokenize(self, ids):
+        """Strings `(batch,)` from int `(batch, length)` ids."""
+        ended = tf.cumsum(tf.cast(tf.equal(ids, self._end), tf.int32), axis=1) > 0
+        special = tf.reduce_any(tf.equal(ids[..., None], self._special), axis=-1)
+        words = tf.ragged.boolean_mask(tf.gather(self._vocabulary, ids), ~(ended | special))
+        joined = tf.strings.reduce_join(words, axis=1, separator=" ")
+        return tf.strings.regex_replace(joined, " ##", "")
