@@ -49,6 +49,9 @@ class ModelConfig:
     # How their offset tables start: "zeros", or "directions" (the first four
     # heads looking left, right, up and down: `DirectionCones`).
     encoder_relative_init: str = "zeros"
+    # End the encoder with `vlm.layers.SideMemory`: beside each patch, a slot
+    # per side (left, right, above, below) holding what lies there.
+    encoder_side_memory: bool = False
     # Add a fixed 2D sine-cosine position code to the patches the decoder reads.
     add_2d_positions: bool = True
     decoder_layers: int = 4
@@ -128,6 +131,15 @@ class ModelConfig:
         if self.encoder_relative_init not in RELATIVE_INITS:
             raise ConfigError(f"{prefix}.encoder_relative_init must be one of "
                               f"{RELATIVE_INITS}. Received: {self.encoder_relative_init!r}")
+        grid_levers = [k for k in ("decoder_focus_shift", "decoder_position_readout")
+                       if getattr(self, k)]
+        if self.encoder_side_memory and (grid_levers or self.architecture != "captioner"
+                                         or self.num_images > 1):
+            raise ConfigError(
+                f"{prefix}.encoder_side_memory gives the decoder slots, not a patch grid, and is "
+                "built for a one-image captioner without decoder_focus_shift or "
+                f"decoder_position_readout. Received: architecture={self.architecture!r}, "
+                f"num_images={self.num_images}, {', '.join(f'{k}=True' for k in grid_levers)}")
         if self.multi_image not in MULTI_IMAGE_DESIGNS:
             raise ConfigError(f"{prefix}.multi_image must be one of {MULTI_IMAGE_DESIGNS}. "
                               f"Received: {self.multi_image!r}")

@@ -11,6 +11,7 @@ from vlm.layers.media_attention_mask import count_images
 from vlm.layers.media_attention_mask import media_attention_mask
 from vlm.layers.patch_position_embedding import PatchPositionEmbedding
 from vlm.layers.relative_position_block import RelativePositionBlock
+from vlm.layers.side_memory import SideMemory
 
 __all__ = [
     "CausalSelfAttention",
@@ -22,6 +23,7 @@ __all__ = [
     "ImageIndexEmbedding",
     "PatchPositionEmbedding",
     "RelativePositionBlock",
+    "SideMemory",
     "count_images",
     "media_attention_mask",
 ]

@@ -164,6 +164,7 @@ def build_encoder(model_config, dtype=None):
         stem_positions=model_config.encoder_stem_positions,
         relative_layers=model_config.encoder_relative_layers,
         relative_init=model_config.encoder_relative_init,
+        side_memory=model_config.encoder_side_memory,
         add_2d_positions=model_config.add_2d_positions,
         dtype=dtype,
         name="encoder",

@@ -8,6 +8,7 @@ from vlm.layers.conv_stem import ConvStem
 from vlm.layers.patch_position_embedding import PatchPositionEmbedding
 from vlm.layers.relative_position_block import DirectionCones
 from vlm.layers.relative_position_block import RelativePositionBlock
+from vlm.layers.side_memory import SideMemory
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -36,13 +37,16 @@ class ImageEncoder(keras.layers.Layer):
         relative_blocks: optional list of `vlm.layers.RelativePositionBlock`
             run after the ViT and its 2D code: attention that knows each
             pair's 2D offset, so a patch can gather what lies beside it.
+        side_memory: optional `vlm.layers.SideMemory` run last: the output
+            then holds, besides each patch, a slot per side of it.
         **kwargs: Base `keras.layers.Layer` arguments.
 
     Call arguments:
         images: `(batch, image_size, image_size, 3)` floats in [0, 255].
 
     Returns:
-        `(batch, num_patches, hidden_dim)` patch embeddings.
+        `(batch, num_patches, hidden_dim)` patch embeddings (with a
+        `side_memory`, its slots: `(batch, tokens, output_dim)`).
 
     Example:
 
@@ -61,9 +65,11 @@ class ImageEncoder(keras.layers.Layer):
         stem=None,
         stem_positions=False,
         relative_blocks=None,
+        side_memory=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.side_memory = side_memory
         if stem_positions and stem is None:
             raise ValueError("`stem_positions` adds a position code to a stem's output; "
                              "pass a `stem`. Received: stem=None")
@@ -81,6 +87,11 @@ class ImageEncoder(keras.layers.Layer):
             patch_size[0] if isinstance(patch_size, (tuple, list)) else patch_size)
         self.grid_size = self.image_size // self.patch_size
         self.hidden_dim = backbone.hidden_dim
+        self.num_tokens = self.grid_size**2
+        self.output_dim = self.hidden_dim
+        if side_memory is not None:
+            self.num_tokens, self.output_dim = side_memory.compute_output_shape(
+                (None, self.grid_size**2, self.hidden_dim))[1:]
         self.patch_positions = (
             PatchPositionEmbedding(
                 self.grid_size, name="patch_positions", dtype=self.dtype_policy
@@ -110,6 +121,7 @@ class ImageEncoder(keras.layers.Layer):
         stem_positions=False,
         relative_layers=0,
         relative_init="zeros",
+        side_memory=False,
         dtype=None,
         **kwargs,
     ):
@@ -124,6 +136,7 @@ class ImageEncoder(keras.layers.Layer):
         `relative_layers` `RelativePositionBlock`s (the ViT's heads and MLP
         width) follow the ViT; `relative_init="directions"` starts their first
         four heads looking left, right, up and down (`DirectionCones`).
+        `side_memory` ends the encoder with a `SideMemory` of four heads.
         """
         stride = 2 ** len(stem_filters)
         if stem_filters and (preset is not None or patch_size % stride):
@@ -162,8 +175,10 @@ class ImageEncoder(keras.layers.Layer):
                                                  offset_bias_initializer=offset_init,
                                                  dtype=dtype, name=f"relative_block_{i}")
                            for i in range(relative_layers)]
+        sides = (SideMemory(grid, 4, backbone.hidden_dim // num_heads, dtype=dtype,
+                            name="side_memory") if side_memory else None)
         return cls(backbone, stem=stem, stem_positions=stem_positions,
-                   relative_blocks=relative_blocks, dtype=dtype, **kwargs)
+                   relative_blocks=relative_blocks, side_memory=sides, dtype=dtype, **kwargs)
 
     def build(self, images_shape):
         if self.stem is not None:
@@ -178,6 +193,8 @@ class ImageEncoder(keras.layers.Layer):
         for block in self.relative_blocks:
             if not block.built:
                 block.build((None, self.grid_size**2, self.hidden_dim))
+        if self.side_memory is not None and not self.side_memory.built:
+            self.side_memory.build((None, self.grid_size**2, self.hidden_dim))
 
     def call(self, images, training=None):
         mean = ops.convert_to_tensor(self.image_mean, self.compute_dtype) * 255.0
@@ -195,10 +212,12 @@ class ImageEncoder(keras.layers.Layer):
             patches = self.patch_positions(patches)
         for block in self.relative_blocks:
             patches = block(patches, training=training)
+        if self.side_memory is not None:
+            patches = self.side_memory(patches)
         return patches
 
     def compute_output_shape(self, images_shape):
-        return (images_shape[0], self.grid_size**2, self.hidden_dim)
+        return (images_shape[0], self.num_tokens, self.output_dim)
 
     def get_config(self):
         config = super().get_config()
@@ -211,6 +230,8 @@ class ImageEncoder(keras.layers.Layer):
                 "stem_positions": self.stem_positions,
                 "relative_blocks": [keras.saving.serialize_keras_object(b)
                                     for b in self.relative_blocks],
+                "side_memory": (keras.saving.serialize_keras_object(self.side_memory)
+                                if self.side_memory is not None else None),
                 "stem": (keras.saving.serialize_keras_object(self.stem)
                          if self.stem is not None else None),
             }
@@ -225,4 +246,6 @@ class ImageEncoder(keras.layers.Layer):
             config["stem"] = keras.saving.deserialize_keras_object(config["stem"])
         config["relative_blocks"] = [keras.saving.deserialize_keras_object(b)
                                      for b in config.get("relative_blocks") or []]
+        if config.get("side_memory") is not None:
+            config["side_memory"] = keras.saving.deserialize_keras_object(config["side_memory"])
         return cls(**config)
