@@ -11,7 +11,7 @@ from vlm.utils.argument_checks import check_positive_int
 
 @keras.saving.register_keras_serializable(package="vlm")
 class SideMemory(keras.layers.Layer):
-    """Turns `cells` patches into `(1 + num_heads) * cells` slots: each patch, and what its heads saw.
+    """Turns `cells` patches into `(1 + num_heads) * cells` slots: each patch, what its heads saw.
 
     Each head attends from every patch over the grid with a learned bias per
     2D offset (by default `DirectionCones`: head 0 looks left, 1 right, 2 up,
