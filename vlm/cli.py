@@ -173,7 +173,7 @@ def caption_command(args):
     for path, caption in zip(paths, details["captions"]):
         print(f"{path}\t{caption}")
     if args.attention_map:  # drawn over the images as the model read them
-        _write_attention_maps(model, paths, model.preprocessor(examples), details, args)
+        _write_attention_maps(model, paths, details["images"], details, args)
     return 1 if errors else 0
 
 

@@ -19,6 +19,7 @@ import keras
 import numpy as np
 import pytest
 
+from tests.test_case import assert_close
 from tests.test_case import to_numpy
 from vlm import load_captioner
 from vlm.datasets.shapes.captions import generate_examples
@@ -60,6 +61,7 @@ def test_cached_decoding_equals_naive_decoding(model, images, greedy):
     np.testing.assert_array_equal(greedy["token_ids"], ids)
     np.testing.assert_allclose(greedy["log_probs"], log_probs, atol=1e-4)
     assert np.all(greedy["log_probs"] < 0)
+    assert_close(greedy["images"], model.preprocessor(images))  # the pixels it read
 
 
 def test_each_caption_stops_at_its_own_end(model, greedy):

@@ -177,6 +177,33 @@ def test_relative_blocks_can_start_looking_left_right_up_and_down():
     assert table[3, :, 1].tolist() == [0.0, 0.0, 2.0]  # head 3: the patch below
 
 
+def test_side_memory_ends_the_encoder_and_the_captioner_trains_and_saves(tmp_path):
+    """The decoder reads 5 slots per patch (each patch and its four sides), 8 + 8 wide."""
+    from dataclasses import replace
+
+    from vlm.data.tokenizer import SPECIAL_TOKENS
+    from vlm.data.tokenizer import CaptionTokenizer
+
+    config = replace(TINY, encoder_heads=4, encoder_side_memory=True)
+    tokenizer = CaptionTokenizer(list(SPECIAL_TOKENS) + ["a", "red", "blue", "circle"],
+                                 sequence_length=8)
+    vocabulary_size = tokenizer.vocabulary_size()
+    model = build_captioner(config, vocabulary_size, tokenizer=tokenizer)
+    x, y = batch()
+    y = np.minimum(y, vocabulary_size - 1)
+    x["tokens"] = np.minimum(x["tokens"], vocabulary_size - 1)
+    assert tuple(model.backbone.encoder(x["images"]).shape) == (8, 5 * 16, 16 + 4)
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3), jit_compile=False)
+    side = model.backbone.encoder.side_memory
+    before = to_numpy(side.value_kernel).copy()
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    assert not np.array_equal(before, to_numpy(side.value_kernel))  # the decoder reads it
+    path = os.path.join(tmp_path, "captioner.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert np.array_equal(to_numpy(model(x)), to_numpy(loaded(x)))
+
+
 def test_preset_path_drops_the_class_token(monkeypatch):
     """The `preset=` wiring, with a preset-free backbone standing in (no download)."""
     calls = []

@@ -73,8 +73,8 @@ class Captioner(Task):
 
         Returns:
             A list of caption strings, or with `return_details` a dict with
-            `captions`, `token_ids` (batch, max_length) and `log_probs`
-            (batch,).
+            `captions`, `token_ids` (batch, max_length), `log_probs`
+            (batch,) and `images`, the pixels as the model read them.
         """
         sampler = self.sampler if sampler is None else samplers.get(sampler)
         self.check_can_decode()
@@ -94,7 +94,7 @@ class Captioner(Task):
             ids, log_probs = self.make_generate_function(sampler, max_length)(pixels, noise)
             ids = ops.convert_to_numpy(ids).astype("int32")
             log_probs = ops.convert_to_numpy(log_probs).astype("float32")
-        return self.decoded(ids, log_probs, return_details)
+        return self.decoded(ids, log_probs, return_details, pixels)
 
 
 def build_captioner(model_config, vocabulary_size, tokenizer=None, dtype=None):

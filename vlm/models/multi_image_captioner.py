@@ -75,7 +75,7 @@ class MultiImageCaptioner(Task):
                 f"{self.backbone.num_images}, one per source {self.backbone.sources}.")
         prompt_rows = self.preprocessor.prompt(counts, prompts)
         ids, log_probs = self.generate_groups(pixels, prompt_rows, sampler, max_length)
-        return self.decoded(ids, log_probs, return_details)
+        return self.decoded(ids, log_probs, return_details, pixels)
 
 
 # The sources' names by number of images: the pair of a change caption, then

@@ -99,13 +99,14 @@ class Task(keras.Model):
             max_length = self.sequence_length - 1 - max(len(r) for r in rows)
         max_length = self.resolve_max_length(max_length)
         ids, log_probs = self.generate_groups(pixels, rows, sampler, max_length)
-        return self.decoded(ids, log_probs, return_details)
+        return self.decoded(ids, log_probs, return_details, pixels)
 
-    def decoded(self, ids, log_probs, return_details):
+    def decoded(self, ids, log_probs, return_details, pixels):
         """The captions of `ids`, or with `return_details` the `generate` dict."""
         captions = self.preprocessor.detokenize(ids) if len(ids) else []
         if return_details:
-            return {"captions": captions, "token_ids": ids, "log_probs": log_probs}
+            return {"captions": captions, "token_ids": ids, "log_probs": log_probs,
+                    "images": pixels}
         return captions
 
     def generate_groups(self, pixels, prompt_rows, sampler, max_length):
