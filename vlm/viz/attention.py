@@ -44,6 +44,9 @@ def word_attention(model, image, token_ids, layer=-1):
     _, scores = decoder(inputs, patches, return_attention_scores=True, training=False)
     maps = ops.convert_to_numpy(ops.mean(scores[layer], axis=1))[0]  # (tokens, patches)
     grid = encoder.grid_size
+    # With a `SideMemory` a patch has several slots (itself, then each side,
+    # group by group): what the key matched is the patch, so they add up.
+    maps = maps.reshape(len(ids), -1, grid * grid).sum(axis=1)
     words = [tokenizer.id_to_token(t) for t in ids]
     return words, maps.reshape(len(ids), grid, grid).astype("float32")
 
