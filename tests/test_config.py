@@ -118,6 +118,10 @@ def test_jit_compile_is_true_false_or_auto(raw, value):
         ("model.encoder_relative_init=cones",
          r"^model.encoder_relative_init must be one of \('zeros', 'directions'\). "
          r"Received: 'cones'$"),
+        ("model.encoder_side_memory=true model.num_images=2",
+         r"^model.encoder_side_memory gives the decoder slots, not a patch grid, .* Received: "
+         r"architecture='captioner', num_images=2, decoder_focus_shift=False, "
+         r"decoder_position_readout=False$"),
         ("train.long_caption_repeats=0",
          r"^train.long_caption_repeats must be positive. Received: 0$"),
         ("train.language_model_text=captions",

@@ -131,15 +131,15 @@ class ModelConfig:
         if self.encoder_relative_init not in RELATIVE_INITS:
             raise ConfigError(f"{prefix}.encoder_relative_init must be one of "
                               f"{RELATIVE_INITS}. Received: {self.encoder_relative_init!r}")
-        grid_levers = [k for k in ("decoder_focus_shift", "decoder_position_readout")
-                       if getattr(self, k)]
-        if self.encoder_side_memory and (grid_levers or self.architecture != "captioner"
+        if self.encoder_side_memory and (self.decoder_focus_shift or self.decoder_position_readout
+                                         or self.architecture != "captioner"
                                          or self.num_images > 1):
             raise ConfigError(
                 f"{prefix}.encoder_side_memory gives the decoder slots, not a patch grid, and is "
                 "built for a one-image captioner without decoder_focus_shift or "
                 f"decoder_position_readout. Received: architecture={self.architecture!r}, "
-                f"num_images={self.num_images}, {', '.join(f'{k}=True' for k in grid_levers)}")
+                f"num_images={self.num_images}, decoder_focus_shift={self.decoder_focus_shift}, "
+                f"decoder_position_readout={self.decoder_position_readout}")
         if self.multi_image not in MULTI_IMAGE_DESIGNS:
             raise ConfigError(f"{prefix}.multi_image must be one of {MULTI_IMAGE_DESIGNS}. "
                               f"Received: {self.multi_image!r}")

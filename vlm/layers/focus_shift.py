@@ -19,6 +19,13 @@ def offset_index(grid_size):
     return (d_row * (2 * grid_size - 1) + d_col).astype("int32")
 
 
+def offset_biases(table, grid_size):
+    """`(rows, cells, cells)`: each row of a `(rows, (2g - 1)**2)` offset table, per cell pair."""
+    cells = grid_size**2
+    bias = ops.take(table, ops.reshape(offset_index(grid_size), (-1,)), axis=1)
+    return ops.reshape(bias, (-1, cells, cells))
+
+
 @keras.saving.register_keras_serializable(package="vlm")
 class FocusShift(keras.layers.Layer):
     """Shifts an attention map over a patch grid by learned 2D kernels the query picks.

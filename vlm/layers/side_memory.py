@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from vlm.layers.attention_utils import finfo_min
-from vlm.layers.focus_shift import offset_index
+from vlm.layers.focus_shift import offset_biases
 from vlm.layers.relative_position_block import DirectionCones
 from vlm.utils.argument_checks import check_positive_int
 
@@ -80,10 +80,7 @@ class SideMemory(keras.layers.Layer):
 
     def offset_biases(self):
         """`(num_heads, cells, cells)`: each head's logit bias of patch `i` reading patch `j`."""
-        cells = self.grid_size**2
-        bias = ops.take(self.offset_bias, ops.reshape(offset_index(self.grid_size), (-1,)),
-                        axis=1)
-        return ops.reshape(bias, (self.num_heads, cells, cells))
+        return offset_biases(self.offset_bias, self.grid_size)
 
     def call(self, patches):
         x = self.norm(patches)

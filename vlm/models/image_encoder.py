@@ -46,7 +46,7 @@ class ImageEncoder(keras.layers.Layer):
 
     Returns:
         `(batch, num_patches, hidden_dim)` patch embeddings (with a
-        `side_memory`, its slots: `(batch, tokens, output_dim)`).
+        `side_memory`, its slots: `SideMemory`'s output).
 
     Example:
 
@@ -87,11 +87,6 @@ class ImageEncoder(keras.layers.Layer):
             patch_size[0] if isinstance(patch_size, (tuple, list)) else patch_size)
         self.grid_size = self.image_size // self.patch_size
         self.hidden_dim = backbone.hidden_dim
-        self.num_tokens = self.grid_size**2
-        self.output_dim = self.hidden_dim
-        if side_memory is not None:
-            self.num_tokens, self.output_dim = side_memory.compute_output_shape(
-                (None, self.grid_size**2, self.hidden_dim))[1:]
         self.patch_positions = (
             PatchPositionEmbedding(
                 self.grid_size, name="patch_positions", dtype=self.dtype_policy
@@ -217,7 +212,10 @@ class ImageEncoder(keras.layers.Layer):
         return patches
 
     def compute_output_shape(self, images_shape):
-        return (images_shape[0], self.num_tokens, self.output_dim)
+        patches_shape = (images_shape[0], self.grid_size**2, self.hidden_dim)
+        if self.side_memory is not None:
+            return self.side_memory.compute_output_shape(patches_shape)
+        return patches_shape
 
     def get_config(self):
         config = super().get_config()
