@@ -122,6 +122,12 @@ def test_jit_compile_is_true_false_or_auto(raw, value):
          r"^model.encoder_side_memory gives the decoder slots, not a patch grid, .* Received: "
          r"architecture='captioner', num_images=2, decoder_focus_shift=False, "
          r"decoder_position_readout=False$"),
+        ("model.image_difference=true",
+         r"^model.image_difference gives each image what changed since the one before, .* "
+         r"Received: architecture='captioner', num_images=1, multi_image='interleaved', "
+         r"media_mode='all_previous'$"),
+        ("model.image_difference=true model.num_images=2 model.media_mode=immediate",
+         r"^model.image_difference .* media_mode='immediate'$"),
         ("train.long_caption_repeats=0",
          r"^train.long_caption_repeats must be positive. Received: 0$"),
         ("train.language_model_text=captions",

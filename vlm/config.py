@@ -77,6 +77,9 @@ class ModelConfig:
     num_images: int = 1
     multi_image: str = "interleaved"
     media_mode: str = "all_previous"
+    # Each image after the first also carries how its patches differ from the
+    # image before (`vlm.layers.ImageDifference`): what changed, in one lookup.
+    image_difference: bool = False
     # "captioner" (vlm's own decoder) or "adapter": gated cross-attention
     # blocks in a keras-hub language model (`VisionLanguageModel`), which is
     # built from the decoder_* sizes as `language_model` ("gpt2", "gemma",
@@ -152,6 +155,15 @@ class ModelConfig:
         if self.media_mode not in MEDIA_MODES:
             raise ConfigError(f"{prefix}.media_mode must be one of {MEDIA_MODES}. "
                               f"Received: {self.media_mode!r}")
+        if self.image_difference and (
+                self.num_images < 2 or self.architecture != "captioner"
+                or (self.multi_image == "interleaved" and self.media_mode == "immediate")):
+            raise ConfigError(
+                f"{prefix}.image_difference gives each image what changed since the one before, "
+                "so it needs a captioner with num_images >= 2 whose tokens may see the image "
+                "before (not multi_image='interleaved' with media_mode='immediate'). Received: "
+                f"architecture={self.architecture!r}, num_images={self.num_images}, "
+                f"multi_image={self.multi_image!r}, media_mode={self.media_mode!r}")
         if self.adapter_gate not in ADAPTER_GATES:
             raise ConfigError(f"{prefix}.adapter_gate must be one of {ADAPTER_GATES}. "
                               f"Received: {self.adapter_gate!r}")

@@ -21,11 +21,12 @@ CAPTIONS = ["the small red circle moved left of the large blue square", "nothing
             "a large green triangle appeared", "the small cyan square turned red"]
 
 
-def tiny(num_images=3, multi_image="interleaved", mode="all_previous"):
+def tiny(num_images=3, multi_image="interleaved", mode="all_previous", image_difference=False):
     return ModelConfig(image_size=16, patch_size=4, encoder_layers=1, encoder_heads=2,
                        encoder_dim=16, encoder_mlp_dim=32, decoder_layers=2, decoder_heads=2,
                        decoder_dim=16, decoder_mlp_dim=32, sequence_length=12, dropout=0.0,
-                       num_images=num_images, multi_image=multi_image, media_mode=mode)
+                       num_images=num_images, multi_image=multi_image, media_mode=mode,
+                       image_difference=image_difference)
 
 
 @functools.lru_cache(maxsize=None)
@@ -226,3 +227,44 @@ def test_fit_and_save_load(design, tmp_path):
     if design == "interleaved":  # markers first, no loss on them
         np.testing.assert_array_equal(np.asarray(tokens)[:, :3], [[4, 4, 2]] * 4)
         assert np.all(np.asarray(labels)[:, :2] == 0)
+
+
+@pytest.mark.parametrize("design", ["interleaved", "sources"])
+def test_image_difference_marks_what_changed_and_round_trips(design, tmp_path):
+    keras.utils.set_random_seed(0)
+    m = build_multi_image_captioner(tiny(2, design, image_difference=True),
+                                    tokenizer().vocabulary_size(), tokenizer=tokenizer())
+    backbone = m.backbone
+
+    def contexts(pixels):
+        context = backbone.encode(pixels)
+        if design == "sources":
+            return [to_numpy(context[s]) for s in backbone.sources]
+        return np.split(to_numpy(context), 2, axis=1)
+
+    def plain(pixels):  # the encoder's patches, image by image
+        patches = to_numpy(backbone.encoder(pixels.reshape((-1, 16, 16, 3))))
+        return list(patches.reshape((len(pixels), 2) + patches.shape[1:]).transpose(1, 0, 2, 3))
+
+    pair = images(2, 2)
+    for got, want in zip(contexts(pair), plain(pair)):  # the identity at initialisation
+        assert_close(got, want, atol=1e-6)
+    backbone.difference.projection.kernel.assign(
+        np.random.default_rng(3).standard_normal((16, 16)).astype("float32"))
+    same = np.repeat(pair[:, :1], 2, axis=1)
+    for got, want in zip(contexts(same), plain(same)):  # nothing changed, nothing added
+        assert_close(got, want, atol=1e-5)
+    before, after = contexts(pair)
+    assert_close(before, plain(pair)[0], atol=1e-6)  # the first image never changes
+    assert np.abs(after - plain(pair)[1]).max() > 0.1
+
+    tokens, labels = m.preprocessor.tokenize(CAPTIONS)
+    x = {"images": images(4, 2), "tokens": np.asarray(tokens)}
+    m.compile(optimizer=keras.optimizers.AdamW(1e-3), jit_compile=False)
+    m.fit(x, np.asarray(labels), batch_size=4, epochs=1, verbose=0)
+    path = str(tmp_path / "model.keras")
+    m.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.backbone.get_config()["image_difference"] is True
+    assert_close(logits(loaded, x["images"], x["tokens"]), logits(m, x["images"], x["tokens"]),
+                 atol=1e-6)

@@ -6,6 +6,7 @@ from vlm.layers.cross_attention import CrossAttention
 from vlm.layers.decoder_block import DecoderBlock
 from vlm.layers.focus_shift import FocusShift
 from vlm.layers.gated_cross_attention_block import GatedCrossAttentionBlock
+from vlm.layers.image_difference import ImageDifference
 from vlm.layers.image_index_embedding import ImageIndexEmbedding
 from vlm.layers.media_attention_mask import count_images
 from vlm.layers.media_attention_mask import media_attention_mask
@@ -20,6 +21,7 @@ __all__ = [
     "DecoderBlock",
     "FocusShift",
     "GatedCrossAttentionBlock",
+    "ImageDifference",
     "ImageIndexEmbedding",
     "PatchPositionEmbedding",
     "RelativePositionBlock",

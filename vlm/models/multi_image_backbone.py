@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from vlm.layers.image_difference import ImageDifference
 from vlm.layers.image_index_embedding import ImageIndexEmbedding
 from vlm.layers.media_attention_mask import MODES
 from vlm.layers.media_attention_mask import count_images
@@ -29,6 +30,9 @@ class MultiImageBackbone(Backbone):
       the context of source `i`, read by its own cross attention in every
       block. The text has no markers; every example has all its images.
 
+    With `image_difference`, each image after the first also carries how its
+    patches differ from the image before's (`ImageDifference`), in both designs.
+
     Inputs `{"images": (B, num_images, S, S, 3), "tokens": (B, T)}`; outputs
     float32 next-token logits `(B, T, vocabulary_size)`.
 
@@ -39,11 +43,12 @@ class MultiImageBackbone(Backbone):
         num_images: int, images per example at most.
         mode: "immediate" or "all_previous" (interleaved design).
         image_token_id: int, the `<image>` id (interleaved design only).
+        image_difference: bool, add `ImageDifference` after the encoder.
         **kwargs: base `keras.Model` arguments.
     """
 
     def __init__(self, encoder, decoder, num_images=2, mode="all_previous",
-                 image_token_id=None, **kwargs):
+                 image_token_id=None, image_difference=False, **kwargs):
         check_positive_int("num_images", num_images)
         if mode not in MODES:
             raise ValueError(f"`mode` must be one of {MODES}. Received: mode={mode!r}")
@@ -60,7 +65,12 @@ class MultiImageBackbone(Backbone):
         size = encoder.image_size
         images = keras.Input((num_images, size, size, 3), name="images")
         tokens = keras.Input((None,), dtype="int32", name="tokens")
+        difference = None
+        if image_difference:
+            difference = ImageDifference(num_images, name="image_difference")
         patches = encoder(ops.reshape(images, (-1, size, size, 3)))
+        if difference is not None:
+            patches = difference(patches)
         index_embedding = None
         if sources is None:
             index_embedding = ImageIndexEmbedding(num_images, name="image_index_embedding")
@@ -75,6 +85,8 @@ class MultiImageBackbone(Backbone):
         self.num_images = num_images
         self.mode = mode
         self.image_token_id = image_token_id
+        self.image_difference = image_difference
+        self.difference = difference
         self.image_index_embedding = index_embedding
 
     @property
@@ -85,6 +97,8 @@ class MultiImageBackbone(Backbone):
         """The decoder's context for `(batch, num_images, S, S, 3)` model-ready images."""
         patches = self.encoder(ops.reshape(images, (-1,) + tuple(images.shape[2:])),
                                training=False)
+        if self.difference is not None:
+            patches = self.difference(patches)
         if self.sources is None:
             return self.image_index_embedding(patches)
         return _by_source(patches, self.sources)
@@ -103,7 +117,8 @@ class MultiImageBackbone(Backbone):
                 "encoder": keras.saving.serialize_keras_object(self.encoder),
                 "decoder": keras.saving.serialize_keras_object(self.decoder),
                 "num_images": self.num_images, "mode": self.mode,
-                "image_token_id": self.image_token_id}
+                "image_token_id": self.image_token_id,
+                "image_difference": self.image_difference}
 
     @classmethod
     def from_config(cls, config):

@@ -100,6 +100,7 @@ def build_multi_image_captioner(model_config, vocabulary_size, tokenizer=None, d
     image_token_id = None if sources is not None else image_token_of(tokenizer)
     backbone = MultiImageBackbone(encoder, decoder, num_images=count,
                                   mode=model_config.media_mode, image_token_id=image_token_id,
+                                  image_difference=model_config.image_difference,
                                   name="backbone")
     return MultiImageCaptioner(backbone, tokenizer=tokenizer, name="captioner")
 
