@@ -132,11 +132,13 @@ def _legacy_weights(weights):
 
 
 # Tasks saved before each held a backbone kept the backbone's parts: per task
-# class, its backbone's class and module, and the config keys that moved.
+# class, its backbone's class and module, and the backbone's config keys (any
+# found in the task's config move).
 _BACKBONES = {
     "Captioner": ("CaptionerBackbone", "captioner_backbone", ("encoder", "decoder")),
     "MultiImageCaptioner": ("MultiImageBackbone", "multi_image_backbone",
-                            ("encoder", "decoder", "num_images", "mode", "image_token_id")),
+                            ("encoder", "decoder", "num_images", "mode", "image_token_id",
+                             "image_difference")),
     "VisionLanguageModel": ("VisionLanguageBackbone", "vision_language_backbone",
                             ("language_model", "encoder", "cross_attention_every",
                              "cross_attention_layers", "num_heads", "num_key_value_heads",
