@@ -55,13 +55,13 @@ class ImageDifference(keras.layers.Layer):
         self.projection.build((None, None, None, dim))
 
     def call(self, patches):
+        if self.num_images == 1:
+            return patches
         patches_per_image, dim = ops.shape(patches)[1], ops.shape(patches)[2]
         grouped = ops.reshape(patches, (-1, self.num_images, patches_per_image, dim))
-        previous = ops.concatenate([grouped[:, :1], grouped[:, :-1]], axis=1)
-        changed = grouped + self.projection(grouped - previous)
         # The first image has no image before it: it passes unchanged.
-        first = ops.arange(self.num_images) == 0
-        out = ops.where(first[None, :, None, None], grouped, changed)
+        later = grouped[:, 1:] + self.projection(grouped[:, 1:] - grouped[:, :-1])
+        out = ops.concatenate([grouped[:, :1], later], axis=1)
         return ops.reshape(out, ops.shape(patches))
 
     def compute_output_shape(self, patches_shape):

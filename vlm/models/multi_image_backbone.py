@@ -65,9 +65,8 @@ class MultiImageBackbone(Backbone):
         size = encoder.image_size
         images = keras.Input((num_images, size, size, 3), name="images")
         tokens = keras.Input((None,), dtype="int32", name="tokens")
-        difference = None
-        if image_difference:
-            difference = ImageDifference(num_images, name="image_difference")
+        difference = (ImageDifference(num_images, name="image_difference")
+                      if image_difference else None)
         patches = encoder(ops.reshape(images, (-1, size, size, 3)))
         if difference is not None:
             patches = difference(patches)
@@ -85,9 +84,13 @@ class MultiImageBackbone(Backbone):
         self.num_images = num_images
         self.mode = mode
         self.image_token_id = image_token_id
-        self.image_difference = image_difference
         self.difference = difference
         self.image_index_embedding = index_embedding
+
+    @property
+    def image_difference(self):
+        """Whether each image after the first carries its difference (`ImageDifference`)."""
+        return self.difference is not None
 
     @property
     def sources(self):
