@@ -1,6 +1,7 @@
-"""The shared checks every `vlm` layer and backbone test runs: one helper for each kind."""
+"""The shared checks every `vlm` layer, backbone, task and preprocessor test runs."""
 
 import inspect
+import json
 import os
 import tempfile
 
@@ -23,6 +24,20 @@ def assert_close(actual, expected, atol=1e-5, rtol=0.0, msg=""):
         to_numpy(actual), to_numpy(expected), atol=atol, rtol=rtol, err_msg=msg
     )
 
+
+def _config_keys_match_constructor(obj):
+    config = obj.get_config()
+    init_args = set(inspect.signature(type(obj).__init__).parameters) - {"self", "kwargs"}
+    assert set(config) - BASE_CONFIG_KEYS == init_args, (
+        f"get_config keys {sorted(set(config) - BASE_CONFIG_KEYS)} differ from "
+        f"the constructor's {sorted(init_args)}")
+    return config
+
+
+
+def _as_json(config):
+    """A config as its `.keras` file holds it (tuples become lists)."""
+    return json.loads(json.dumps(config))
 
 def jit_compile_for_backend():
     """XLA on TF and JAX. `torch.compile` takes about a minute per model on
@@ -64,13 +79,7 @@ def run_layer_test(
 
     # get_config is exactly the constructor's arguments, and round-trips.
     layer = layer_cls(**init_kwargs)
-    config = layer.get_config()
-    init_args = set(inspect.signature(layer_cls.__init__).parameters)
-    init_args -= {"self", "kwargs"}
-    assert set(config) - BASE_CONFIG_KEYS == init_args, (
-        f"get_config keys {sorted(set(config) - BASE_CONFIG_KEYS)} differ from "
-        f"the constructor's {sorted(init_args)}"
-    )
+    config = _config_keys_match_constructor(layer)
     for key, value in init_kwargs.items():
         if not isinstance(value, (str, dict)):
             assert config[key] == value, (key, config[key], value)
@@ -150,11 +159,7 @@ def run_backbone_test(backbone_cls, init_kwargs, input_data, expected_output_sha
         The backbone built from `init_kwargs`.
     """
     backbone = backbone_cls(**init_kwargs)
-    config = backbone.get_config()
-    init_args = set(inspect.signature(backbone_cls.__init__).parameters) - {"self", "kwargs"}
-    assert set(config) - BASE_CONFIG_KEYS == init_args, (
-        f"get_config keys {sorted(set(config) - BASE_CONFIG_KEYS)} differ from "
-        f"the constructor's {sorted(init_args)}")
+    config = _config_keys_match_constructor(backbone)
     for key, value in init_kwargs.items():
         if isinstance(value, (int, float, str, tuple, list)) or value is None:
             assert config[key] == value, (key, config[key], value)
@@ -184,3 +189,136 @@ def run_backbone_test(backbone_cls, init_kwargs, input_data, expected_output_sha
     assert type(loaded) is backbone_cls
     assert_close(loaded(input_data), logits, atol=0.0)
     return backbone
+
+
+def run_preprocessor_test(preprocessor, images, texts, expected_pixels_shape):
+    """Runs the checks every preprocessor must pass, asserting on numbers.
+
+    - `get_config` holds exactly the constructor's arguments and round-trips
+      (the vocabulary is an asset of the `.keras` file, checked with the task);
+    - a call gives float32 pixels of `expected_pixels_shape` in [0, 255];
+    - `tokenize` gives int32 `(tokens, labels)`, the labels the tokens shifted
+      by one wherever they carry a loss, and `detokenize(labels)` the texts;
+    - `tokenize` inside a `tf.data` map (the training batches' path) gives the
+      eager tokens.
+
+    Args:
+        preprocessor: the preprocessor, with its tokenizer.
+        images: what a user passes to its call.
+        texts: lowercase captions in the tokenizer's vocabulary that fit in
+            the preprocessor's sequence (they are compared after a round trip).
+        expected_pixels_shape: the shape of the pixels the call returns.
+    """
+    import tensorflow as tf
+
+    config = _config_keys_match_constructor(preprocessor)
+    revived = keras.saving.deserialize_keras_object(
+        keras.saving.serialize_keras_object(preprocessor))
+    assert type(revived) is type(preprocessor) and revived.get_config() == config
+
+    output = preprocessor(images)
+    pixels = output[0] if isinstance(output, tuple) else output
+    assert keras.backend.standardize_dtype(pixels.dtype) == "float32"
+    pixels = to_numpy(pixels)
+    assert pixels.shape == tuple(expected_pixels_shape)
+    assert np.all(np.isfinite(pixels)) and pixels.min() >= 0.0 and pixels.max() <= 255.0
+
+    tokens, labels = (np.asarray(x) for x in preprocessor.tokenize(texts))
+    assert tokens.dtype == labels.dtype == np.int32
+    assert tokens.shape == labels.shape == (len(texts), preprocessor.sequence_length)
+    learned = labels[:, :-1] != 0
+    np.testing.assert_array_equal(tokens[:, 1:][learned], labels[:, :-1][learned])
+    assert learned.any()
+    assert preprocessor.detokenize(labels) == list(texts)
+
+    mapped = tf.data.Dataset.from_tensor_slices(list(texts)).batch(len(texts)).map(
+        preprocessor.tokenize)
+    graph_tokens, graph_labels = next(iter(mapped))
+    np.testing.assert_array_equal(graph_tokens.numpy(), tokens)
+    np.testing.assert_array_equal(graph_labels.numpy(), labels)
+
+
+def _weights_moved(before, weights):
+    return [not np.array_equal(b, to_numpy(w)) for b, w in zip(before, weights)]
+
+
+def run_task_test(task, input_data, labels, images, generate_kwargs=None, jit_compile=None):
+    """Runs the checks every task must pass, asserting on numbers.
+
+    - a call gives finite float32 logits `(batch, tokens, vocabulary_size)`;
+    - compiled with its defaults (the masked caption loss and accuracy), one
+      `fit` epoch gives a finite loss and moves trainable weights, and no
+      frozen one;
+    - `generate` on `images` (through the preprocessor) gives one string per
+      example, the same twice (greedy).
+
+    Args:
+        task: the task, with its preprocessor.
+        input_data: `{"images": ..., "tokens": ...}` NumPy arrays.
+        labels: the next-token labels of `input_data["tokens"]`.
+        images: what a user passes to `generate`.
+        generate_kwargs: more `generate` arguments (`prompts`, `max_length`).
+        jit_compile: for `compile`; default XLA on TF and JAX.
+    """
+    assert task.preprocessor is not None and task.tokenizer is task.preprocessor.tokenizer
+    batch, length = input_data["tokens"].shape
+    logits = task(input_data)
+    assert tuple(logits.shape) == (batch, length, task.tokenizer.vocabulary_size())
+    assert keras.backend.standardize_dtype(logits.dtype) == "float32"
+    assert np.all(np.isfinite(to_numpy(logits)))
+
+    task.compile(optimizer=keras.optimizers.AdamW(1e-3),
+                 jit_compile=jit_compile_for_backend() if jit_compile is None else jit_compile)
+    trainable = [to_numpy(w).copy() for w in task.trainable_weights]
+    frozen = [to_numpy(w).copy() for w in task.non_trainable_weights]
+    history = task.fit(input_data, labels, batch_size=batch, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    assert 0.0 <= history.history["token_accuracy"][0] <= 1.0
+    assert any(_weights_moved(trainable, task.trainable_weights))
+    assert not any(_weights_moved(frozen, task.non_trainable_weights))
+
+    generate_kwargs = dict(generate_kwargs or {})
+    generate_kwargs.setdefault("max_length", 4)
+    texts = task.generate(images, **generate_kwargs)
+    assert isinstance(texts, list) and len(texts) == len(images)
+    assert all(isinstance(text, str) for text in texts)
+    assert task.generate(images, **generate_kwargs) == texts
+    return task
+
+
+def run_model_saving_test(task, input_data, labels, images, path, generate_kwargs=None):
+    """A `.keras` round trip gives the same model: config, logits, captions, training.
+
+    The loaded task is of the same class with the same config, gives the
+    same logits and `generate` output, has the same weights trainable and
+    frozen, and one SGD step from the same batch moves both to the same
+    weights.
+
+    Args:
+        task: the (built) task to save.
+        input_data, labels, images, generate_kwargs: as `run_task_test`.
+        path: where to write the `.keras` file.
+
+    Returns:
+        The loaded task.
+    """
+    task.save(path)
+    loaded = keras.saving.load_model(path)
+    assert type(loaded) is type(task)
+    assert _as_json(loaded.get_config()) == _as_json(task.get_config())
+    assert_close(loaded(input_data), task(input_data), atol=1e-6)
+    generate_kwargs = dict(generate_kwargs or {})
+    generate_kwargs.setdefault("max_length", 4)
+    assert loaded.generate(images, **generate_kwargs) == task.generate(images, **generate_kwargs)
+    assert [w.path for w in loaded.trainable_weights] == [w.path for w in task.trainable_weights]
+    assert [w.path for w in loaded.non_trainable_weights] == [
+        w.path for w in task.non_trainable_weights]
+
+    before = [to_numpy(w).copy() for w in task.trainable_weights]
+    for model in (task, loaded):  # a step compiled alike, from the same weights
+        model.compile(optimizer=keras.optimizers.SGD(0.5), jit_compile=False)
+        model.train_on_batch(input_data, labels)
+    assert max(np.abs(b - to_numpy(w)).max() for b, w in zip(before, task.trainable_weights)) > 1e-4
+    for saved, reloaded in zip(task.weights, loaded.weights):
+        assert_close(reloaded, saved, atol=1e-6, msg=saved.path)
+    return loaded

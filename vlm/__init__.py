@@ -1,6 +1,23 @@
 """`vlm`: a Keras 3 vision-language model (ViT encoder, cross-attention decoder)."""
 
+import importlib as _importlib
+
 __version__ = "0.1.0"
+
+# The subpackages load on first use (`vlm.models.Captioner`), as keras-hub's
+# flat API reads, so that `import vlm` picks no Keras backend: `train.py`
+# sets it from the config after importing `vlm.config`.
+_SUBPACKAGES = ("datasets", "export", "layers", "metrics", "models", "samplers")
+
+
+def __getattr__(name):
+    if name in _SUBPACKAGES:
+        return _importlib.import_module(f"vlm.{name}")
+    raise AttributeError(f"module 'vlm' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_SUBPACKAGES))
 
 
 def load_captioner(path):

@@ -7,6 +7,9 @@ import numpy as np
 import pytest
 
 from tests.test_case import assert_close
+from tests.test_case import run_model_saving_test
+from tests.test_case import run_preprocessor_test
+from tests.test_case import run_task_test
 from tests.test_case import to_numpy
 from vlm import samplers
 from vlm.config import ModelConfig
@@ -204,29 +207,24 @@ def test_image_and_marker_counts_must_agree():
 
 
 @pytest.mark.parametrize("design", ["interleaved", "sources"])
-def test_fit_and_save_load(design, tmp_path):
+def test_the_shared_preprocessor_task_and_saving_checks(design, tmp_path):
+    keras.utils.set_random_seed(0)
     m = build_multi_image_captioner(tiny(2, design), tokenizer().vocabulary_size(),
                                     tokenizer=tokenizer())
-    tokens, labels = m.preprocessor.tokenize(CAPTIONS)
-    x = {"images": images(4, 2), "tokens": np.asarray(tokens)}
+    pairs = [[np.full((20, 12, 3), 90, "uint8"), images(1, 1)[0, 0]], list(images(1, 2)[0])]
+    run_preprocessor_test(m.preprocessor, pairs, CAPTIONS[1:], (2, 2, 16, 16, 3))  # they fit
+    tokens, labels = (np.asarray(x) for x in m.preprocessor.tokenize(CAPTIONS))
+    x = {"images": images(4, 2), "tokens": tokens}
+    m.backbone.encoder.trainable = False  # a frozen encoder (train.freeze_encoder_epochs)
     # Not XLA: the layers' compiled training is tested with them, and XLA would
     # compile this model for a minute on the TensorFlow suite.
-    m.backbone.encoder.trainable = False  # a frozen encoder (train.freeze_encoder_epochs)
-    m.compile(optimizer=keras.optimizers.AdamW(1e-3), jit_compile=False)
-    history = m.fit(x, np.asarray(labels), batch_size=4, epochs=1, verbose=0)
-    assert np.isfinite(history.history["loss"][0])
-    path = str(tmp_path / "model.keras")
-    m.save(path)
-    loaded = keras.saving.load_model(path)
-    assert isinstance(loaded, MultiImageCaptioner) and loaded.backbone.sources == m.backbone.sources
-    # Loaded, it trains what the saved model trained: the encoder stays frozen.
-    assert not any(w.trainable for w in loaded.backbone.encoder.weights)
-    assert len(loaded.trainable_weights) == len(m.trainable_weights) > 0
-    assert_close(logits(loaded, x["images"], x["tokens"]), logits(m, x["images"], x["tokens"]),
-                 atol=1e-6)
+    run_task_test(m, x, labels, pairs, jit_compile=False)
+    loaded = run_model_saving_test(m, x, labels, pairs, str(tmp_path / "model.keras"))
+    assert loaded.backbone.sources == m.backbone.sources
+    assert not any(w.trainable for w in loaded.backbone.encoder.weights)  # frozen as saved
     if design == "interleaved":  # markers first, no loss on them
-        np.testing.assert_array_equal(np.asarray(tokens)[:, :3], [[4, 4, 2]] * 4)
-        assert np.all(np.asarray(labels)[:, :2] == 0)
+        np.testing.assert_array_equal(tokens[:, :3], [[4, 4, 2]] * 4)
+        assert np.all(labels[:, :2] == 0)
 
 
 @pytest.mark.parametrize("design", ["interleaved", "sources"])
