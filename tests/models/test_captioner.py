@@ -86,8 +86,8 @@ def test_overfits_32_examples():
     config = ModelConfig(**{**TINY.__dict__, "decoder_dim": 32, "decoder_mlp_dim": 64})
     model = build_captioner(config, VOCAB)
     x, y = batch(n=32, seed=1)
-    model.compile(optimizer=keras.optimizers.Adam(3e-3), jit_compile=jit_compile_for_backend())
-    history = model.fit(x, y, batch_size=32, epochs=300, verbose=0)
+    model.compile(optimizer=keras.optimizers.Adam(6e-3), jit_compile=jit_compile_for_backend())
+    history = model.fit(x, y, batch_size=32, epochs=60, verbose=0)  # 0.02-0.03 on every backend
     assert history.history["loss"][-1] < 0.1
     assert history.history["token_accuracy"][-1] > 0.99
 
