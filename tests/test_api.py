@@ -1,5 +1,7 @@
 """The public API: `vlm.<package>.<Name>` after a bare `import vlm`, as keras-hub's reads."""
 
+import os
+import re
 import subprocess
 import sys
 
@@ -31,9 +33,6 @@ def test_each_package_exports_what_it_lists(package):
 
 
 def test_the_readme_layout_block_matches_the_tree():
-    import os
-    import re
-
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with open(os.path.join(root, "README.md"), encoding="utf-8") as f:
         block = f.read().split("```\n")[1]  # the first block: the layout
@@ -42,14 +41,13 @@ def test_the_readme_layout_block_matches_the_tree():
         match = re.match(r"^( *)(\S+/|\S+\.py)(?:\s|$)", line)
         if not match:
             continue
-        path = match.group(2)
-        if not match.group(1):
-            parent = path if path.endswith("/") and path == "vlm/" else ""
-            path_in_repo = path
+        indent, path = match.groups()
+        if not indent:  # a top-level entry; only vlm/'s entries are indented below it
+            parent = "vlm/" if path == "vlm/" else ""
         else:
-            path_in_repo = parent + path
-        assert os.path.exists(os.path.join(root, path_in_repo)), f"README lists {path_in_repo}"
-        listed.add(path_in_repo.rstrip("/"))
+            path = parent + path
+        assert os.path.exists(os.path.join(root, path)), f"README lists {path}"
+        listed.add(path.rstrip("/"))
     packages = {f"vlm/{name}" for name in os.listdir(os.path.join(root, "vlm"))
                 if os.path.isfile(os.path.join(root, "vlm", name, "__init__.py"))}
     assert packages <= listed, f"README's layout leaves out {sorted(packages - listed)}"

@@ -34,10 +34,10 @@ def _config_keys_match_constructor(obj):
     return config
 
 
-
 def _as_json(config):
     """A config as its `.keras` file holds it (tuples become lists)."""
     return json.loads(json.dumps(config))
+
 
 def jit_compile_for_backend():
     """XLA on TF and JAX. `torch.compile` takes about a minute per model on

@@ -1,9 +1,9 @@
 """Caption metrics: n-gram scores and grounded scene scores.
 
-`coco`: BLEU, ROUGE-L and CIDEr-D as the official COCO code
-computes them; `grounded`: captions parsed back and checked against scene
-graphs by the data's dominant-axis rule; `change`: change captions against
-the change made; `qa`: answers by question type. Plain Python and NumPy.
+`coco`: BLEU, ROUGE-L and CIDEr-D as the official COCO code computes them;
+`grounded`: captions parsed back and checked against scene graphs by the
+data's dominant-axis rule; `change`: change captions against the change
+made; `qa`: answers by question type. Plain Python and NumPy.
 """
 
 from vlm.metrics.change import change_scores
