@@ -9,9 +9,10 @@ bias per 2D offset (`RelativePositionBlock`), its four heads starting out
 looking left, right, up and down (`DirectionCones`), lets each object's
 patches gather what lies on each side of it, so the decoder can find "the
 object X is left of" in 3-object scenes. Muon (`keras.optimizers.Muon`)
-starts binding within 2,000 steps, where AdamW had not begun; the peak learning rate is
-held to 80% of the steps ("wsd"), and the decay lifts validation relations
-from about 94% to 100% over its 1,600 steps, so the run is 32 epochs of 250.
+starts binding within 2,000 steps, where AdamW had not begun. The peak
+learning rate is held to 80% of the steps ("wsd"), and the decay lifts
+validation relations from about 94% to 100% over its 1,600 steps, so the
+run is 32 epochs of 250.
 Recipes tried, and their quality against wall time: docs/training.md.
 """
 
